@@ -1,0 +1,44 @@
+// swift-tools-version:6.1
+// xenvfb: a Xen device model for the paravirtual framebuffer and keyboard.
+// Layout and seams: ../shared/DESIGN.md (Sources/<Module> = one seam or part).
+import PackageDescription
+
+let package = Package(
+    name: "xenvfb",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "xenvfb", targets: ["xenvfb"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+    ],
+    targets: [
+        // C libraries, one module map each; all Xen headers in one module (see Sources/CXen/shim.h).
+        .systemLibrary(name: "CXen", pkgConfig: "xencontrol", providers: [.apt(["libxen-dev"])]),
+        .systemLibrary(name: "CVNCServer", pkgConfig: "libvncserver", providers: [.apt(["libvncserver-dev"])]),
+        .systemLibrary(name: "CSDL2", providers: [.apt(["libsdl2-dev"])]),
+        .systemLibrary(name: "CPNG", pkgConfig: "libpng", providers: [.apt(["libpng-dev"])]),
+        // Small C helpers for what Swift cannot do (macros, varargs, setjmp).
+        .target(name: "CShims"),
+        // The write-fault engine's C half: SIGSEGV handler, userfaultfd, PAGEMAP_SCAN.
+        .target(name: "CWriteFault"),
+
+        .target(name: "Support", dependencies: ["CShims", .product(name: "Logging", package: "swift-log")]),
+        .target(name: "EventLoop", dependencies: ["Support", "CShims"]),
+        .target(name: "Damage", dependencies: ["CWriteFault", "Support"]),
+        .target(name: "XenStore", dependencies: ["CXen", "EventLoop", "Support"]),
+        .target(name: "Host", dependencies: ["CXen", "EventLoop", "Support"]),
+        .target(name: "XenBus", dependencies: ["XenStore", "Host", "EventLoop", "Support"]),
+        .target(name: "Displays", dependencies: ["Damage", "EventLoop", "Support", "CShims", "CVNCServer", "CSDL2", "CPNG"]),
+        .target(name: "Devices", dependencies: ["XenBus", "XenStore", "Host", "Damage", "Displays", "EventLoop", "Support", "CXen"]),
+        .target(name: "Control", dependencies: ["EventLoop", "Support"]),
+        .target(name: "GuestKit", dependencies: ["Devices", "XenStore", "Host", "Damage", "EventLoop", "Support"]),
+        .executableTarget(
+            name: "xenvfb",
+            dependencies: ["Support", "EventLoop", "Damage", "XenStore", "Host", "XenBus", "Devices",
+                           "Displays", "Control", "GuestKit"]),
+
+        .testTarget(name: "SupportTests", dependencies: ["Support"]),
+        .testTarget(name: "EventLoopTests", dependencies: ["EventLoop", "Support"]),
+    ]
+)

@@ -1,0 +1,23 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Support
+
+// xenvfb [SUBCOMMAND] [OPTIONS]
+// Without a known subcommand the arguments are a device model's (QEMU-style,
+// as libxl passes them, or native long options).
+Log.bootstrap()
+let arguments = Array(CommandLine.arguments.dropFirst())
+let status: Int32
+switch arguments.first {
+case "xenstored":
+    status = XenstoredCommand.main(Array(arguments.dropFirst()))
+case "demo":
+    status = DemoCommand.main(Array(arguments.dropFirst()))
+case "-h", "--help", "help":
+    print(usageText)
+    status = 0
+default:
+    status = DeviceModelCommand.main(arguments)
+}
+exit(status)
