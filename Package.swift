@@ -29,7 +29,8 @@ let package = Package(
         .target(name: "XenStore", dependencies: ["CXen", "EventLoop", "Support"]),
         .target(name: "Host", dependencies: ["CXen", "EventLoop", "Support"]),
         .target(name: "XenBus", dependencies: ["XenStore", "Host", "EventLoop", "Support"]),
-        .target(name: "Displays", dependencies: ["Damage", "EventLoop", "Support", "CShims", "CVNCServer", "CSDL2", "CPNG"]),
+        .target(name: "Displays", dependencies: ["Damage", "EventLoop", "Support", "CShims", "CVNCServer", "CSDL2", "CPNG",
+                                                .product(name: "Logging", package: "swift-log")]),
         .target(name: "Devices", dependencies: ["XenBus", "XenStore", "Host", "Damage", "Displays", "EventLoop", "Support", "CXen"]),
         .target(name: "Control", dependencies: ["EventLoop", "Support"]),
         .target(name: "GuestKit", dependencies: ["Devices", "XenStore", "Host", "Damage", "EventLoop", "Support"]),
@@ -40,5 +41,6 @@ let package = Package(
 
         .testTarget(name: "SupportTests", dependencies: ["Support"]),
         .testTarget(name: "EventLoopTests", dependencies: ["EventLoop", "Support"]),
+        .testTarget(name: "DisplaysTests", dependencies: ["Displays", "Damage", "EventLoop", "Support", "CShims", "CPNG"]),
     ]
 )

@@ -4,3 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .build-tools
+# Python clients the project did not write: vncdotool (vncdo) drives VNC, Pillow decodes PNG/PPM.
+[ -x .build-tools/venv/bin/python ] || python3 -m venv .build-tools/venv
+.build-tools/venv/bin/pip install -q vncdotool pillow
