@@ -27,7 +27,7 @@ let package = Package(
         .target(name: "EventLoop", dependencies: ["Support", "CShims"]),
         .target(name: "Damage", dependencies: ["CWriteFault", "Support"]),
         .target(name: "XenStore", dependencies: ["CXen", "EventLoop", "Support"]),
-        .target(name: "Host", dependencies: ["CXen", "EventLoop", "Support"]),
+        .target(name: "Host", dependencies: ["CXen", "CShims", "EventLoop", "Support"]),
         .target(name: "XenBus", dependencies: ["XenStore", "Host", "EventLoop", "Support"]),
         .target(name: "Displays", dependencies: ["Damage", "EventLoop", "Support", "CShims", "CVNCServer", "CSDL2", "CPNG",
                                                 .product(name: "Logging", package: "swift-log")]),
@@ -42,5 +42,6 @@ let package = Package(
         .testTarget(name: "SupportTests", dependencies: ["Support"]),
         .testTarget(name: "EventLoopTests", dependencies: ["EventLoop", "Support"]),
         .testTarget(name: "DisplaysTests", dependencies: ["Displays", "Damage", "EventLoop", "Support", "CShims", "CPNG"]),
+        .testTarget(name: "HostTests", dependencies: ["Host", "EventLoop", "Support"]),
     ]
 )

@@ -1,0 +1,131 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CXen
+import Support
+
+/// The real hypervisor: libxenforeignmemory for mapping guest frames and
+/// libxenevtchn for event channels. Needs dom0 (or a stub domain) with
+/// /dev/xen/privcmd and /dev/xen/evtchn; without them `init` throws
+/// `HostError.unavailable` saying which device is missing.
+public final class XenHost: Host {
+    public let domid: UInt32
+    private let fmem: ForeignMemoryHandle
+
+    public init(domid: UInt32 = 0) throws(HostError) {
+        self.domid = domid
+        fmem = try ForeignMemoryHandle()
+    }
+
+    public func openEventChannels() throws(HostError) -> EventChannels {
+        try XenEventChannels()
+    }
+
+    public func mapForeign(domid: UInt32, frames: [UInt64], writable: Bool) throws(HostError) -> GuestMapping {
+        try fmem.map(domid: domid, frames: frames, writable: writable)
+    }
+}
+
+/// Names the device a failed open most likely needed.
+private func missingDevice(_ what: String, _ device: String) -> HostError {
+    let err = SystemError("\(what)")
+    var st = stat()
+    if stat(device, &st) != 0 {
+        return .unavailable("\(what) failed: \(device) does not exist (not running as dom0 under Xen?) [\(err)]")
+    }
+    return .unavailable("\(what) failed on \(device): \(err)")
+}
+
+/// Owns a `xenforeignmemory_handle`; mappings keep it alive until they are unmapped.
+final class ForeignMemoryHandle {
+    let handle: OpaquePointer
+
+    init() throws(HostError) {
+        guard let h = xenforeignmemory_open(nil, 0) else { throw missingDevice("xenforeignmemory_open", "/dev/xen/privcmd") }
+        handle = h
+    }
+
+    deinit { xenforeignmemory_close(handle) }
+
+    func map(domid: UInt32, frames: [UInt64], writable: Bool) throws(HostError) -> GuestMapping {
+        guard !frames.isEmpty else { throw .invalidArgument("no frames to map") }
+        let (bytes, overflow) = frames.count.multipliedReportingOverflow(by: guestPageSize)
+        guard !overflow else { throw .invalidArgument("\(frames.count) frames") }
+        var pfns = frames.map { xen_pfn_t($0) }
+        var errs = [Int32](repeating: 0, count: frames.count)
+        let prot = writable ? (PROT_READ | PROT_WRITE) : PROT_READ
+        let p = pfns.withUnsafeMutableBufferPointer { pf in
+            errs.withUnsafeMutableBufferPointer { er in
+                xenforeignmemory_map(handle, domid, prot, frames.count, pf.baseAddress, er.baseAddress)
+            }
+        }
+        guard let base = p else {
+            throw .mapFailed(domid: domid, frame: frames[0], reason: "\(SystemError("xenforeignmemory_map"))")
+        }
+        if let i = errs.firstIndex(where: { $0 != 0 }) {
+            xenforeignmemory_unmap(handle, base, frames.count)
+            throw .mapFailed(domid: domid, frame: frames[i], reason: String(cString: strerror(abs(errs[i]))))
+        }
+        let pages = frames.count
+        return GuestMapping(base: base, byteCount: bytes, writable: writable) { [self] b, _ in
+            xenforeignmemory_unmap(handle, b, pages)
+        }
+    }
+}
+
+/// Owns a `xenevtchn_handle`.
+final class XenEventChannels: EventChannels {
+    private var handle: OpaquePointer?
+
+    init() throws(HostError) {
+        guard let h = xenevtchn_open(nil, 0) else { throw missingDevice("xenevtchn_open", "/dev/xen/evtchn") }
+        handle = h
+    }
+
+    deinit { close() }
+
+    private func h() throws(HostError) -> OpaquePointer {
+        guard let h = handle else { throw .eventChannel("handle closed") }
+        return h
+    }
+
+    var fd: Int32 { handle.map { xenevtchn_fd($0) } ?? -1 }
+
+    func bindInterdomain(remoteDomain: UInt32, remotePort: UInt32) throws(HostError) -> UInt32 {
+        let rc = xenevtchn_bind_interdomain(try h(), remoteDomain, remotePort)
+        guard rc >= 0 else { throw .eventChannel("bind to port \(remotePort) of domain \(remoteDomain): \(SystemError("xenevtchn_bind_interdomain"))") }
+        return UInt32(rc)
+    }
+
+    func bindUnbound(remoteDomain: UInt32) throws(HostError) -> UInt32 {
+        let rc = xenevtchn_bind_unbound_port(try h(), remoteDomain)
+        guard rc >= 0 else { throw .eventChannel("\(SystemError("xenevtchn_bind_unbound_port"))") }
+        return UInt32(rc)
+    }
+
+    func notify(port: UInt32) throws(HostError) {
+        guard xenevtchn_notify(try h(), port) == 0 else { throw .eventChannel("notify port \(port): \(SystemError("xenevtchn_notify"))") }
+    }
+
+    func pending() throws(HostError) -> UInt32? {
+        let rc = xenevtchn_pending(try h())
+        if rc < 0 {
+            if errno == EAGAIN { return nil }
+            throw .eventChannel("\(SystemError("xenevtchn_pending"))")
+        }
+        return UInt32(rc)
+    }
+
+    func unmask(port: UInt32) throws(HostError) {
+        guard xenevtchn_unmask(try h(), port) == 0 else { throw .eventChannel("unmask port \(port): \(SystemError("xenevtchn_unmask"))") }
+    }
+
+    func unbind(port: UInt32) throws(HostError) {
+        guard xenevtchn_unbind(try h(), port) == 0 else { throw .eventChannel("unbind port \(port): \(SystemError("xenevtchn_unbind"))") }
+    }
+
+    func close() {
+        if let h = handle { xenevtchn_close(h) }
+        handle = nil
+    }
+}
