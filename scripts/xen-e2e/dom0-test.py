@@ -1,0 +1,448 @@
+#!/usr/bin/env python3
+"""The end-to-end test, run inside dom0 (real Xen, under QEMU/TCG).
+
+For each run listed in /job/job.json — a device model (QEMU or xenvfb) and a
+vfb variant (headless or VNC) — it starts a PV guest with `xl create` and
+`device_model_override`, and checks:
+  create      `xl create` succeeds;
+  dm-spawned  the process in image/device-model-pid is the device model
+              under test (argv[0] is device_model_override's path);
+  connected   vfb and vkbd reach state 4 (Connected) on both ends;
+  guest-fb    the guest drew the pattern: its /dev/fb0 read back matches it;
+  vnc         (VNC variant) libxl published console/vnc-port and an RFB
+              server answers there;
+  screenshot  a screenshot taken through the device model equals the pattern
+              (QMP screendump, or the PNG display's latest file);
+  input       (when the run asks for it) a key sent through QMP `send-key`
+              reaches the guest's evdev as KEY_A press and release;
+  destroy     `xl destroy` leaves no device-model process and no
+              /local/domain/0/device-model/<domid> node.
+It records time to Connected, the device model's CPU time and peak RSS, and
+writes /job/out/results.json plus per-run logs and screenshots.
+Progress goes to /dev/console as "E2E-MARK ..." lines that the host prints.
+"""
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+JOB = "/job"
+OUT = "/job/out"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+T_START = time.monotonic()
+
+
+def mark(text):
+    line = "E2E-MARK %s (dom0 +%.1fs)\n" % (text, time.monotonic() - T_START)
+    sys.stdout.write(line)
+    sys.stdout.flush()
+    try:
+        with open("/dev/console", "w") as console:
+            console.write(line)
+    except OSError:
+        pass
+
+
+def run(argv, timeout=60):
+    """Runs a command; returns (exit status, combined output). Never raises."""
+    try:
+        p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           timeout=timeout, stdin=subprocess.DEVNULL)
+        return p.returncode, p.stdout.decode(errors="replace")
+    except subprocess.TimeoutExpired as e:
+        return 124, (e.stdout or b"").decode(errors="replace") + "\n[timed out after %ss]" % timeout
+    except OSError as e:
+        return 127, str(e)
+
+
+def xs_read(path):
+    rc, out = run(["xenstore-read", path], timeout=20)
+    return out.strip() if rc == 0 else None
+
+
+def xs_exists(path):
+    rc, _ = run(["xenstore-exists", path], timeout=20)
+    return rc == 0
+
+
+def wait_for(what, timeout, poll, fn):
+    """Calls fn until it returns a true value or timeout seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(poll)
+
+
+class QMP:
+    """A minimal QMP client: greeting, qmp_capabilities, then commands."""
+
+    def __init__(self, path, timeout=20):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(path)
+        self.buf = b""
+        self.greeting = self._message()
+        if "QMP" not in self.greeting:
+            raise RuntimeError("no QMP greeting: %r" % self.greeting)
+        self.execute("qmp_capabilities")
+
+    def _message(self):
+        while b"\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise RuntimeError("QMP connection closed")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def execute(self, command, arguments=None):
+        msg = {"execute": command, "id": command}
+        if arguments is not None:
+            msg["arguments"] = arguments
+        self.sock.sendall(json.dumps(msg).encode() + b"\r\n")
+        while True:
+            reply = self._message()
+            if "event" in reply:
+                continue
+            if "error" in reply:
+                raise RuntimeError("QMP %s: %s" % (command, reply["error"]))
+            return reply.get("return")
+
+    def close(self):
+        self.sock.close()
+
+
+def read_ppm(path):
+    """Reads a binary PPM (P6, maxval 255): returns (width, height, RGB bytes)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    fields = []
+    pos = 0
+    while len(fields) < 4:
+        while pos < len(data) and data[pos:pos + 1].isspace():
+            pos += 1
+        if data[pos:pos + 1] == b"#":
+            while pos < len(data) and data[pos:pos + 1] != b"\n":
+                pos += 1
+            continue
+        start = pos
+        while pos < len(data) and not data[pos:pos + 1].isspace():
+            pos += 1
+        fields.append(data[start:pos])
+    if fields[0] != b"P6" or fields[3] != b"255":
+        raise ValueError("not a P6/255 PPM: %r" % fields)
+    width, height = int(fields[1]), int(fields[2])
+    pixels = data[pos + 1:pos + 1 + width * height * 3]
+    if len(pixels) != width * height * 3:
+        raise ValueError("short PPM: %d bytes of pixels" % len(pixels))
+    return width, height, pixels
+
+
+def compare_rgb(shot, expected_rgb, width, height):
+    """Returns (differing pixel count, first differing (x, y) or None)."""
+    w, h, rgb = shot
+    if (w, h) != (width, height):
+        return width * height, ("size %dx%d" % (w, h))
+    if rgb == expected_rgb:
+        return 0, None
+    diff = 0
+    first = None
+    for i in range(0, len(rgb), 3):
+        if rgb[i:i + 3] != expected_rgb[i:i + 3]:
+            diff += 1
+            if first is None:
+                first = ((i // 3) % width, (i // 3) // width)
+    return diff, first
+
+
+def proc_stats(pid):
+    """CPU seconds (user + system) and VmHWM/VmRSS in KiB of a live process."""
+    stats = {}
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        # After the comm field: state is fields[0], utime fields[11], stime fields[12].
+        stats["state"] = fields[0]
+        stats["cpu_seconds"] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("VmHWM", "VmRSS"):
+                    stats[key] = int(value.split()[0])
+    except (OSError, IndexError, ValueError) as e:
+        stats["error"] = str(e)
+    return stats
+
+
+def process_gone(pid):
+    """True when pid has exited (no /proc entry, or a zombie not yet reaped by
+    our shell init, which holds no resources)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def console_lines(name):
+    try:
+        with open("/var/log/xen/console/guest-%s.log" % name, errors="replace") as f:
+            return [l.strip() for l in f if "E2E-GUEST" in l]
+    except OSError:
+        return []
+
+
+def guest_marker(name, word):
+    for line in console_lines(name):
+        parts = line.split("E2E-GUEST", 1)[1].split()
+        if parts and parts[0] == word:
+            return parts[1:]
+    return None
+
+
+def guest_key_events(name):
+    """(code, value) of every EV_KEY event the guest reported."""
+    events = []
+    for line in console_lines(name):
+        parts = line.split("E2E-GUEST", 1)[1].split()
+        if len(parts) == 3 and parts[0] == "event" and len(parts[2]) == 48:
+            raw = bytes.fromhex(parts[2])
+            etype = int.from_bytes(raw[16:18], "little")
+            code = int.from_bytes(raw[18:20], "little")
+            value = int.from_bytes(raw[20:24], "little", signed=True)
+            if etype == 1:
+                events.append((code, value))
+    return events
+
+
+def write_config(cfg_path, name, spec, job):
+    vfb = {
+        "vnc0": "vnc=0,sdl=0",
+        "vnc1": "vnc=1,vnclisten=127.0.0.1,vncdisplay=0",
+    }[spec["variant"]]
+    lines = [
+        'name = "%s"' % name,
+        'type = "pv"',
+        'kernel = "%s"' % job["kernel"],
+        'ramdisk = "%s"' % job["ramdisk"],
+        'extra = "console=hvc0"',
+        'memory = 256',
+        'vcpus = 1',
+        'on_crash = "preserve"',
+        "vfb = [ '%s' ]" % vfb,
+        'device_model_override = "%s"' % spec["path"],
+    ]
+    if spec.get("args"):
+        lines.append("device_model_args = [ %s ]" % ", ".join("'%s'" % a for a in spec["args"]))
+    with open(cfg_path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def take_screenshot(spec, domid, dest):
+    """Takes one screenshot through the device model into dest (PPM)."""
+    if spec["screenshot"] == "qmp":
+        qmp = QMP("/var/run/xen/qmp-libxl-%d" % domid)
+        try:
+            qmp.execute("screendump", {"filename": dest})
+        finally:
+            qmp.close()
+    else:  # "ppm-dir:DIR": the PNG display's latest file, in PPM format
+        src = os.path.join(spec["screenshot"].split(":", 1)[1], "latest.ppm")
+        with open(src, "rb") as f:
+            data = f.read()
+        with open(dest, "wb") as f:
+            f.write(data)
+    return read_ppm(dest)
+
+
+def one_run(spec, job, expected_rgb, pattern_md5):
+    dm, variant = spec["dm"], spec["variant"]
+    label = "%s/%s" % (dm, variant)
+    name = "e2e-%s-%s" % (dm, variant)
+    outdir = os.path.join(OUT, "%s-%s" % (dm, variant))
+    os.makedirs(outdir, exist_ok=True)
+    result = {"dm": dm, "variant": variant, "checks": {}, "notes": []}
+    checks = result["checks"]
+
+    def check(key, ok, note=None):
+        checks[key] = bool(ok)
+        if note:
+            result["notes"].append("%s: %s" % (key, note))
+        mark("%s %s %s%s" % (label, key, "ok" if ok else "FAILED", (" (%s)" % note) if note else ""))
+        return ok
+
+    for d in spec.get("mkdirs", []):
+        os.makedirs(d, exist_ok=True)
+    cfg = os.path.join(outdir, "xl.cfg")
+    write_config(cfg, name, spec, job)
+    mark("%s xl create" % label)
+    t0 = time.monotonic()
+    rc, out = run(["xl", "-vvv", "create", cfg], timeout=120)
+    result["create_seconds"] = round(time.monotonic() - t0, 2)
+    with open(os.path.join(outdir, "xl-create.log"), "w") as f:
+        f.write(out)
+    domid = None
+    if rc == 0:
+        d_rc, d_out = run(["xl", "domid", name], timeout=20)
+        domid = int(d_out.strip()) if d_rc == 0 and d_out.strip().isdigit() else None
+    if not check("create", rc == 0 and domid is not None,
+                 "exit %d in %.1fs, domid %s" % (rc, result["create_seconds"], domid)):
+        collect_logs(name, outdir)
+        run(["xl", "destroy", name], timeout=60)
+        return result
+    result["domid"] = domid
+
+    paths = {}
+    for kind in ("vfb", "vkbd"):
+        paths["%s backend" % kind] = "/local/domain/0/backend/%s/%d/0/state" % (kind, domid)
+        paths["%s frontend" % kind] = "/local/domain/%d/device/%s/0/state" % (domid, kind)
+    states = {}
+
+    def all_connected():
+        for key, path in paths.items():
+            states[key] = xs_read(path)
+        return all(v == "4" for v in states.values())
+
+    ok = wait_for("connected", 90, 0.2, all_connected)
+    result["connected_seconds"] = round(time.monotonic() - t0, 2) if ok else None
+    check("connected", ok, "%s after %s s" % (
+        ", ".join("%s=%s" % kv for kv in sorted(states.items())), result["connected_seconds"]))
+
+    pid_text = xs_read("/local/domain/%d/image/device-model-pid" % domid)
+    pid = int(pid_text) if pid_text and pid_text.isdigit() else None
+    result["dm_pid"] = pid
+    # The process libxl spawned must be the device model under test.
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            argv = [a.decode(errors="replace") for a in f.read().split(b"\0")[:-1]]
+    except (OSError, TypeError):
+        argv = []
+    with open(os.path.join(outdir, "dm-argv.txt"), "w") as f:
+        f.write("\n".join(argv) + "\n")
+    check("dm-spawned", argv[:1] == [spec["path"]],
+          "pid %s: %s" % (pid, " ".join(argv) if argv else "no such process"))
+
+    drawn = wait_for("drawn", 60, 0.5, lambda: guest_marker(name, "drawn"))
+    guest_md5 = None
+    if drawn:
+        for field in drawn:
+            if field.startswith("md5="):
+                guest_md5 = field[4:]
+    check("guest-fb", guest_md5 == pattern_md5,
+          "guest read back md5 %s, pattern %s" % (guest_md5, pattern_md5))
+
+    if variant == "vnc1":
+        port = xs_read("/local/domain/%d/console/vnc-port" % domid)
+        listen = xs_read("/local/domain/%d/console/vnc-listen" % domid)
+        banner = b""
+        try:
+            with socket.create_connection((listen or "127.0.0.1", int(port)), timeout=10) as s:
+                while len(banner) < 12:
+                    chunk = s.recv(12 - len(banner))
+                    if not chunk:
+                        break
+                    banner += chunk
+        except (OSError, TypeError, ValueError) as e:
+            banner = repr(e).encode()
+        check("vnc", banner.startswith(b"RFB "), "vnc-listen=%s vnc-port=%s banner=%r" % (listen, port, banner))
+
+    # The device model may show the update a little later than the guest's
+    # write returned: take screenshots until one matches, for up to 15 s.
+    shot_path = os.path.join(outdir, "screenshot.ppm")
+    last = {"note": "no screenshot taken"}
+
+    def screenshot_matches():
+        try:
+            shot = take_screenshot(spec, domid, shot_path)
+        except Exception as e:  # report whatever went wrong, keep polling
+            last["note"] = "screenshot failed: %s" % e
+            return False
+        diff, first = compare_rgb(shot, expected_rgb, job["width"], job["height"])
+        last["note"] = "%dx%d, %d pixels differ from the pattern%s" % (
+            shot[0], shot[1], diff, (", first at %s" % (first,)) if first else "")
+        return diff == 0
+
+    t_shot = time.monotonic()
+    ok = wait_for("screenshot", 15, 1.0, screenshot_matches)
+    result["screenshot_seconds"] = round(time.monotonic() - t_shot, 2)
+    check("screenshot", ok, last["note"])
+
+    if spec.get("input"):
+        note = ""
+        try:
+            qmp = QMP("/var/run/xen/qmp-libxl-%d" % domid)
+            try:
+                qmp.execute("send-key", {"keys": [{"type": "qcode", "data": "a"}]})
+            finally:
+                qmp.close()
+        except Exception as e:
+            note = "send-key failed: %s; " % e
+        got = wait_for("key", 15, 0.5,
+                       lambda: (30, 1) in guest_key_events(name) and (30, 0) in guest_key_events(name))
+        check("input", got, note + "guest saw EV_KEY events %s" % guest_key_events(name))
+
+    if pid:
+        result["dm_stats"] = proc_stats(pid)
+    mark("%s xl destroy" % label)
+    rc, out = run(["xl", "destroy", name], timeout=60)
+    gone = wait_for("dm gone", 15, 0.5, lambda: (pid is None or process_gone(pid))
+                    and not xs_exists("/local/domain/0/device-model/%d" % domid))
+    check("destroy", rc == 0 and gone and pid is not None,
+          "xl destroy exit %d, dm pid %s %s, device-model node %s" % (
+              rc, pid, "gone" if pid and process_gone(pid) else "STILL RUNNING",
+              "present" if xs_exists("/local/domain/0/device-model/%d" % domid) else "gone"))
+    collect_logs(name, outdir)
+    return result
+
+
+def collect_logs(name, outdir):
+    for src, dst in (("/var/log/xen/console/guest-%s.log" % name, "guest-console.log"),
+                     ("/var/log/xen/qemu-dm-%s.log" % name, "device-model.log"),
+                     ("/var/log/xen/xl-%s.log" % name, "xl.log")):
+        try:
+            with open(src, "rb") as f, open(os.path.join(outdir, dst), "wb") as g:
+                g.write(f.read())
+        except OSError:
+            pass
+
+
+def main():
+    with open(os.path.join(JOB, "job.json")) as f:
+        job = json.load(f)
+    with open(job["pattern"], "rb") as f:
+        pattern = f.read()
+    pattern_md5 = hashlib.md5(pattern).hexdigest()
+    expected_rgb = bytearray(job["width"] * job["height"] * 3)
+    expected_rgb[0::3] = pattern[2::4]
+    expected_rgb[1::3] = pattern[1::4]
+    expected_rgb[2::3] = pattern[0::4]
+    expected_rgb = bytes(expected_rgb)
+    os.makedirs(OUT, exist_ok=True)
+    results = []
+    for spec in job["runs"]:
+        try:
+            results.append(one_run(spec, job, expected_rgb, pattern_md5))
+        except Exception as e:
+            mark("%s/%s crashed: %r" % (spec["dm"], spec["variant"], e))
+            results.append({"dm": spec["dm"], "variant": spec["variant"],
+                            "checks": {"harness": False}, "notes": ["harness error: %r" % e]})
+            run(["xl", "destroy", "e2e-%s-%s" % (spec["dm"], spec["variant"])], timeout=60)
+        with open(os.path.join(OUT, "results.json"), "w") as f:
+            json.dump(results, f, indent=1)
+    run_list = run(["xl", "list"], timeout=20)[1]
+    with open(os.path.join(OUT, "xl-list-at-end.txt"), "w") as f:
+        f.write(run_list)
+    passed = all(all(r["checks"].values()) and r["checks"] for r in results)
+    mark("all runs done: %s" % ("PASS" if passed else "FAIL"))
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+#!/usr/bin/env python3
+"""Prints the end-to-end results side by side (one column per device model and
+variant) and writes them to RESULTS_DIR/results.md.
+Usage: report.py RESULTS_DIR   (exits 1 when a check failed or nothing ran)
+"""
+import json
+import os
+import sys
+
+CHECKS = ["create", "dm-spawned", "connected", "guest-fb", "vnc", "screenshot", "input", "destroy", "harness"]
+
+
+def main():
+    directory = sys.argv[1]
+    try:
+        with open(os.path.join(directory, "results.json")) as f:
+            results = json.load(f)
+    except (OSError, ValueError) as e:
+        print("xen-e2e: no results from dom0 (%s); see %s/serial.log and dom0-test.log" % (e, directory))
+        return 1
+    if not results:
+        print("xen-e2e: dom0 ran no test")
+        return 1
+    header = ["", *["%s %s" % (r["dm"], "vnc" if r["variant"] == "vnc1" else "headless") for r in results]]
+    rows = []
+    for check in CHECKS:
+        if any(check in r["checks"] for r in results):
+            rows.append([check, *[{True: "ok", False: "FAIL", None: "-"}[r["checks"].get(check)] for r in results]])
+
+    def num(value, fmt):
+        return fmt % value if isinstance(value, (int, float)) else "-"
+
+    rows.append(["xl create (s)", *[num(r.get("create_seconds"), "%.1f") for r in results]])
+    rows.append(["time to Connected (s)", *[num(r.get("connected_seconds"), "%.1f") for r in results]])
+    rows.append(["DM CPU time (s)", *[num(r.get("dm_stats", {}).get("cpu_seconds"), "%.2f") for r in results]])
+    rows.append(["DM peak RSS VmHWM (MiB)", *[num(r.get("dm_stats", {}).get("VmHWM", 0) / 1024 if r.get("dm_stats", {}).get("VmHWM") else None, "%.1f") for r in results]])
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in [header, *rows]]
+    lines.insert(1, "| " + " | ".join("-" * w for w in widths) + " |")
+    notes = []
+    for r in results:
+        for n in r.get("notes", []):
+            notes.append("- %s %s: %s" % (r["dm"], r["variant"], n))
+    text = "# xenvfb end-to-end on real Xen 4.17 (dom0 under QEMU/TCG)\n\n" + "\n".join(lines) + \
+        "\n\nTime to Connected counts from the start of `xl create` until vfb and vkbd are\n" \
+        "in state 4 on both ends; CPU time and VmHWM are the device model's, read from\n" \
+        "/proc just before `xl destroy`.\n\n## Details\n\n" + "\n".join(notes) + "\n"
+    with open(os.path.join(directory, "results.md"), "w") as f:
+        f.write(text)
+    print("\n".join(lines))
+    for r in results:
+        for check, ok in r["checks"].items():
+            if not ok:
+                print("FAILED: %s %s %s — %s" % (r["dm"], r["variant"], check,
+                      "; ".join(n for n in r.get("notes", []) if n.startswith(check + ":"))))
+    return 0 if all(r["checks"] and all(r["checks"].values()) for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+#!/usr/bin/env bash
+# End-to-end test on real Xen: boots Xen 4.17 and a Debian 12 dom0 inside
+# qemu-system-x86_64 (TCG), and in dom0 starts PV guests whose vfb/vkbd are
+# served by a device model spawned by libxl through device_model_override:
+# Debian's QEMU (the baseline) and/or xenvfb. What it checks is described in
+# dom0-test.py; results land in out/xen-e2e/ (results.md, results.json, logs).
+#
+# Usage: scripts/xen-e2e/run.sh [--dm qemu|xenvfb|both] [--xenvfb BINARY]
+#                               [--xenvfb-shot qmp|png] [--xenvfb-input yes|no]
+#   --dm            device model(s) to test (default: both)
+#   --xenvfb        use this xenvfb binary instead of building one
+#                   (swift build -c release --static-swift-stdlib)
+#   --xenvfb-shot   how to take xenvfb's screenshot: QMP screendump (default)
+#                   or its PNG display's files (--display png:dir=...,format=ppm)
+#   --xenvfb-input  also check QMP send-key with xenvfb (default: yes)
+# Expensive parts are cached under .build-xen/ (git-ignored): the dom0 tree,
+# keyed on scripts/xen-e2e/dom0-packages and rootfs.sh.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+cd "$root"
+
+dm=both
+xenvfb_bin=
+xenvfb_shot=qmp
+xenvfb_input=yes
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --dm) dm=$2; shift 2 ;;
+    --xenvfb) xenvfb_bin=$2; shift 2 ;;
+    --xenvfb-shot) xenvfb_shot=$2; shift 2 ;;
+    --xenvfb-input) xenvfb_input=$2; shift 2 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) echo "xen-e2e: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+  esac
+done
+case "$dm" in qemu|xenvfb|both) ;; *) echo "xen-e2e: --dm must be qemu, xenvfb or both" >&2; exit 2 ;; esac
+case "$xenvfb_shot" in qmp|png) ;; *) echo "xen-e2e: --xenvfb-shot must be qmp or png" >&2; exit 2 ;; esac
+
+# Time limits (seconds). A boot normally reaches dom0 userspace in ~14 s under
+# TCG here, with outliers of 30 s; a boot that has not got there in
+# BOOT_LIMIT is retried once. The whole VM run is bounded by VM_LIMIT.
+BOOT_LIMIT=${XEN_E2E_BOOT_LIMIT:-180}
+VM_LIMIT=${XEN_E2E_VM_LIMIT:-660}
+
+T0=$(date +%s)
+step() { echo "== xen-e2e: $* (+$(( $(date +%s) - T0 ))s, $(date +%T))"; }
+
+step "host packages"
+"$here/deps.sh"
+
+build=$root/.build-xen
+mkdir -p "$build"
+if [ "$dm" != qemu ] && [ -z "$xenvfb_bin" ]; then
+  step "building xenvfb (release, static Swift stdlib)"
+  swift build -c release --static-swift-stdlib --product xenvfb 2>&1 | grep -E 'error|warning: |Compiling|Build' | grep -v '^\[' || true
+  swift build -c release --static-swift-stdlib --product xenvfb >/dev/null
+  xenvfb_bin=$(swift build -c release --static-swift-stdlib --show-bin-path)/xenvfb
+fi
+
+step "dom0 root filesystem"
+tree=$("$here/rootfs.sh")
+
+if [ -n "$xenvfb_bin" ]; then
+  [ -x "$xenvfb_bin" ] || { echo "xen-e2e: $xenvfb_bin is not an executable" >&2; exit 1; }
+  # Every shared library xenvfb needs must be in dom0 (it has no Swift runtime).
+  missing=
+  for lib in $(objdump -p "$xenvfb_bin" | awk '/NEEDED/ {print $2}'); do
+    found=$(find "$tree/usr/lib/x86_64-linux-gnu" "$tree/lib/x86_64-linux-gnu" -maxdepth 1 -name "$lib" 2>/dev/null | head -n1)
+    [ -n "$found" ] || missing="$missing $lib"
+  done
+  if [ -n "$missing" ]; then
+    echo "xen-e2e: dom0 lacks libraries xenvfb needs:$missing (add their packages to scripts/xen-e2e/dom0-packages)" >&2
+    exit 1
+  fi
+fi
+
+step "boot files, guest initramfs, disk images"
+kver=$(basename "$(ls -d "$tree"/lib/modules/* | sort -V | tail -n1)")
+install -m 0755 "$here/dom0-init" "$tree/usr/local/sbin/e2e-init"
+boot=$build/boot
+rm -rf "$boot" "$build/job" "$build/initramfs"
+mkdir -p "$boot" "$build/job/guest" "$build/initramfs"/{bin,proc,sys,dev}
+zcat "$tree/boot/xen-4.17-amd64.gz" > "$boot/xen"
+cp "$tree/boot/vmlinuz-$kver" "$boot/vmlinuz"
+cp "$tree/boot/initrd.img-$kver" "$boot/initrd.img"
+
+# The guest: Debian's kernel (xen-fbfront and xen-kbdfront are built in) and a
+# busybox initramfs that draws the pattern (guest-init).
+python3 "$here/pattern.py" "$build/job/pattern.raw" 800 600
+cp "$tree/bin/busybox" "$build/initramfs/bin/busybox"
+install -m 0755 "$here/guest-init" "$build/initramfs/init"
+cp "$build/job/pattern.raw" "$build/initramfs/pattern.raw"
+cp "$tree/lib/modules/$kver/kernel/drivers/input/evdev.ko" "$build/initramfs/evdev.ko"
+(cd "$build/initramfs" && find . | cpio -o -H newc --quiet | gzip -1) > "$build/job/guest/initrd.gz"
+cp "$tree/boot/vmlinuz-$kver" "$build/job/guest/vmlinuz"
+cp "$here/dom0-test.py" "$build/job/dom0-test.py"
+
+runs=()
+if [ "$dm" != xenvfb ]; then
+  runs+=("qemu vnc0" "qemu vnc1")
+fi
+if [ "$dm" != qemu ]; then
+  install -m 0755 "$xenvfb_bin" "$build/job/xenvfb"
+  runs+=("xenvfb vnc0" "xenvfb vnc1")
+fi
+python3 - "$build/job/job.json" "$xenvfb_shot" "$xenvfb_input" "${runs[@]}" <<'EOF'
+import json, sys
+out, shot, xinput, runs = sys.argv[1], sys.argv[2], sys.argv[3] == "yes", sys.argv[4:]
+job = {"kernel": "/job/guest/vmlinuz", "ramdisk": "/job/guest/initrd.gz",
+       "pattern": "/job/pattern.raw", "width": 800, "height": 600, "runs": []}
+for r in runs:
+    dm, variant = r.split()
+    if dm == "qemu":
+        spec = {"path": "/usr/libexec/xen-qemu-system-i386", "screenshot": "qmp", "input": True}
+    else:
+        spec = {"path": "/job/xenvfb", "screenshot": "qmp", "input": xinput}
+        if shot == "png":
+            d = "/tmp/xenvfb-%s-png" % variant
+            spec.update(screenshot="ppm-dir:" + d, mkdirs=[d],
+                        args=["--display", "png:dir=%s,format=ppm,interval=200" % d])
+    spec.update(dm=dm, variant=variant)
+    job["runs"].append(spec)
+json.dump(job, open(out, "w"), indent=1)
+EOF
+
+rm -f "$build/dom0.img" "$build/job.img"
+mke2fs -q -t ext4 -L dom0 -d "$tree" "$build/dom0.img" 2G
+mke2fs -q -t ext4 -L job -d "$build/job" "$build/job.img" 512M
+
+# Boots the VM once; returns 0 when dom0 finished the job, 75 when the boot
+# did not reach dom0 userspace in time (worth one retry), 1 otherwise.
+boot_vm() {
+  local serial=$build/serial.log
+  : > "$serial"
+  qemu-system-x86_64 -accel tcg,thread=multi -cpu qemu64 -m 3072 -smp 2 \
+    -nic none -display none -monitor none -serial "file:$serial" -no-reboot \
+    -kernel "$boot/xen" \
+    -append "console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M dom0_max_vcpus=2 loglvl=all guest_loglvl=all" \
+    -initrd "$boot/vmlinuz root=/dev/vda rw console=hvc0 earlyprintk=xen init=/usr/local/sbin/e2e-init,$boot/initrd.img" \
+    -drive "file=$build/dom0.img,if=virtio,format=raw" \
+    -drive "file=$build/job.img,if=virtio,format=raw" &
+  local qpid=$! start now seen=0 last="qemu started" last_beat reason=
+  start=$(date +%s); last_beat=$start
+  while kill -0 "$qpid" 2>/dev/null; do
+    sleep 1
+    now=$(date +%s)
+    # Print markers (from dom0's init and test) as they appear.
+    local lines
+    lines=$(grep -a 'E2E-MARK' "$serial" 2>/dev/null | tail -n +$((seen + 1)) || true)
+    if [ -n "$lines" ]; then
+      while IFS= read -r l; do
+        l=${l#*E2E-MARK }
+        echo "   [vm +$((now - start))s] $l"
+        last=$l
+        seen=$((seen + 1))
+      done <<< "$lines"
+      last_beat=$now
+    fi
+    if grep -aq 'Panic on CPU\|Kernel panic' "$serial"; then reason="panic"; break; fi
+    if ! grep -aq 'E2E-MARK dom0-userspace' "$serial" && [ $((now - start)) -ge "$BOOT_LIMIT" ]; then
+      reason="boot"; break
+    fi
+    if [ $((now - start)) -ge "$VM_LIMIT" ]; then reason="timeout"; break; fi
+    if [ $((now - last_beat)) -ge 30 ]; then
+      echo "   [vm +$((now - start))s] still running; last: $last"
+      last_beat=$now
+    fi
+  done
+  if [ -n "$reason" ]; then
+    kill "$qpid" 2>/dev/null || true
+    wait "$qpid" 2>/dev/null || true
+    echo "xen-e2e: VM stopped ($reason) after $(( $(date +%s) - start ))s; last serial lines:" >&2
+    tail -n 25 "$serial" | sed 's/^/   | /' >&2
+    [ "$reason" = boot ] && return 75
+    return 1
+  fi
+  wait "$qpid" || { echo "xen-e2e: qemu exited with status $?" >&2; return 1; }
+  echo "   [vm +$(( $(date +%s) - start ))s] qemu exited"
+  return 0
+}
+
+step "booting Xen + dom0 under qemu-system-x86_64 (TCG)"
+status=0
+boot_vm || status=$?
+if [ "$status" = 75 ]; then
+  step "dom0 did not start within ${BOOT_LIMIT}s (a slow-boot outlier?): retrying once"
+  mke2fs -q -t ext4 -F -L job -d "$build/job" "$build/job.img" 512M
+  status=0
+  boot_vm || status=$?
+fi
+
+step "collecting results"
+results=$root/out/xen-e2e
+rm -rf "$results"
+mkdir -p "$results"
+cp "$build/serial.log" "$results/serial.log"
+debugfs -R "rdump /out $results" "$build/job.img" >/dev/null 2>&1 || true
+if [ -d "$results/out" ]; then
+  (cd "$results/out" && tar cf - .) | (cd "$results" && tar xf -)
+  rm -rf "$results/out"
+fi
+python3 "$here/report.py" "$results" || status=1
+if [ "$status" = 0 ] && [ "$(cat "$results/exit-status" 2>/dev/null)" != 0 ]; then status=1; fi
+step "done: $([ "$status" = 0 ] && echo PASS || echo FAIL) (results in out/xen-e2e/)"
+exit "$status"
