@@ -25,7 +25,7 @@ let package = Package(
 
         .target(name: "Support", dependencies: ["CShims", .product(name: "Logging", package: "swift-log")]),
         .target(name: "EventLoop", dependencies: ["Support", "CShims"]),
-        .target(name: "Damage", dependencies: ["CWriteFault", "Support"]),
+        .target(name: "Damage", dependencies: ["CWriteFault", "CShims", "EventLoop", "Support"]),
         .target(name: "XenStore", dependencies: ["CXen", "EventLoop", "Support"]),
         .target(name: "Host", dependencies: ["CXen", "CShims", "EventLoop", "Support"]),
         .target(name: "XenBus", dependencies: ["XenStore", "Host", "EventLoop", "Support"]),
@@ -43,5 +43,6 @@ let package = Package(
         .testTarget(name: "EventLoopTests", dependencies: ["EventLoop", "Support"]),
         .testTarget(name: "DisplaysTests", dependencies: ["Displays", "Damage", "EventLoop", "Support", "CShims", "CPNG"]),
         .testTarget(name: "HostTests", dependencies: ["Host", "EventLoop", "Support"]),
+        .testTarget(name: "DamageTests", dependencies: ["Damage", "CWriteFault", "EventLoop", "Support"]),
     ]
 )

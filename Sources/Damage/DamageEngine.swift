@@ -1,0 +1,239 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import EventLoop
+import Support
+
+/// Turns writes to a framebuffer into batches of update rectangles, on an
+/// event loop, with no timer and no wake-up while nothing changes.
+///
+/// Damage comes from a `DirtyTracker` over the framebuffer's memory, from
+/// `add(_:)` (e.g. a frontend's XENFB_TYPE_UPDATE rectangles), or both. The
+/// first damage after idle arms a one-shot timer of `delay`; when it fires the
+/// engine collects, coalesces and calls `onUpdate` with at most `maxRects`
+/// rectangles, then ticks again after `delay` while damage keeps coming. A
+/// tick that finds nothing goes idle: the tracker is armed to notify on the
+/// next write and no timer is left running.
+///
+/// **Arming on a uffd tracker.** userfaultfd's async write-protect resolves
+/// faults in the kernel and tells nobody. So after an idle tick the engine
+/// arms the tracker, which makes the region read-only with one mprotect; the
+/// first write takes a SIGSEGV whose C handler makes the region writable and
+/// writes an eventfd, and that write and all after it go through the cheap
+/// async path until the next idle tick. Measured cost per idle→busy
+/// transition (Benchmarks, `xenvfb bench`): see README "Performance". A sync
+/// uffd for the first fault was rejected: WP_ASYNC is a property of the whole
+/// userfaultfd context, a range belongs to one context, and re-registering
+/// drops the write-protect bits (every page would read as written).
+///
+/// **Flood mode.** When most of the frame changes tick after tick, taking a
+/// fault on every page costs more than the consumer copying the whole frame.
+/// After `floodAfterTicks` ticks with at least `floodEnter` of the pages
+/// dirty, the engine stops re-protecting and reports the whole frame each
+/// tick. Every `floodSampleTicks` ticks it re-protects once and, one tick
+/// later, looks (`peek`) at how much was written; below `floodExit` it goes
+/// back to tracking. Consumers confirm rects against their shadow
+/// (`ShadowCompare`), so a full-frame report costs them one compare, not a
+/// full repaint.
+///
+/// Runs on the loop's thread; not thread-safe.
+public final class DamageEngine {
+    public enum Phase: Equatable, Sendable {
+        /// Collecting and re-protecting each tick (or idle).
+        case tracking
+        /// Reporting the whole frame; `sampleIn` ticks until the next sample.
+        case flood(sampleIn: Int)
+        /// Re-protected last tick; this tick measures the damage.
+        case sampling
+    }
+
+    /// Counters for tests, logs and the benchmark.
+    public struct Statistics: Sendable, Equatable {
+        public var ticks = 0
+        public var batches = 0
+        public var rects = 0
+        public var pixels = 0
+        public var notifications = 0
+        public var arms = 0
+        public var floodEntries = 0
+        public var floodTicks = 0
+    }
+
+    public let geometry: FramebufferGeometry
+    public let tracker: (any DirtyTracker)?
+    public let delay: Duration
+    public var floodEnter = 0.5
+    public var floodExit = 0.25
+    public var floodAfterTicks = 2
+    public var floodSampleTicks = 8
+    /// Set false to never leave tracking (tests, benchmarks of tracking).
+    public var floodEnabled = true
+
+    public private(set) var phase = Phase.tracking
+    public private(set) var statistics = Statistics()
+    public var isTimerArmed: Bool { timer != nil }
+
+    private let loop: EventLoop
+    private var coalescer: Coalescer
+    private let onUpdate: ([Rect]) -> Void
+    private var timer: EventLoop.TimerID?
+    private var busyTicks = 0
+    private var started = false
+
+    /// - Parameters:
+    ///   - tracker: watches the framebuffer's memory; the geometry's
+    ///     `byteCount` must fit in the tracked region. Nil when damage only
+    ///     comes through `add(_:)`.
+    ///   - delay: coalescing delay; defaults to one 60 Hz frame.
+    ///   - maxRects: the most rectangles per batch.
+    ///   - onUpdate: called on the loop with each non-empty batch.
+    public init(loop: EventLoop, tracker: (any DirtyTracker)?, geometry: FramebufferGeometry,
+                delay: Duration = .nanoseconds(16_666_667), maxRects: Int = 16,
+                onUpdate: @escaping ([Rect]) -> Void) {
+        if let t = tracker { precondition(geometry.byteCount <= t.byteCount, "framebuffer exceeds tracked region") }
+        self.loop = loop
+        self.tracker = tracker
+        self.geometry = geometry
+        self.delay = delay
+        self.coalescer = Coalescer(geometry: geometry, maxRects: maxRects)
+        self.onUpdate = onUpdate
+    }
+
+    deinit { stop() }
+
+    /// Starts watching: collects (and drops) what was written before, then
+    /// arms the tracker. A tracker that cannot notify (`compare`) is polled
+    /// every `delay`.
+    public func start() throws(SystemError) {
+        guard !started else { return }
+        started = true
+        if let t = tracker {
+            _ = try t.collect()
+            if let fd = t.notificationFD {
+                try loop.watch(fd: fd) { [weak self] _ in self?.notified() }
+            }
+        }
+        goIdle()
+    }
+
+    /// Stops the timer and the notification watch; the tracker stays open
+    /// (its owner closes it).
+    public func stop() {
+        guard started else { return }
+        started = false
+        if let id = timer { loop.cancelTimer(id) }
+        timer = nil
+        if let fd = tracker?.notificationFD { loop.unwatch(fd: fd) }
+    }
+
+    /// Adds damage from another source (rects in framebuffer pixels; clipped).
+    public func add(_ rects: [Rect]) {
+        for r in rects { coalescer.add(r) }
+        if !coalescer.isEmpty { schedule() }
+    }
+
+    /// Collects and delivers now instead of waiting for the timer (before a
+    /// resize or a screendump). Returns what was delivered.
+    @discardableResult
+    public func flush() -> [Rect] {
+        if let id = timer { loop.cancelTimer(id) }
+        timer = nil
+        return tick()
+    }
+
+    // MARK: Internals
+
+    private func notified() {
+        tracker?.drainNotification()
+        statistics.notifications += 1
+        schedule()
+    }
+
+    private func schedule() {
+        guard started, timer == nil else { return }
+        timer = loop.addTimer(after: delay) { [weak self] in
+            guard let self else { return }
+            self.timer = nil
+            self.tick()
+        }
+    }
+
+    /// Arms the tracker for the next write; polls when it cannot notify.
+    private func goIdle() {
+        busyTicks = 0
+        guard let t = tracker else { return }
+        guard t.notificationFD != nil else { schedule(); return }
+        statistics.arms += 1
+        let quiet = (try? t.arm()) ?? false
+        if !quiet { schedule() }
+    }
+
+    @discardableResult
+    private func tick() -> [Rect] {
+        statistics.ticks += 1
+        var activity = !coalescer.isEmpty
+        var fullFrame = false
+        if let t = tracker {
+            switch phase {
+            case .tracking:
+                let runs = (try? t.collect()) ?? fullRegion(t)
+                activity = activity || !runs.isEmpty
+                coalescer.add(runs: runs, pageSize: t.pageSize)
+                noteLoad(runs.pageCount, of: t)
+            case .flood(let n):
+                statistics.floodTicks += 1
+                fullFrame = true
+                activity = true
+                if n <= 1 {
+                    _ = try? t.collect() // re-protect everything; the full frame covers it
+                    phase = .sampling
+                } else {
+                    phase = .flood(sampleIn: n - 1)
+                }
+            case .sampling:
+                statistics.floodTicks += 1
+                let written = ((try? t.peek()) ?? fullRegion(t)).pageCount
+                if Double(written) >= floodExit * Double(t.pageCount) {
+                    fullFrame = true
+                    activity = true
+                    phase = .flood(sampleIn: floodSampleTicks)
+                } else {
+                    phase = .tracking
+                    busyTicks = 0
+                    let runs = (try? t.collect()) ?? fullRegion(t)
+                    activity = activity || !runs.isEmpty
+                    coalescer.add(runs: runs, pageSize: t.pageSize)
+                }
+            }
+        }
+        var rects = coalescer.take()
+        if fullFrame { rects = [geometry.bounds] }
+        if !rects.isEmpty {
+            statistics.batches += 1
+            statistics.rects += rects.count
+            statistics.pixels += rects.reduce(0) { $0 + $1.area }
+            onUpdate(rects)
+        }
+        guard started else { return rects }
+        if activity { schedule() } else { goIdle() }
+        return rects
+    }
+
+    private func noteLoad(_ pages: Int, of t: any DirtyTracker) {
+        guard floodEnabled, t.mode != .compare else { return }
+        if Double(pages) >= floodEnter * Double(t.pageCount) {
+            busyTicks += 1
+            if busyTicks >= floodAfterTicks {
+                phase = .flood(sampleIn: floodSampleTicks)
+                statistics.floodEntries += 1
+            }
+        } else {
+            busyTicks = 0
+        }
+    }
+
+    /// What to report when a collect fails: everything (never lose damage).
+    private func fullRegion(_ t: any DirtyTracker) -> [PageRun] {
+        [PageRun(first: 0, count: t.pageCount)]
+    }
+}
