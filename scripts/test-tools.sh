@@ -7,3 +7,14 @@ mkdir -p .build-tools
 # Python clients the project did not write: vncdotool (vncdo) drives VNC, Pillow decodes PNG/PPM.
 [ -x .build-tools/venv/bin/python ] || python3 -m venv .build-tools/venv
 .build-tools/venv/bin/pip install -q vncdotool pillow
+
+# test-xenstore (xenstore conformance client) from Debian's xen-utils-4.17,
+# unpacked, not installed: XenStoreTests run it against the embedded xenstored.
+if [ ! -x .build-tools/xen-utils/usr/lib/xen-4.17/bin/test-xenstore ]; then
+  echo "test-tools: fetching xen-utils-4.17 for test-xenstore" >&2
+  tmp=$(mktemp -d); chmod 755 "$tmp"   # apt-get download runs as _apt
+  (cd "$tmp" && apt-get download -qq xen-utils-4.17 >/dev/null)
+  rm -rf .build-tools/xen-utils
+  dpkg-deb -x "$tmp"/xen-utils-4.17_*.deb .build-tools/xen-utils
+  rm -rf "$tmp"
+fi

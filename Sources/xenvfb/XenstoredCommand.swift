@@ -1,7 +1,91 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import EventLoop
+import Support
+import XenStore
+
+/// `xenvfb xenstored --socket PATH [--domain-socket DOMID:PATH]...`: the
+/// embedded xenstored as a process of its own, until SIGINT, SIGTERM or
+/// SIGHUP; then it removes its sockets and exits 0.
 enum XenstoredCommand {
+    static let usage = """
+    usage: xenvfb xenstored --socket PATH [--domain-socket DOMID:PATH]...
+      --socket PATH               listen on PATH; its clients act as dom0
+      --domain-socket DOMID:PATH  also listen on PATH; its clients act as domain DOMID
+    """
+
     static func main(_ args: [String]) -> Int32 {
-        Support.Log.logger("xenstored").error("not implemented yet")
-        return 1
+        let log = Log.logger("xenstored")
+        var socket: String?
+        var domainSockets: [(UInt32, String)] = []
+        var i = 0
+        func value(_ option: String) -> String? {
+            i += 1
+            guard i < args.count else {
+                log.error("\(option) needs a value")
+                return nil
+            }
+            return args[i]
+        }
+        while i < args.count {
+            var arg = args[i]
+            var inline: String?
+            if arg.hasPrefix("--"), let eq = arg.firstIndex(of: "=") {
+                inline = String(arg[arg.index(after: eq)...])
+                arg = String(arg[..<eq])
+            }
+            switch arg {
+            case "--socket":
+                guard let v = inline ?? value(arg) else { return 2 }
+                socket = v
+            case "--domain-socket":
+                guard let v = inline ?? value(arg) else { return 2 }
+                guard let colon = v.firstIndex(of: ":"),
+                      let domid = UInt32(v[..<colon]), domid < 0x7ff0,
+                      v.index(after: colon) < v.endIndex else {
+                    log.error("--domain-socket wants DOMID:PATH (DOMID a number below 32752), got '\(v)'")
+                    return 2
+                }
+                domainSockets.append((domid, String(v[v.index(after: colon)...])))
+            case "-h", "--help":
+                print(usage)
+                return 0
+            default:
+                log.error("unknown option '\(args[i])'\n\(usage)")
+                return 2
+            }
+            i += 1
+        }
+        guard let socket else {
+            log.error("--socket PATH is required\n\(usage)")
+            return 2
+        }
+
+        let loop: EventLoop
+        do {
+            loop = try EventLoop()
+        } catch {
+            log.error("\(error)")
+            return 1
+        }
+        let server = XenstoreServer(loop: loop)
+        do {
+            try loop.handleSignals([SIGINT, SIGTERM, SIGHUP]) { signo in
+                log.info("signal \(signo): shutting down")
+                server.stop()
+                loop.stop()
+            }
+            try server.listen(path: socket)
+            for (domid, path) in domainSockets {
+                try server.addDomainSocket(domid: domid, path: path)
+            }
+        } catch {
+            log.error("\(error)")
+            server.stop()
+            return 1
+        }
+        loop.run()
+        return 0
     }
 }
-import Support
