@@ -44,5 +44,6 @@ let package = Package(
         .testTarget(name: "DisplaysTests", dependencies: ["Displays", "Damage", "EventLoop", "Support", "CShims", "CPNG"]),
         .testTarget(name: "HostTests", dependencies: ["Host", "EventLoop", "Support"]),
         .testTarget(name: "DamageTests", dependencies: ["Damage", "CWriteFault", "EventLoop", "Support"]),
+        .testTarget(name: "XenStoreTests", dependencies: ["XenStore", "EventLoop", "Support", "CShims"]),
     ]
 )
