@@ -63,15 +63,18 @@ struct XSDatabase {
         // As xenstored's setup_structure: "/", "/tool", "/tool/xenstored", all n0.
         let perms = [XSPermission(domid: 0, .none)]
         var db = XSDatabase(nodes: [:], counter: counter)
-        db.nodes["/"] = XSNode(perms: perms, children: ["tool"], generation: counter.next())
-        db.nodes["/tool"] = XSNode(perms: perms, children: ["xenstored"], generation: counter.next())
-        db.nodes["/tool/xenstored"] = XSNode(perms: perms, generation: counter.next())
+        db.install("/", XSNode(perms: perms, children: ["tool"]))
+        db.install("/tool", XSNode(perms: perms, children: ["xenstored"]))
+        db.install("/tool/xenstored", XSNode(perms: perms))
         return db
     }
 
     /// A snapshot for a transaction.
     func snapshot() -> XSDatabase {
-        XSDatabase(nodes: nodes, counter: counter, accessed: [:])
+        var s = self
+        s.accessed = [:]
+        s.modified = []
+        return s
     }
 
     private mutating func touch(_ path: String) {
@@ -88,13 +91,24 @@ struct XSDatabase {
     mutating func put(_ path: String, _ node: XSNode?) {
         touch(path)
         modified.insert(path)
+        install(path, node)
+    }
+
+    /// Stores (or removes) a node with a new generation, keeping the
+    /// per-owner counts; records nothing for a transaction.
+    mutating func install(_ path: String, _ node: XSNode?) {
+        if let owner = nodes[path]?.perms.first?.domid { owned[owner, default: 1] -= 1 }
         if var n = node {
             n.generation = counter.next()
             nodes[path] = n
+            if let owner = n.perms.first?.domid { owned[owner, default: 0] += 1 }
         } else {
             nodes.removeValue(forKey: path)
         }
     }
+
+    /// How many nodes each domain owns (quota_nb_entry_per_domain).
+    private(set) var owned: [UInt32: Int] = [:]
 
     var nodeCount: Int { nodes.count }
 }
@@ -105,6 +119,8 @@ struct XSOperations {
     var caller: XSCaller
     /// quota_max_entry_size: the largest node an unprivileged caller may write.
     var maxEntrySize = 2048
+    /// quota_nb_entry_per_domain: how many nodes an unprivileged domain may own.
+    var maxEntriesPerDomain = 1000
 
     /// get_node: the node if the caller has `need` on it; otherwise ENOENT or
     /// EACCES, chosen so that the caller learns nothing it may not read.
@@ -154,6 +170,7 @@ struct XSOperations {
         }
         var created = XSNode(perms: [])
         for name in missing.reversed() {
+            if !caller.privileged && db.owned[caller.domid, default: 0] >= maxEntriesPerDomain { throw .ENOSPC }
             parent.children.append(XSPath.basename(name))
             try checkSize(parent)
             db.put(parentName, parent)

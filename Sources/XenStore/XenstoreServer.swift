@@ -43,6 +43,8 @@ public final class XenstoreServer: @unchecked Sendable {
         public var maxTransactionsPerDomain = 10
         /// Permission entries per node for unprivileged callers (quota_nb_perms_per_node).
         public var maxPermsPerNode = 5
+        /// Nodes an unprivileged domain may own (quota_nb_entry_per_domain).
+        public var maxNodesPerDomain = 1000
         public init() {}
     }
 
@@ -266,7 +268,13 @@ public final class XenstoreServer: @unchecked Sendable {
     // MARK: I/O
 
     private func handle(_ conn: Connection, _ events: EventLoop.Events) {
-        if events.contains(.writable) { flush(conn) }
+        if events.contains(.writable) {
+            flush(conn)
+            // Requests read while output was backed up wait in `input`.
+            if !conn.closed && conn.outBytes < limits.readPauseBytes && conn.input.count >= XSLimits.headerSize {
+                processInput(conn)
+            }
+        }
         if conn.closed { return }
         if !events.intersection([.readable, .hangup]).isEmpty { readInput(conn) }
     }
@@ -463,7 +471,8 @@ public final class XenstoreServer: @unchecked Sendable {
     }
 
     private func dispatch(_ conn: Connection, _ msg: XSMessage, _ type: XSMessageType, _ txn: Transaction?) throws(XSError) {
-        let ops = XSOperations(caller: caller(conn))
+        var ops = XSOperations(caller: caller(conn))
+        ops.maxEntriesPerDomain = limits.maxNodesPerDomain
         let p = msg.payload
         switch type {
         case .read:
@@ -673,12 +682,7 @@ public final class XenstoreServer: @unchecked Sendable {
             throw .EAGAIN
         }
         for path in txn.db.modified {
-            if var node = txn.db.nodes[path] {
-                node.generation = counter.next()
-                store.nodes[path] = node
-            } else {
-                store.nodes.removeValue(forKey: path)
-            }
+            store.install(path, txn.db.nodes[path])
         }
         fire(txn.events)
     }

@@ -194,3 +194,27 @@ import Testing
         #expect(r.stdout.split(separator: "\n").map(String.init) == names)
     }
 }
+
+@Suite struct QuotaTests {
+    @Test func aGuestCannotOwnMoreNodesThanItsQuota() throws {
+        var limits = XenstoreServer.Limits()
+        limits.maxNodesPerDomain = 10
+        let fx = try XenstoreFixture(limits: limits)
+        defer { fx.stop() }
+        let dom0 = try RawClient(path: fx.socket)
+        _ = dom0.request(.mkdir, ["/local/domain/5"])
+        _ = dom0.request(.setPerms, ["/local/domain/5", "n5"])   // 1 node owned by 5
+        let guest = RawClient(fd: try fx.server.connect(asDomain: 5))
+        var results: [String] = []
+        for i in 0..<12 { results.append(RawClient.text(guest.request(.write, ["n\(i)"], value: [1]))) }
+        #expect(results == Array(repeating: "OK", count: 9) + Array(repeating: "error ENOSPC", count: 3))
+        // Removing frees quota; dom0 has none.
+        #expect(RawClient.text(guest.request(.rm, ["n0"])) == "OK")
+        #expect(RawClient.text(guest.request(.write, ["again"], value: [1])) == "OK")
+        for i in 0..<20 { #expect(RawClient.text(dom0.request(.write, ["/d0/n\(i)"], value: [1])) == "OK") }
+        // An oversized value from a guest: ENOSPC; from dom0 fine.
+        let big = [UInt8](repeating: 0x62, count: 3000)
+        #expect(RawClient.text(guest.request(.write, ["n1"], value: big)) == "error ENOSPC")
+        #expect(RawClient.text(dom0.request(.write, ["/d0/big"], value: big)) == "OK")
+    }
+}

@@ -1,0 +1,56 @@
+import Glibc
+import Testing
+@testable import XenStore
+
+/// `xenvfb xenstored` as a process, driven by Debian's tools.
+@Suite struct CommandTests {
+    /// The xenvfb executable built next to this test bundle.
+    private func xenvfbPath() throws -> String {
+        var buf = [CChar](repeating: 0, count: 4096)
+        let n = readlink("/proc/self/exe", &buf, buf.count - 1)
+        guard n > 0 else { throw TestFailure("readlink /proc/self/exe failed") }
+        let exe = String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        let path = String(exe[..<exe.lastIndex(of: "/")!]) + "/xenvfb"
+        guard access(path, X_OK) == 0 else { throw TestFailure("\(path) missing: swift build --build-tests builds it") }
+        return path
+    }
+
+    private func waitForSocket(_ path: String) -> Bool {
+        let deadline = now() + 20
+        var st = stat()
+        while now() < deadline {
+            if stat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFSOCK { return true }
+            usleep(10_000)
+        }
+        return false
+    }
+
+    @Test(arguments: [SIGTERM, SIGINT, SIGHUP])
+    func servesUntilASignalThenRemovesItsSocketsAndExitsZero(signal: Int32) throws {
+        let dir = try makeTempDir()
+        defer { removeTree(dir) }
+        let sock = dir + "/socket", guestSock = dir + "/dom5"
+        let server = try Child(try xenvfbPath(), ["xenstored", "--socket", sock, "--domain-socket", "5:" + guestSock], env: [:])
+        #expect(waitForSocket(sock) && waitForSocket(guestSock))
+        var r = try runTool("xenstore-write", ["/local/domain/5/name", "five"], env: ["XENSTORED_PATH": sock])
+        #expect(r.status == 0, "\(r)")
+        r = try runTool("xenstore-chmod", ["/local/domain/5/name", "r5"], env: ["XENSTORED_PATH": sock])
+        #expect(r.status == 0, "\(r)")
+        r = try runTool("xenstore-read", ["name"], env: ["XENSTORED_PATH": guestSock])
+        #expect(r.stdout == "five\n", "\(r)")
+        kill(server.pid, signal)
+        let result = server.wait()
+        #expect(result.status == 0, "\(result)")
+        #expect(access(sock, F_OK) != 0 && access(guestSock, F_OK) != 0, "sockets removed")
+    }
+
+    @Test func badArgumentsExitTwoWithAMessage() throws {
+        let bin = try xenvfbPath()
+        for args in [["xenstored"], ["xenstored", "--socket"], ["xenstored", "--socket", "/tmp/x", "--domain-socket", "five:/tmp/y"],
+                     ["xenstored", "--bogus"]] {
+            let r = try runTool(bin, args, env: [:])
+            #expect(r.status == 2, "\(args): \(r)")
+            #expect(!r.stderr.isEmpty, "\(args): \(r)")
+        }
+    }
+}
