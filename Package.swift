@@ -33,7 +33,7 @@ let package = Package(
                                                 .product(name: "Logging", package: "swift-log")]),
         .target(name: "Devices", dependencies: ["XenBus", "XenStore", "Host", "Damage", "Displays", "EventLoop", "Support", "CXen"]),
         .target(name: "Control", dependencies: ["EventLoop", "Support"]),
-        .target(name: "GuestKit", dependencies: ["Devices", "XenStore", "Host", "Damage", "EventLoop", "Support"]),
+        .target(name: "GuestKit", dependencies: ["Devices", "XenBus", "Displays", "XenStore", "Host", "Damage", "EventLoop", "Support"]),
         .executableTarget(
             name: "xenvfb",
             dependencies: ["Support", "EventLoop", "Damage", "XenStore", "Host", "XenBus", "Devices",

@@ -1,0 +1,46 @@
+import Displays
+import EventLoop
+import Host
+import Support
+import XenBus
+
+/// The device model's backends for one guest: vfb and vkbd, registered under
+/// `/local/domain/<be>/device-model/<domid>/backends`, after which
+/// `device-model/<domid>/state` = `running` tells libxl the model is ready.
+public final class Backends {
+    public let loop: EventLoop
+    public private(set) var vfb: XenBusBackend?
+    public private(set) var vkbd: XenBusBackend?
+    private var started = false
+
+    public init(loop: EventLoop) { self.loop = loop }
+
+    /// Starts both backends; every device they find shows on `hub`, and
+    /// input from `hub`'s displays goes to the vkbd device.
+    public func start(host: Host, xenstore: XenStoreAccess, domid: UInt32, hub: DisplayHub, config: BackendConfig) throws {
+        let vfb = XenBusBackend(type: "vfb", domid: domid, host: host, store: xenstore, loop: loop) { _ in
+            VfbDevice(hub: hub, config: config)
+        }
+        let vkbd = XenBusBackend(type: "vkbd", domid: domid, host: host, store: xenstore, loop: loop) { _ in
+            let device = VkbdDevice(hub: hub, config: config)
+            hub.input = device
+            return device
+        }
+        self.vfb = vfb
+        self.vkbd = vkbd
+        try vfb.start()
+        try vkbd.start()
+        try xenstore.write("/local/domain/\(host.domid)/device-model/\(domid)/state", "running")
+        started = true
+        Log.logger("backends", ["domid": "\(domid)"]).info("vfb and vkbd backends registered")
+    }
+
+    /// Takes every device to Closing, then Closed, and stops watching.
+    public func shutdown(completion: @escaping () -> Void) {
+        vfb?.shutdown()
+        vkbd?.shutdown()
+        vfb = nil
+        vkbd = nil
+        completion()
+    }
+}

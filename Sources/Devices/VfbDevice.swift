@@ -1,0 +1,320 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Damage
+import Displays
+import EventLoop
+import Host
+import Logging
+import Support
+import XenBus
+
+/// The vfb backend for one device: maps the guest's `xenfb_page` and
+/// framebuffer, validates the geometry, consumes UPDATE and RESIZE events and
+/// copies changed pixels into the hub's `Frame` (the shadow copy displays read)
+/// on a coalescing tick. Frontends without `feature-update` are compared
+/// against the frame periodically instead, while connected.
+public final class VfbDevice: XenBusDeviceHandler {
+    let hub: DisplayHub
+    let config: BackendConfig
+    var log: Logger = Log.logger("vfb")
+
+    private var page: GuestMapping?
+    private var framebuffer: GuestMapping?
+    private var evtchn: EventChannels?
+    private var localPort: UInt32 = 0
+    private weak var device: XenBusDevice?
+    /// Private OUT-ring consumer index: `out_cons` on the page is written, never trusted.
+    private var outCons: UInt32 = 0
+    private var fbLen = 0
+    public private(set) var geometry: FramebufferGeometry?
+    public private(set) var featureUpdate = false
+    private var queued: [Rect] = []
+    private var fullScreen = false
+    private var flushTimer: EventLoop.TimerID?
+    private var pollTimer: EventLoop.TimerID?
+    private var rewroteState = false
+    private var warnings = 0
+    /// Counters for tests and logs.
+    public private(set) var updatesReceived = 0
+    public private(set) var resizesRefused = 0
+
+    public init(hub: DisplayHub, config: BackendConfig) {
+        self.hub = hub
+        self.config = config
+    }
+
+    /// Logs a guest-caused problem, at most 20 times per device (XSA-180).
+    private func warn(_ message: @autoclosure () -> String) {
+        warnings += 1
+        if warnings <= 20 { log.warning("\(message())") }
+        if warnings == 20 { log.warning("further warnings for this device suppressed") }
+    }
+
+    // MARK: XenBusDeviceHandler
+
+    public func initialise(_ device: XenBusDevice) throws {
+        log = device.log
+        self.device = device
+        try device.writeBackend("feature-resize", "1")
+    }
+
+    public func connect(_ device: XenBusDevice) throws {
+        self.device = device
+        guard let refText = device.readFrontend("page-ref"), let pageRef = UInt64(xenstoreDecimal: refText) else {
+            throw XenBusError("frontend key page-ref is missing or not decimal")
+        }
+        guard let portText = device.readFrontend("event-channel"), let remotePort = UInt32(xenstoreDecimal: portText) else {
+            throw XenBusError("frontend key event-channel is missing or not decimal")
+        }
+        let proto = device.readFrontend("protocol")
+        featureUpdate = device.readFrontend("feature-update") == "1"
+
+        let page = try device.host.mapForeign(domid: device.domid, frames: [pageRef], writable: true)
+        self.page = page
+        // One copy of the header and page directory; everything below parses the copy.
+        guard let header = page.bytes(at: 0, count: XenfbLayout.inRingOffset) else { throw XenBusError("shared page too small") }
+        let (fb, frames, geometry) = try Self.describeFramebuffer(header: header, protocol: proto, limit: config.framebufferLimit)
+        let dirs = try device.host.mapForeign(domid: device.domid, frames: frames, writable: false)
+        let entry = fb.entrySize
+        guard let list = dirs.bytes(at: 0, count: fb.pages * entry) else { throw XenBusError("page directory too small") }
+        dirs.unmap()
+        let fbFrames: [UInt64] = (0..<fb.pages).map { i in
+            var v: UInt64 = 0
+            for b in 0..<entry { v |= UInt64(list[i * entry + b]) << (8 * UInt64(b)) }
+            return v
+        }
+        framebuffer = try device.host.mapForeign(domid: device.domid, frames: fbFrames, writable: false)
+        fbLen = fb.length
+
+        let ev = try device.host.openEventChannels()
+        evtchn = ev
+        localPort = try ev.bindInterdomain(remoteDomain: device.domid, remotePort: remotePort)
+        try device.loop.watch(fd: ev.fd) { [weak self] _ in self?.eventChannelFired() }
+
+        outCons = page.load(UInt32.self, at: XenfbLayout.outCons) ?? 0
+        apply(geometry)
+        if featureUpdate {
+            try device.writeBackend("request-update", "1")
+        } else {
+            pollTimer = device.loop.addTimer(after: config.pollInterval, repeating: config.pollInterval) { [weak self] in self?.poll() }
+        }
+        rewroteState = false
+        log.info("connected: \(geometry), \(fb.length) bytes in \(fb.pages) pages, protocol \(proto ?? "(none)"), feature-update \(featureUpdate)")
+    }
+
+    public func frontendConnected(_ device: XenBusDevice) {
+        // QEMU rewrites state 4 once: a frontend that missed InitWait sees Connected again.
+        if !rewroteState {
+            rewroteState = true
+            try? device.writeBackend("state", XenbusState.connected.xenstoreValue)
+        }
+    }
+
+    public func disconnect(_ device: XenBusDevice) {
+        if let t = flushTimer { device.loop.cancelTimer(t); flushTimer = nil }
+        if let t = pollTimer { device.loop.cancelTimer(t); pollTimer = nil }
+        if let ev = evtchn {
+            device.loop.unwatch(fd: ev.fd)
+            try? ev.unbind(port: localPort)
+            ev.close()
+        }
+        evtchn = nil
+        page?.unmap()
+        page = nil
+        framebuffer?.unmap()
+        framebuffer = nil
+        geometry = nil
+        queued.removeAll()
+        fullScreen = false
+    }
+
+    // MARK: Framebuffer description
+
+    struct FramebufferLayout {
+        var length: Int
+        var pages: Int
+        var entrySize: Int
+    }
+
+    /// Checks the description in the shared page copy and returns the
+    /// framebuffer's size, the directory frames to map, and the geometry.
+    static func describeFramebuffer(header: [UInt8], protocol proto: String?, limit: Int) throws -> (FramebufferLayout, [UInt64], FramebufferGeometry) {
+        func u32(_ o: Int) -> UInt32 { RingEvent(bytes: header).u32(at: o) }
+        // Never mix the 32- and 64-bit layouts: decide once (reference §1 "Guest ABI").
+        let wide: Bool
+        switch proto {
+        case "x86_32-abi": wide = false
+        case nil: wide = u32(XenfbLayout.pd64) != 0
+        default: wide = true // x86_64-abi, arm-abi, or unknown: native
+        }
+        let memLength = Int(u32(XenfbLayout.memLength))
+        guard memLength > 0 else { throw GeometryError.emptyFramebuffer }
+        guard memLength <= limit else { throw GeometryError.memLengthOverLimit(memLength, limit: limit) }
+        let entry = wide ? 8 : 4
+        let pages = (memLength + guestPageSize - 1) / guestPageSize
+        let perDirectory = guestPageSize / entry
+        let dirCount = (pages + perDirectory - 1) / perDirectory
+        let maxDirs = wide ? XenfbLayout.maxDirectories64 : XenfbLayout.maxDirectories32
+        guard dirCount <= maxDirs else { throw GeometryError.tooManyDirectories(dirCount, max: maxDirs) }
+        let geometry = try FramebufferGeometry.configure(
+            fbLen: memLength,
+            width: Int(Int32(bitPattern: u32(XenfbLayout.width))),
+            height: Int(Int32(bitPattern: u32(XenfbLayout.height))),
+            depth: Int(header[XenfbLayout.depth]),
+            stride: Int(u32(XenfbLayout.lineLength)),
+            offset: 0)
+        let pdBase = wide ? XenfbLayout.pd64 : XenfbLayout.pd32
+        let dirs: [UInt64] = (0..<dirCount).map { i in
+            let o = pdBase + i * entry
+            return wide ? UInt64(u32(o)) | UInt64(u32(o + 4)) << 32 : UInt64(u32(o))
+        }
+        return (FramebufferLayout(length: memLength, pages: pages, entrySize: entry), dirs, geometry)
+    }
+
+    private func apply(_ g: FramebufferGeometry) {
+        geometry = g
+        if hub.frame.width != g.width || hub.frame.height != g.height {
+            hub.resize(width: g.width, height: g.height)
+        }
+        fullScreen = true
+        scheduleFlush()
+    }
+
+    // MARK: OUT ring
+
+    private func eventChannelFired() {
+        guard let ev = evtchn else { return }
+        while let port = try? ev.pending() { try? ev.unmask(port: port) }
+        processOutRing()
+    }
+
+    /// Drains the OUT ring: each 40-byte slot is copied once and parsed from
+    /// the copy (XSA-155); the private consumer index is the only one trusted.
+    func processOutRing() {
+        guard let page else { return }
+        let ring = SharedRing(page: page, consOffset: XenfbLayout.outCons, prodOffset: XenfbLayout.outProd,
+                              ringOffset: XenfbLayout.outRingOffset, length: XenfbLayout.outRingLength)
+        let prod = ring.loadProd()
+        Barrier.read()
+        guard prod &- outCons <= UInt32(XenfbLayout.outRingLength) else {
+            warn("OUT ring producer \(prod) is more than \(XenfbLayout.outRingLength) ahead of consumer \(outCons); ignoring the ring")
+            return
+        }
+        guard prod != outCons else { return }
+        var cons = outCons
+        while cons != prod {
+            if let event = ring.copyEvent(cons) { handle(event) }
+            cons &+= 1
+        }
+        Barrier.full()
+        outCons = cons
+        ring.storeCons(cons)
+        // Linux flushes a stashed update on this notification: always send it.
+        if let ev = evtchn { try? ev.notify(port: localPort) }
+    }
+
+    private func handle(_ event: RingEvent) {
+        switch event.type {
+        case XenfbLayout.typeUpdate:
+            updatesReceived += 1
+            guard let g = geometry else { return }
+            // Int arithmetic on i32 inputs: x + w cannot overflow.
+            let r = Rect(x: Int(event.i32(at: 4)), y: Int(event.i32(at: 8)),
+                         width: Int(event.i32(at: 12)), height: Int(event.i32(at: 16)))
+            let clipped = r.intersection(Rect(x: 0, y: 0, width: g.width, height: g.height))
+            guard !clipped.isEmpty else { return } // bogus or empty: dropped
+            if queued.count >= config.maxQueuedRects {
+                fullScreen = true
+            } else if clipped.width == g.width && clipped.height > g.height / 2 {
+                fullScreen = true // scroll detector
+            } else {
+                queued.append(clipped)
+            }
+            scheduleFlush()
+        case XenfbLayout.typeResize:
+            let w = Int(event.i32(at: 4)), h = Int(event.i32(at: 8)), stride = Int(event.i32(at: 12))
+            let depth = Int(event.i32(at: 16)), offset = Int(event.i32(at: 20))
+            do {
+                let g = try FramebufferGeometry.configure(fbLen: fbLen, width: w, height: h, depth: depth, stride: stride, offset: offset)
+                log.info("resize to \(g)")
+                apply(g)
+            } catch {
+                resizesRefused += 1
+                warn("refused resize to \(w)x\(h)x\(depth) stride \(stride) offset \(offset): \(error)")
+            }
+        default:
+            break // unknown types are ignored
+        }
+    }
+
+    // MARK: Copying into the frame
+
+    private func scheduleFlush() {
+        guard flushTimer == nil, let loop = device?.loop else { return }
+        flushTimer = loop.addTimer(after: config.updateDelay) { [weak self] in
+            self?.flushTimer = nil
+            self?.flush()
+        }
+    }
+
+    /// The coalescing tick: copies the queued rectangles (or everything) from
+    /// guest memory into the frame, then tells the displays.
+    func flush() {
+        guard let g = geometry else { return }
+        let rects = fullScreen ? [Rect(x: 0, y: 0, width: g.width, height: g.height)] : queued
+        fullScreen = false
+        queued.removeAll(keepingCapacity: true)
+        guard !rects.isEmpty else { return }
+        for r in rects { copy(r, geometry: g) }
+        hub.update(rects)
+    }
+
+    /// Copies one rectangle (inside the geometry) of guest pixels into the frame.
+    private func copy(_ r: Rect, geometry g: FramebufferGeometry) {
+        guard let fb = framebuffer else { return }
+        let frame = hub.frame
+        let rect = r.intersection(Rect(x: 0, y: 0, width: min(g.width, frame.width), height: min(g.height, frame.height)))
+        guard !rect.isEmpty else { return }
+        let bpp = g.bytesPerPixel
+        for row in rect.y..<rect.maxY {
+            let src = g.offset + row * g.stride + rect.x * bpp
+            let dst = frame.pixels + row * frame.stride + rect.x * 4
+            _ = fb.withBytes(at: src, count: rect.width * bpp) { bytes in
+                PixelConversion.convert(depth: g.depth, source: bytes, count: rect.width, dest: dst)
+            }
+        }
+    }
+
+    /// For frontends without `feature-update`: compares the guest framebuffer
+    /// with the frame in bands of rows and copies the bands that differ.
+    private func poll() {
+        guard let g = geometry, let fb = framebuffer else { return }
+        let frame = hub.frame
+        let width = min(g.width, frame.width), height = min(g.height, frame.height)
+        let band = 16
+        var row = [UInt32](repeating: 0, count: width)
+        var changed: [Rect] = []
+        var y0 = 0
+        while y0 < height {
+            let y1 = min(y0 + band, height)
+            var differs = false
+            for y in y0..<y1 {
+                let dst = frame.pixels + y * frame.stride
+                let converted: Bool? = row.withUnsafeMutableBytes { tmp in
+                    fb.withBytes(at: g.offset + y * g.stride, count: width * g.bytesPerPixel) { bytes in
+                        PixelConversion.convert(depth: g.depth, source: bytes, count: width, dest: tmp.baseAddress!)
+                    }.map { true }
+                }
+                guard converted == true else { continue }
+                if row.withUnsafeBytes({ memcmp($0.baseAddress!, dst, width * 4) }) != 0 {
+                    differs = true
+                    row.withUnsafeBytes { dst.copyMemory(from: $0.baseAddress!, byteCount: width * 4) }
+                }
+            }
+            if differs { changed.append(Rect(x: 0, y: y0, width: width, height: y1 - y0)) }
+            y0 = y1
+        }
+        if !changed.isEmpty { hub.update(changed) }
+    }
+}

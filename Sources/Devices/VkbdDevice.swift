@@ -1,0 +1,199 @@
+import Displays
+import EventLoop
+import Host
+import Logging
+import Support
+import XenBus
+
+/// The vkbd backend for one device, and the hub's `InputSink`: keys, buttons,
+/// wheel and pointer from the displays go into the guest's IN ring as Linux
+/// input codes. When the ring (51 slots) is full, events wait in a large
+/// queue and go out as the guest consumes them (on its notification); none
+/// is dropped unless that queue's cap is hit.
+public final class VkbdDevice: XenBusDeviceHandler, InputSink {
+    let hub: DisplayHub
+    let config: BackendConfig
+    var log: Logger = Log.logger("vkbd")
+
+    private var page: GuestMapping?
+    private var evtchn: EventChannels?
+    private var localPort: UInt32 = 0
+    private weak var device: XenBusDevice?
+    /// Private IN-ring producer index: `in_prod` on the page is written, never read back.
+    private var inProd: UInt32 = 0
+    /// Frontend Connected and its `request-*` keys read: events may flow.
+    public private(set) var ready = false
+    public private(set) var absolutePointer = false
+    public private(set) var rawPointer = false
+    private var queue: [InputEvent] = []
+    private var head = 0
+    private var warnedCap = false
+    private var warnedRing = false
+    // Pointer state for translating between absolute and relative.
+    private var lastX: Int32 = 0, lastY: Int32 = 0
+
+    public init(hub: DisplayHub, config: BackendConfig) {
+        self.hub = hub
+        self.config = config
+    }
+
+    /// Events waiting for room in the ring.
+    public var queuedEvents: Int { queue.count - head }
+
+    // MARK: XenBusDeviceHandler
+
+    public func initialise(_ device: XenBusDevice) throws {
+        log = device.log
+        self.device = device
+        try device.writeBackend("feature-abs-pointer", "1")
+        if config.rawPointer { try device.writeBackend("feature-raw-pointer", "1") }
+        try device.writeBackend("width", String(hub.frame.width))
+        try device.writeBackend("height", String(hub.frame.height))
+    }
+
+    public func connect(_ device: XenBusDevice) throws {
+        self.device = device
+        guard let refText = device.readFrontend("page-ref"), let pageRef = UInt64(xenstoreDecimal: refText) else {
+            throw XenBusError("frontend key page-ref is missing or not decimal")
+        }
+        guard let portText = device.readFrontend("event-channel"), let remotePort = UInt32(xenstoreDecimal: portText) else {
+            throw XenBusError("frontend key event-channel is missing or not decimal")
+        }
+        let page = try device.host.mapForeign(domid: device.domid, frames: [pageRef], writable: true)
+        self.page = page
+        let ev = try device.host.openEventChannels()
+        evtchn = ev
+        localPort = try ev.bindInterdomain(remoteDomain: device.domid, remotePort: remotePort)
+        try device.loop.watch(fd: ev.fd) { [weak self] _ in self?.eventChannelFired() }
+        inProd = page.load(UInt32.self, at: XenkbdLayout.inProd) ?? 0
+        log.info("connected")
+    }
+
+    public func frontendConnected(_ device: XenBusDevice) {
+        absolutePointer = device.readFrontend("request-abs-pointer") == "1"
+        rawPointer = absolutePointer && config.rawPointer && device.readFrontend("request-raw-pointer") == "1"
+        ready = true
+        log.info("frontend connected: pointer \(absolutePointer ? (rawPointer ? "absolute raw" : "absolute") : "relative")")
+        flush()
+    }
+
+    public func disconnect(_ device: XenBusDevice) {
+        ready = false
+        if let ev = evtchn {
+            device.loop.unwatch(fd: ev.fd)
+            try? ev.unbind(port: localPort)
+            ev.close()
+        }
+        evtchn = nil
+        page?.unmap()
+        page = nil
+        queue.removeAll()
+        head = 0
+    }
+
+    // MARK: InputSink
+
+    public func send(_ event: InputEvent) {
+        guard page != nil else { return } // no frontend: there is nobody to deliver to
+        if queuedEvents >= config.inputQueueLimit {
+            if !warnedCap { warnedCap = true; log.warning("input queue full (\(config.inputQueueLimit) events); dropping input until the guest catches up") }
+            return
+        }
+        queue.append(event)
+        if ready { flush() }
+    }
+
+    // MARK: Ring
+
+    private func eventChannelFired() {
+        guard let ev = evtchn else { return }
+        while let port = try? ev.pending() { try? ev.unmask(port: port) }
+        // No OUT events are defined: consume whatever the frontend put there.
+        if let page, let prod = page.load(UInt32.self, at: XenkbdLayout.outProd) {
+            Barrier.full()
+            page.store(prod, at: XenkbdLayout.outCons)
+        }
+        flush()
+    }
+
+    /// Puts as many queued events into the IN ring as fit, then notifies.
+    func flush() {
+        guard ready, let page, queuedEvents > 0 else { return }
+        let ring = SharedRing(page: page, consOffset: XenkbdLayout.inCons, prodOffset: XenkbdLayout.inProd,
+                              ringOffset: XenkbdLayout.inRingOffset, length: XenkbdLayout.inRingLength)
+        let cons = ring.loadCons()
+        Barrier.full()
+        let used = inProd &- cons
+        guard used <= UInt32(XenkbdLayout.inRingLength) else {
+            // A corrupted in_cons: treat the ring as full, never spin.
+            if !warnedRing { warnedRing = true; log.warning("IN ring consumer \(cons) is inconsistent with producer \(inProd); treating the ring as full") }
+            return
+        }
+        var free = Int(UInt32(XenkbdLayout.inRingLength) - used)
+        var sent = 0
+        while free > 0 && head < queue.count {
+            let wire = translate(queue[head])
+            head += 1
+            guard let wire else { continue }
+            ring.putEvent(wire, at: inProd &+ UInt32(sent))
+            sent += 1
+            free -= 1
+        }
+        if head == queue.count { queue.removeAll(keepingCapacity: true); head = 0 }
+        else if head > 4096 && head * 2 > queue.count { queue.removeFirst(head); head = 0 }
+        guard sent > 0 else { return }
+        Barrier.write()
+        inProd &+= UInt32(sent)
+        ring.storeProd(inProd)
+        if let ev = evtchn { try? ev.notify(port: localPort) }
+    }
+
+    /// One display event as a kbdif event, in the mode the frontend asked for.
+    func translate(_ event: InputEvent) -> RingEvent? {
+        switch event {
+        case .key(let code, let pressed):
+            var e = RingEvent(type: XenkbdLayout.typeKey)
+            e.set(UInt8(pressed ? 1 : 0), at: 1)
+            e.set(code, at: 4)
+            return e
+        case .absolute(let x, let y):
+            let w = Int32(clamping: max(hub.frame.width, 1)), h = Int32(clamping: max(hub.frame.height, 1))
+            let cx = min(max(x, 0), w - 1), cy = min(max(y, 0), h - 1)
+            defer { lastX = cx; lastY = cy }
+            if absolutePointer { return position(cx, cy, z: 0) }
+            var e = RingEvent(type: XenkbdLayout.typeMotion)
+            e.set(cx &- lastX, at: 4)
+            e.set(cy &- lastY, at: 8)
+            return e
+        case .relative(let dx, let dy):
+            var e = RingEvent(type: XenkbdLayout.typeMotion)
+            e.set(dx, at: 4)
+            e.set(dy, at: 8)
+            let w = Int32(clamping: max(hub.frame.width, 1)), h = Int32(clamping: max(hub.frame.height, 1))
+            lastX = min(max(lastX &+ dx, 0), w - 1)
+            lastY = min(max(lastY &+ dy, 0), h - 1)
+            return e
+        case .wheel(let z):
+            if absolutePointer { return position(lastX, lastY, z: z) }
+            var e = RingEvent(type: XenkbdLayout.typeMotion)
+            e.set(z, at: 12)
+            return e
+        }
+    }
+
+    /// A POS event at pixel (x, y): pixels, or scaled to 0..0x7fff when raw
+    /// (the inverse of QEMU's `v*(surface_w-1)/0x7fff`).
+    private func position(_ x: Int32, _ y: Int32, z: Int32) -> RingEvent {
+        var e = RingEvent(type: XenkbdLayout.typePosition)
+        var ax = x, ay = y
+        if rawPointer {
+            let w = Int64(max(hub.frame.width - 1, 1)), h = Int64(max(hub.frame.height - 1, 1))
+            ax = Int32(Int64(x) * Int64(XenkbdLayout.rawMax) / w)
+            ay = Int32(Int64(y) * Int64(XenkbdLayout.rawMax) / h)
+        }
+        e.set(ax, at: 4)
+        e.set(ay, at: 8)
+        e.set(z, at: 12)
+        return e
+    }
+}

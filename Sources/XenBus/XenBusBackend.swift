@@ -1,0 +1,320 @@
+import EventLoop
+import Host
+import Logging
+import Support
+
+/// What a device kind (vfb, vkbd) implements; `XenBusDevice` runs the state
+/// machine and calls these at the steps of QEMU's legacy backend (reference §3).
+public protocol XenBusDeviceHandler: AnyObject {
+    /// Backend state Initialising and `online` = 1: write the feature keys.
+    /// The device then writes `hotplug-status` and goes to InitWait.
+    func initialise(_ device: XenBusDevice) throws
+    /// Frontend Initialised or Connected: map the ring, bind the event
+    /// channel, validate. Throwing costs the guest its device (Closing).
+    func connect(_ device: XenBusDevice) throws
+    /// Frontend Connected (after `connect`): read the frontend's `request-*` keys.
+    func frontendConnected(_ device: XenBusDevice)
+    /// Unmap and unbind everything `connect` set up. Must be idempotent.
+    func disconnect(_ device: XenBusDevice)
+}
+
+/// Reasons a device refuses its frontend; the message names the key and value.
+public struct XenBusError: Error, CustomStringConvertible {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// Finds the devices of one kind for one guest and runs each one's backend
+/// state machine: watches `backend/<type>/<domid>` under the backend domain's
+/// path, scans what is already there, and creates or drops `XenBusDevice`s
+/// as directories appear and disappear.
+public final class XenBusBackend {
+    public let type: String
+    public let domid: UInt32
+    public let host: Host
+    public let store: XenStoreAccess
+    public let loop: EventLoop
+    public let root: String
+    public private(set) var devices: [UInt32: XenBusDevice] = [:]
+    private let makeHandler: (XenBusDevice) -> XenBusDeviceHandler
+    private var watch: XenStoreWatch?
+    private let log: Logger
+
+    public init(type: String, domid: UInt32, host: Host, store: XenStoreAccess, loop: EventLoop,
+                makeHandler: @escaping (XenBusDevice) -> XenBusDeviceHandler) {
+        self.type = type
+        self.domid = domid
+        self.host = host
+        self.store = store
+        self.loop = loop
+        self.makeHandler = makeHandler
+        root = "/local/domain/\(host.domid)/backend/\(type)/\(domid)"
+        log = Log.logger("xenbus", ["type": "\(type)", "domid": "\(domid)"])
+    }
+
+    /// Registers the backend (`device-model/<domid>/backends/<type>`) and
+    /// starts watching for devices.
+    public func start() throws {
+        try store.mkdir("/local/domain/\(host.domid)/device-model/\(domid)/backends/\(type)")
+        watch = try store.watch(root) { [weak self] path in self?.changed(path) }
+        scan()
+    }
+
+    /// Takes every device to Closing and then Closed and stops watching.
+    public func shutdown() {
+        watch?.cancel()
+        watch = nil
+        for dev in devices.values { dev.close() }
+        devices.removeAll()
+    }
+
+    private func changed(_ path: String) {
+        guard path.hasPrefix(root + "/") else { scan(); return } // the root itself, or above it
+        let rest = path.dropFirst(root.count + 1)
+        let first = rest.split(separator: "/", maxSplits: 1).first.map(String.init) ?? ""
+        if let devid = UInt32(xenstoreDecimal: first), let dev = devices[devid] {
+            dev.update()
+            if dev.isRemoved { devices[devid] = nil }
+        } else {
+            scan()
+        }
+    }
+
+    private func scan() {
+        let names = (try? store.directory(root)) ?? []
+        for name in names {
+            guard let devid = UInt32(xenstoreDecimal: name), devices[devid] == nil else { continue }
+            guard (try? store.read("\(root)/\(name)/state")) ?? nil != nil else { continue } // not complete yet
+            let dev = XenBusDevice(backend: self, devid: devid)
+            dev.handler = makeHandler(dev)
+            devices[devid] = dev
+            log.info("new \(type) device", metadata: ["devid": "\(devid)"])
+            dev.update()
+        }
+        for (devid, dev) in devices {
+            dev.update()
+            if dev.isRemoved { devices[devid] = nil }
+        }
+    }
+}
+
+/// One backend device: its paths, its state, and the state machine of
+/// reference §3, run after every change of either end's directory.
+public final class XenBusDevice {
+    public unowned let backend: XenBusBackend
+    public let devid: UInt32
+    /// `/local/domain/<be>/backend/<type>/<domid>/<devid>`
+    public let backendPath: String
+    /// `/local/domain/<domid>/device/<type>/<devid>` (checked against the `frontend` key).
+    public let frontendPath: String
+    public var handler: XenBusDeviceHandler?
+    public let log: Logger
+    public var type: String { backend.type }
+    public var domid: UInt32 { backend.domid }
+    public var store: XenStoreAccess { backend.store }
+    public var host: Host { backend.host }
+    public var loop: EventLoop { backend.loop }
+
+    /// The state this backend last wrote.
+    public private(set) var state: XenbusState = .initialising
+    /// The frontend's state as last read (nil: missing or not a valid state).
+    public private(set) var frontendState: XenbusState?
+    public private(set) var isRemoved = false
+    /// Whether `connect` succeeded and `disconnect` has not run since.
+    public private(set) var isConnected = false
+
+    private var setUp = false
+    private var frontendWatch: XenStoreWatch?
+    private var calledFrontendConnected = false
+    private var warnedBadFrontendState = false
+    private var updating = false
+    private var again = false
+    // Reconnect rate limit: at most `resetBurst` resets per `resetWindow`.
+    private var resetTimes: [UInt64] = []
+    private var resetTimer: EventLoop.TimerID?
+    static let resetBurst = 5
+    static let resetWindow: UInt64 = 10_000_000_000
+    static let resetBackoff: Duration = .seconds(2)
+
+    init(backend: XenBusBackend, devid: UInt32) {
+        self.backend = backend
+        self.devid = devid
+        backendPath = "\(backend.root)/\(devid)"
+        frontendPath = "/local/domain/\(backend.domid)/device/\(backend.type)/\(devid)"
+        log = Log.logger(backend.type, ["domid": "\(backend.domid)", "devid": "\(devid)"])
+    }
+
+    // MARK: Key access for handlers
+
+    public func readFrontend(_ key: String) -> String? { (try? store.read("\(frontendPath)/\(key)")) ?? nil }
+    public func readBackend(_ key: String) -> String? { (try? store.read("\(backendPath)/\(key)")) ?? nil }
+    public func writeBackend(_ key: String, _ value: String) throws { try store.write("\(backendPath)/\(key)", value) }
+
+    private func setState(_ s: XenbusState) {
+        guard s != state || readBackend("state") != s.xenstoreValue else { return }
+        let old = state
+        state = s
+        do { try writeBackend("state", s.xenstoreValue) } catch { log.error("cannot write state \(s): \(error)") }
+        log.info("backend \(old) -> \(s)", metadata: ["frontend": "\(frontendState.map { "\($0)" } ?? "none")"])
+    }
+
+    // MARK: State machine
+
+    /// Re-reads both ends and takes every step that applies. Safe to call at
+    /// any time and any number of times (watch events may be spurious).
+    public func update() {
+        guard !isRemoved else { return }
+        if updating { again = true; return } // our own writes fire watches; finish this pass first
+        updating = true
+        defer { updating = false }
+        repeat {
+            again = false
+            step()
+        } while again && !isRemoved
+    }
+
+    private func step() {
+        // The backend directory is gone: the toolstack removed the device.
+        guard let beText = readBackend("state") else { remove(); return }
+
+        // Someone else (libxl's unplug) moved the backend to Closing or Closed.
+        if let written = XenbusState(xenstore: beText), written != state, written == .closing || written == .closed {
+            log.info("toolstack set backend state \(written)")
+            if isConnected { handler?.disconnect(self); isConnected = false }
+            state = written
+        }
+
+        let feText = readFrontend("state")
+        let fe = XenbusState(xenstore: feText)
+        if fe == nil, let feText, !warnedBadFrontendState {
+            warnedBadFrontendState = true
+            log.warning("frontend wrote an invalid state \"\(feText.prefix(16))\"; treating it as Unknown")
+        }
+        frontendState = fe
+
+        if !setUp {
+            guard setup() else { return }
+        }
+
+        // Shutdown: follow the frontend into Closing/Closed; a vanished
+        // frontend counts as Closed.
+        let feGone = feText == nil
+        if fe == .closing || fe == .closed || (feGone && isConnected) {
+            if isConnected { handler?.disconnect(self); isConnected = false }
+            calledFrontendConnected = false
+            if state != .closed { setState(fe == .closing ? .closing : .closed) }
+            return
+        }
+        if state == .closing {
+            // Toolstack-initiated close: finish once the frontend is not using the device.
+            if fe == nil || fe == .unknown || fe == .initialising { setState(.closed) }
+            return
+        }
+
+        // Reconnect: backend Closed and the frontend is back at Initialising
+        // (or already Initialised again: it may pass through 1 between two watch events).
+        if state == .closed, fe == .initialising || fe == .initialised {
+            guard allowReset() else { return }
+            setState(.initialising)
+        }
+
+        if state == .initialising {
+            guard readBackend("online") == "1" else { return }
+            do {
+                try handler?.initialise(self)
+                try writeBackend("hotplug-status", "connected")
+                setState(.initWait)
+            } catch {
+                log.error("initialise failed: \(error)")
+                setState(.closing)
+                return
+            }
+        }
+
+        if state == .initWait, fe == .initialised || fe == .connected {
+            do {
+                try handler?.connect(self)
+                isConnected = true
+                setState(.connected)
+            } catch {
+                handler?.disconnect(self)
+                log.error("cannot connect to the frontend: \(error)")
+                setState(.closing)
+                return
+            }
+        }
+
+        if state == .connected, fe == .connected, !calledFrontendConnected {
+            calledFrontendConnected = true
+            handler?.frontendConnected(self)
+        }
+    }
+
+    /// Step 2 of §3: the backend must start at Initialising and name the
+    /// expected frontend directory, which is then watched.
+    private func setup() -> Bool {
+        guard let be = XenbusState(xenstore: readBackend("state")), be == .initialising else {
+            if !warnedBadFrontendState { log.error("backend state is not Initialising at setup; ignoring the device") }
+            warnedBadFrontendState = true
+            return false
+        }
+        guard let fe = readBackend("frontend"), fe == frontendPath else {
+            log.error("backend key frontend=\"\(readBackend("frontend")?.prefix(64) ?? "")\" is not \(frontendPath); ignoring the device")
+            remove()
+            return false
+        }
+        setUp = true
+        state = .initialising
+        do {
+            frontendWatch = try store.watch(frontendPath) { [weak self] _ in self?.update() }
+        } catch {
+            log.error("cannot watch \(frontendPath): \(error)")
+        }
+        return true
+    }
+
+    /// Allows a reconnect unless the frontend flaps; then retries after a pause.
+    private func allowReset() -> Bool {
+        let now = EventLoop.now()
+        resetTimes = resetTimes.filter { now &- $0 < Self.resetWindow }
+        if resetTimes.count >= Self.resetBurst {
+            if resetTimer == nil {
+                log.warning("frontend reconnects too often; waiting before the next reconnect")
+                resetTimer = loop.addTimer(after: Self.resetBackoff) { [weak self] in
+                    guard let self else { return }
+                    self.resetTimer = nil
+                    self.resetTimes.removeAll()
+                    self.update()
+                }
+            }
+            return false
+        }
+        resetTimes.append(now)
+        return true
+    }
+
+    private func remove() {
+        guard !isRemoved else { return }
+        if isConnected { handler?.disconnect(self); isConnected = false }
+        isRemoved = true
+        frontendWatch?.cancel()
+        frontendWatch = nil
+        if let t = resetTimer { loop.cancelTimer(t) }
+        log.info("backend directory removed; device dropped")
+    }
+
+    /// Shuts the device down from the backend side: Closing, then Closed.
+    public func close() {
+        guard !isRemoved else { return }
+        if isConnected { handler?.disconnect(self); isConnected = false }
+        if readBackend("state") != nil {
+            setState(.closing)
+            setState(.closed)
+        }
+        isRemoved = true
+        frontendWatch?.cancel()
+        frontendWatch = nil
+        if let t = resetTimer { loop.cancelTimer(t) }
+    }
+}
