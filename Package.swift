@@ -45,5 +45,7 @@ let package = Package(
         .testTarget(name: "HostTests", dependencies: ["Host", "EventLoop", "Support"]),
         .testTarget(name: "DamageTests", dependencies: ["Damage", "CWriteFault", "EventLoop", "Support"]),
         .testTarget(name: "XenStoreTests", dependencies: ["XenStore", "EventLoop", "Support", "CShims"]),
+        .testTarget(name: "DevicesTests", dependencies: ["Devices", "XenBus", "Host", "Displays", "Damage", "EventLoop", "Support"]),
+        .testTarget(name: "GuestKitTests", dependencies: ["GuestKit", "Devices", "XenBus", "Host", "Displays", "Damage", "EventLoop", "Support"]),
     ]
 )

@@ -9,6 +9,14 @@ public struct FramebufferGeometry: Equatable, Sendable, CustomStringConvertible 
     /// Byte offset of the first pixel in the framebuffer.
     public var offset: Int
 
+    public init(width: Int, height: Int, depth: Int, stride: Int, offset: Int) {
+        self.width = width
+        self.height = height
+        self.depth = depth
+        self.stride = stride
+        self.offset = offset
+    }
+
     public var bytesPerPixel: Int { depth / 8 }
     public var description: String { "\(width)x\(height)x\(depth) stride \(stride) offset \(offset)" }
 

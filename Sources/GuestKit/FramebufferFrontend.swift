@@ -182,6 +182,9 @@ public final class FramebufferFrontend: FrontendBase {
         notify()
     }
 
+    /// The shared page, for tests that corrupt it on purpose.
+    public func pageMappingForTests() -> GuestMapping { pageMapping() }
+
     /// The shared page alone, as a view the ring helpers can use.
     func pageMapping() -> GuestMapping {
         // A sub-view of guest RAM; the domain's mapping outlives it.

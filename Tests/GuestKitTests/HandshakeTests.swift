@@ -1,0 +1,110 @@
+import Damage
+import Devices
+import Displays
+import GuestKit
+import Host
+import Testing
+import XenBus
+
+@Suite struct HandshakeTests {
+    @Test func bothEndsReachConnectedAndTheModelSaysRunning() throws {
+        let m = try Machine()
+        let (fb, kbd) = try m.connectAll()
+        #expect(fb.state == .connected && kbd.state == .connected)
+        #expect(m.backendState("vfb") == .connected)
+        #expect(m.backendState("vkbd") == .connected)
+        #expect(try m.store.read("/local/domain/0/device-model/1/state") == "running")
+        #expect(try m.store.directory("/local/domain/0/device-model/1/backends") == ["vfb", "vkbd"])
+        let be = "/local/domain/0/backend/vfb/1/0"
+        #expect(try m.store.read("\(be)/feature-resize") == "1")
+        #expect(try m.store.read("\(be)/request-update") == "1")
+        #expect(try m.store.read("\(be)/hotplug-status") == "connected")
+        let kb = "/local/domain/0/backend/vkbd/1/0"
+        #expect(try m.store.read("\(kb)/feature-abs-pointer") == "1")
+        #expect(try m.store.read("\(kb)/feature-raw-pointer") == "1")
+        #expect(try m.store.read("\(kb)/width") == "800")
+        #expect(fb.updateWanted && fb.featureResize)
+        #expect(m.vkbdDevice?.absolutePointer == true)
+        // Features, hotplug-status and InitWait are written in that order, Connected after.
+        let journal = m.store.journal.filter { $0.hasPrefix(be + "/") }.map { String($0.dropFirst(be.count + 1)) }
+        let order = ["feature-resize=1", "hotplug-status=connected", "state=2", "request-update=1", "state=4"]
+        var idx = journal.startIndex
+        for key in order {
+            guard let found = journal[idx...].firstIndex(of: key) else { Issue.record("\(key) missing or out of order in \(journal)"); break }
+            idx = found
+        }
+    }
+
+    @Test func anUpdateReachesTheFrameAndTheDisplays() throws {
+        let m = try Machine()
+        let rec = RecordingDisplay()
+        m.hub.add(rec)
+        let (fb, _) = try m.connectAll()
+        m.run { m.hub.frame.width == 800 && !rec.updates.isEmpty }
+        rec.updates.removeAll()
+        fb.fill(Rect(x: 10, y: 20, width: 30, height: 40), color: 0x00ff8000)
+        fb.update(Rect(x: 10, y: 20, width: 30, height: 40))
+        #expect(m.run { !rec.updates.isEmpty })
+        #expect(rec.updates.first == [Rect(x: 10, y: 20, width: 30, height: 40)])
+        #expect(m.hub.frame.pixel(x: 10, y: 20) & 0xffffff == 0xff8000)
+        #expect(m.hub.frame.pixel(x: 39, y: 59) & 0xffffff == 0xff8000)
+        #expect(m.hub.frame.pixel(x: 40, y: 60) & 0xffffff == 0)
+        #expect(frameMatchesGuest(m.hub.frame, fb))
+    }
+
+    @Test func manyRectanglesBecomeOneFullScreenUpdate() throws {
+        var config = BackendConfig()
+        config.updateDelay = .milliseconds(200)
+        let m = try Machine(config: config)
+        let rec = RecordingDisplay()
+        m.hub.add(rec)
+        let (fb, _) = try m.connectAll()
+        m.run { !rec.updates.isEmpty }
+        rec.updates.removeAll()
+        // Separate events (fbfront merges only while the ring is full): send them raw.
+        for i in 0..<20 {
+            var e = RingEvent(type: XenfbLayout.typeUpdate)
+            e.set(Int32(i * 10), at: 4); e.set(Int32(i * 10), at: 8); e.set(Int32(5), at: 12); e.set(Int32(5), at: 16)
+            fb.send(e)
+        }
+        #expect(m.run { !rec.updates.isEmpty })
+        #expect(rec.updates.first == [Rect(x: 0, y: 0, width: 800, height: 600)])
+    }
+
+    @Test func bogusRectanglesAreClippedOrDropped() throws {
+        let m = try Machine()
+        let rec = RecordingDisplay()
+        m.hub.add(rec)
+        let (fb, _) = try m.connectAll()
+        m.run { !rec.updates.isEmpty }
+        rec.updates.removeAll()
+        func send(_ x: Int32, _ y: Int32, _ w: Int32, _ h: Int32) {
+            var e = RingEvent(type: XenfbLayout.typeUpdate)
+            e.set(x, at: 4); e.set(y, at: 8); e.set(w, at: 12); e.set(h, at: 16)
+            fb.send(e)
+        }
+        send(Int32.max, Int32.max, Int32.max, Int32.max)   // off screen: dropped
+        send(-5, -5, -10, 20)                                // negative size: dropped
+        send(790, 590, Int32.max, Int32.max)                 // clipped to 10x10, no overflow
+        send(-100, 0, 110, 1)                                // clipped to 10x1 at 0,0
+        var unknown = RingEvent(type: 77)                    // ignored
+        unknown.set(Int32(-1), at: 4)
+        fb.send(unknown)
+        #expect(m.run { !rec.updates.isEmpty })
+        #expect(rec.updates.first == [Rect(x: 790, y: 590, width: 10, height: 10), Rect(x: 0, y: 0, width: 10, height: 1)])
+        #expect(m.vfbDevice?.updatesReceived == 4)
+    }
+
+    @Test func aFullOutRingStashesAndFlushesOnTheBackendsNotification() throws {
+        let m = try Machine()
+        let (fb, _) = try m.connectAll()
+        m.idle(ms: 30)
+        // Fill the ring without running the loop: the backend cannot consume.
+        for i in 0..<60 {
+            fb.fill(Rect(x: i, y: i, width: 1, height: 1), color: 0xffffff)
+            fb.update(Rect(x: i, y: i, width: 1, height: 1))
+        }
+        #expect(fb.stashes == 9, "51 slots, the other 9 updates merged into the stash")
+        #expect(m.run { frameMatchesGuest(m.hub.frame, fb) }, "the stash was flushed after the backend consumed")
+    }
+}

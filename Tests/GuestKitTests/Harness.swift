@@ -1,0 +1,102 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Damage
+import Devices
+import Displays
+import EventLoop
+import GuestKit
+import Host
+import Testing
+import XenBus
+
+/// One simulated machine in this process: a loop, an in-memory xenstore, a
+/// SimHost directory, the device model's backends (dom0) and a guest domain.
+final class Machine {
+    let loop: EventLoop
+    let store: InMemoryXenStore
+    let dir: String
+    let hub = DisplayHub()
+    let backends: Backends
+    let guest: GuestDomain
+    let domid: UInt32
+    var config = BackendConfig()
+
+    init(domid: UInt32 = 1, config: BackendConfig = BackendConfig()) throws {
+        loop = try EventLoop()
+        store = InMemoryXenStore(loop: loop)
+        dir = try SimHost.makeDirectory(prefix: "xenvfb-gktest")
+        self.domid = domid
+        self.config = config
+        backends = Backends(loop: loop)
+        guest = try GuestDomain(host: SimHost(directory: dir, domid: domid), store: store, loop: loop)
+    }
+
+    deinit { SimHost.removeDirectory(dir) }
+
+    func startBackends() throws {
+        try backends.start(host: SimHost(directory: dir, domid: 0), xenstore: store, domid: domid, hub: hub, config: config)
+    }
+
+    /// Toolstack + backends + both frontends, run until both ends are Connected.
+    func connectAll(requestRaw: Bool = false, editPage: ((GuestMapping, Int) -> Void)? = nil) throws -> (FramebufferFrontend, KeyboardFrontend) {
+        try Toolstack.addFramebuffer(store: store, domid: domid)
+        try startBackends()
+        let fb = FramebufferFrontend(domain: guest)
+        fb.hostile.editPage = editPage
+        let kbd = KeyboardFrontend(domain: guest)
+        kbd.requestRaw = requestRaw
+        // Let the backends reach InitWait first, as the frontend drivers load after the devices exist.
+        run { self.backendState("vfb") == .initWait && self.backendState("vkbd") == .initWait }
+        try fb.start()
+        try kbd.start()
+        run { fb.state == .connected && kbd.state == .connected && self.backendState("vfb") == .connected
+            && self.backendState("vkbd") == .connected && (self.hub.input as? VkbdDevice)?.ready == true }
+        return (fb, kbd)
+    }
+
+    func backendState(_ type: String, devid: UInt32 = 0) -> XenbusState? {
+        XenbusState(xenstore: (try? store.read("/local/domain/0/backend/\(type)/\(domid)/\(devid)/state")) ?? nil)
+    }
+
+    var vfbDevice: VfbDevice? { backends.vfb?.devices[0]?.handler as? VfbDevice }
+    var vkbdDevice: VkbdDevice? { backends.vkbd?.devices[0]?.handler as? VkbdDevice }
+
+    /// Runs the loop until `condition` holds or `seconds` pass; returns whether it held.
+    @discardableResult
+    func run(seconds: Double = 10, until condition: () -> Bool) -> Bool {
+        let deadline = EventLoop.now() + UInt64(seconds * 1e9)
+        while !condition() {
+            if EventLoop.now() > deadline { return false }
+            loop.runOnce(timeoutMilliseconds: 10)
+        }
+        return true
+    }
+
+    /// Runs the loop for `ms` milliseconds regardless.
+    func idle(ms: Int) {
+        let deadline = EventLoop.now() + UInt64(ms) * 1_000_000
+        while EventLoop.now() < deadline { loop.runOnce(timeoutMilliseconds: 5) }
+    }
+}
+
+/// A display that records what it was told.
+final class RecordingDisplay: Display {
+    let name = "record"
+    var resizes = 0
+    var updates: [[Rect]] = []
+    func frameDidResize(_ frame: Frame) { resizes += 1 }
+    func frameDidUpdate(_ frame: Frame, rects: [Rect]) { updates.append(rects) }
+    func close() {}
+}
+
+/// Whether the hub's frame equals the guest's framebuffer, pixel by pixel (RGB).
+func frameMatchesGuest(_ frame: Frame, _ fb: FramebufferFrontend) -> Bool {
+    guard frame.width == fb.width, frame.height == fb.height else { return false }
+    for y in 0..<fb.height {
+        for x in 0..<fb.width where (frame.pixel(x: x, y: y) & 0xffffff) != ((fb.pixel(x: x, y: y) ?? 0) & 0xffffff) {
+            return false
+        }
+    }
+    return true
+}
