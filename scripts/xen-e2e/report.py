@@ -14,8 +14,9 @@ def main():
     directory = sys.argv[1]
     try:
         with open(os.path.join(directory, "results.json")) as f:
-            results = json.load(f)
-    except (OSError, ValueError) as e:
+            data = json.load(f)
+        results, configs = data["runs"], data.get("configs", {})
+    except (OSError, ValueError, KeyError) as e:
         print("xen-e2e: no results from dom0 (%s); see %s/serial.log and dom0-test.log" % (e, directory))
         return 1
     if not results:
@@ -45,6 +46,9 @@ def main():
         "\n\nTime to Connected counts from the start of `xl create` until vfb and vkbd are\n" \
         "in state 4 on both ends; CPU time and VmHWM are the device model's, read from\n" \
         "/proc just before `xl destroy`.\n\n## Details\n\n" + "\n".join(notes) + "\n"
+    if configs:
+        text += "\n## Example configurations (xl create -n)\n\n" + "\n".join(
+            "- configs/%s: %s" % (name, "parses" if ok else "FAILED") for name, ok in sorted(configs.items())) + "\n"
     with open(os.path.join(directory, "results.md"), "w") as f:
         f.write(text)
     print("\n".join(lines))
@@ -53,7 +57,9 @@ def main():
             if not ok:
                 print("FAILED: %s %s %s — %s" % (r["dm"], r["variant"], check,
                       "; ".join(n for n in r.get("notes", []) if n.startswith(check + ":"))))
-    return 0 if all(r["checks"] and all(r["checks"].values()) for r in results) else 1
+    for name, ok in sorted(configs.items()):
+        print("configs/%s: %s" % (name, "parses" if ok else "FAILED (xl create -n)"))
+    return 0 if all(r["checks"] and all(r["checks"].values()) for r in results) and all(configs.values()) else 1
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ case "$xenvfb_shot" in qmp|png) ;; *) echo "xen-e2e: --xenvfb-shot must be qmp o
 # TCG here, with outliers of 30 s; a boot that has not got there in
 # BOOT_LIMIT is retried once. The whole VM run is bounded by VM_LIMIT.
 BOOT_LIMIT=${XEN_E2E_BOOT_LIMIT:-180}
-VM_LIMIT=${XEN_E2E_VM_LIMIT:-660}
+VM_LIMIT=${XEN_E2E_VM_LIMIT:-720}
 
 T0=$(date +%s)
 step() { echo "== xen-e2e: $* (+$(( $(date +%s) - T0 ))s, $(date +%T))"; }
@@ -95,6 +95,8 @@ cp "$tree/lib/modules/$kver/kernel/drivers/input/evdev.ko" "$build/initramfs/evd
 (cd "$build/initramfs" && find . | cpio -o -H newc --quiet | gzip -1) > "$build/job/guest/initrd.gz"
 cp "$tree/boot/vmlinuz-$kver" "$build/job/guest/vmlinuz"
 cp "$here/dom0-test.py" "$build/job/dom0-test.py"
+mkdir -p "$build/job/configs"
+cp "$root"/configs/*.cfg "$build/job/configs/"
 
 runs=()
 if [ "$dm" != xenvfb ]; then
@@ -107,7 +109,9 @@ fi
 python3 - "$build/job/job.json" "$xenvfb_shot" "$xenvfb_input" "${runs[@]}" <<'EOF'
 import json, sys
 out, shot, xinput, runs = sys.argv[1], sys.argv[2], sys.argv[3] == "yes", sys.argv[4:]
-job = {"kernel": "/job/guest/vmlinuz", "ramdisk": "/job/guest/initrd.gz",
+import glob, os
+job = {"configs": sorted("/job/configs/" + os.path.basename(c) for c in glob.glob(os.path.join(os.path.dirname(out), "configs", "*.cfg"))),
+       "kernel": "/job/guest/vmlinuz", "ramdisk": "/job/guest/initrd.gz",
        "pattern": "/job/pattern.raw", "width": 800, "height": 600, "runs": []}
 for r in runs:
     dm, variant = r.split()
