@@ -32,7 +32,7 @@ let package = Package(
         .target(name: "Displays", dependencies: ["Damage", "EventLoop", "Support", "CShims", "CVNCServer", "CSDL2", "CPNG",
                                                 .product(name: "Logging", package: "swift-log")]),
         .target(name: "Devices", dependencies: ["XenBus", "XenStore", "Host", "Damage", "Displays", "EventLoop", "Support", "CXen"]),
-        .target(name: "Control", dependencies: ["EventLoop", "Support"]),
+        .target(name: "Control", dependencies: ["EventLoop", "Support", "CShims", .product(name: "Logging", package: "swift-log")]),
         .target(name: "GuestKit", dependencies: ["Devices", "XenBus", "Displays", "XenStore", "Host", "Damage", "EventLoop", "Support"]),
         .executableTarget(
             name: "xenvfb",
@@ -47,5 +47,7 @@ let package = Package(
         .testTarget(name: "XenStoreTests", dependencies: ["XenStore", "EventLoop", "Support", "CShims"]),
         .testTarget(name: "DevicesTests", dependencies: ["Devices", "XenBus", "Host", "Displays", "Damage", "EventLoop", "Support"]),
         .testTarget(name: "GuestKitTests", dependencies: ["GuestKit", "Devices", "XenBus", "Host", "Displays", "Damage", "EventLoop", "Support"]),
+        .testTarget(name: "ControlTests", dependencies: ["Control", "EventLoop", "Support", "CShims"],
+                    exclude: ["qmp_client.py"]),
     ]
 )

@@ -18,3 +18,7 @@ if [ ! -x .build-tools/xen-utils/usr/lib/xen-4.17/bin/test-xenstore ]; then
   dpkg-deb -x "$tmp"/xen-utils-4.17_*.deb .build-tools/xen-utils
   rm -rf "$tmp"
 fi
+
+# QEMU's own QMP client (qemu.qmp) drives the QMP monitor.
+.build-tools/venv/bin/python3 -c 'import qemu.qmp' 2>/dev/null ||
+  .build-tools/venv/bin/pip install --quiet --disable-pip-version-check 'qemu.qmp>=0.0.3'

@@ -1,7 +1,229 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CShims
+import Control
+import Displays
+import EventLoop
+import Logging
 import Support
+
+/// `xenvfb [OPTIONS]`: the device model of one Xen domain, as libxl spawns it.
 enum DeviceModelCommand {
     static func main(_ args: [String]) -> Int32 {
-        Log.logger("xenvfb").error("device-model mode not implemented yet")
-        return 1
+        let log = Log.logger("xenvfb")
+        let options: DeviceModelOptions
+        do throws(OptionError) {
+            options = try DeviceModelOptions.parse(args)
+        } catch {
+            log.error("\(error) (see xenvfb --help and xenvfb(1))")
+            return 1
+        }
+        if let error = validateDisplays(options) {
+            log.error("\(error) (see xenvfb(1))")
+            return 1
+        }
+        do throws(DeviceModelError) {
+            let model = try DeviceModel(options: options)
+            try model.start()
+            return model.run()
+        } catch {
+            log.error("\(error)")
+            return 1
+        }
+    }
+}
+
+/// Checks the display arguments that the display modules parse, so a typo
+/// fails at start-up like any other bad option. Shared with `xenvfb demo`.
+func validateDisplays(_ options: DeviceModelOptions) -> OptionError? {
+    for case .png(let spec) in options.displays {
+        do throws(DisplayError) {
+            _ = try PNGDisplay.Options(spec: spec)
+        } catch {
+            return OptionError("--display", error.message)
+        }
+    }
+    return nil
+}
+
+/// Why the device model could not start.
+struct DeviceModelError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// One running device model: the parsed options, the event loop, the
+/// control plane (QMP, signals, the shutdown chain) and the parts attached to
+/// them.
+///
+/// Start-up order: the control plane (`start`), then the parts
+/// (`attachParts`), then privileges are dropped (`-chroot`, `-runas`), then
+/// the loop runs until SIGHUP (what `xl destroy` sends), SIGTERM, SIGINT or
+/// QMP `quit`; the shutdown chain then tears the parts down in reverse order
+/// and the process exits 0.
+final class DeviceModel {
+    let options: DeviceModelOptions
+    let loop: EventLoop
+    /// The QMP monitor. Parts add commands with `qmp.registerCommand` and
+    /// the VNC display registers itself as `qmp.vncProvider`.
+    let qmp: QMPServer
+    /// Parts add their teardown here (`shutdown.add(name) { done in ... }`).
+    let shutdown = ShutdownChain()
+    let log: Logger
+
+    init(options: DeviceModelOptions) throws(DeviceModelError) {
+        self.options = options
+        var metadata: Logger.Metadata = [:]
+        if let domid = options.domid { metadata["domid"] = "\(domid)" }
+        log = Log.logger("xenvfb", metadata)
+        do {
+            loop = try EventLoop()
+        } catch {
+            throw DeviceModelError("cannot create the event loop: \(error)")
+        }
+        let initial: RunState
+        if options.startPaused {
+            initial = options.incoming == nil ? .prelaunch : .paused
+        } else {
+            initial = .running
+        }
+        qmp = QMPServer(loop: loop, runState: initial, logger: Log.logger("qmp", metadata))
+        qmp.guestName = options.name
+        qmp.displayType = options.sdl ? "sdl" : "none"
+    }
+
+    /// Brings up the control plane, then the parts.
+    func start() throws(DeviceModelError) {
+        logOptions()
+        // Writes to a peer that went away must fail with EPIPE, not kill the
+        // process (QMP and VNC clients come and go).
+        signal(SIGPIPE, SIG_IGN)
+        do {
+            try loop.handleSignals([SIGHUP, SIGTERM, SIGINT]) { [unowned self] sig in
+                self.signalled(sig)
+            }
+        } catch {
+            throw DeviceModelError("cannot handle signals: \(error)")
+        }
+        qmp.onQuit = { [unowned self] in self.beginShutdown(reason: "QMP quit") }
+        for endpoint in options.qmp {
+            do throws(QMPSocketError) {
+                try qmp.listen(endpoint)
+            } catch {
+                qmp.close()
+                throw DeviceModelError("\(error)")
+            }
+        }
+        shutdown.add("QMP") { [unowned self] done in
+            self.qmp.close()
+            done()
+        }
+        if let process = options.processName {
+            _ = cshims_set_thread_name(process)
+        }
+        try attachParts()
+        try dropPrivileges()
+        log.info("device model started", metadata: ["status": "\(qmp.runState.rawValue)"])
+    }
+
+    /// Runs until shutdown; returns the exit status.
+    func run() -> Int32 {
+        loop.run()
+        return 0
+    }
+
+    private func signalled(_ sig: Int32) {
+        let name = sig == SIGHUP ? "SIGHUP" : sig == SIGTERM ? "SIGTERM" : sig == SIGINT ? "SIGINT" : "signal \(sig)"
+        if shutdown.isRunning {
+            log.warning("\(name) during shutdown; exiting now")
+            exit(0)
+        }
+        beginShutdown(reason: name)
+    }
+
+    /// Tears every part down through the shutdown chain, then ends `run`.
+    func beginShutdown(reason: String) {
+        guard !shutdown.isRunning else { return }
+        log.info("shutting down", metadata: ["reason": "\(reason)"])
+        shutdown.run(on: loop) { [unowned self] in
+            self.log.info("device model stopped")
+            self.loop.stop()
+        }
+    }
+
+    private func logOptions() {
+        let o = options
+        let pngs = o.displays.filter { if case .png = $0 { return true } else { return false } }.count
+        log.info("device model options", metadata: [
+            "name": "\(o.name ?? "-")",
+            "vnc": "\(o.vnc ?? "none")",
+            "sdl": "\(o.sdl)",
+            "png": "\(pngs)",
+            "keymap": "\(o.keymap ?? "-")",
+            "qmp": "\(o.qmp.map(\.id).joined(separator: ","))",
+            "paused": "\(o.startPaused)",
+            "dirty-tracking": "\(o.dirtyTracking.rawValue)",
+            "xenstore": "\(o.useXenstore)",
+        ])
+        for w in o.warnings { log.warning("\(w)") }
+    }
+
+    /// `-chroot DIR` and `-runas USER|UID:GID`, applied like QEMU does once
+    /// everything is open: chroot first, then groups, gid and uid.
+    private func dropPrivileges() throws(DeviceModelError) {
+        if let dir = options.chroot {
+            guard Glibc.chroot(dir) == 0 else { throw DeviceModelError("-chroot \(dir): \(SystemError("chroot"))") }
+            guard chdir("/") == 0 else { throw DeviceModelError("-chroot \(dir): \(SystemError("chdir"))") }
+            log.info("changed root", metadata: ["dir": "\(dir)"])
+        }
+        guard let spec = options.runAs else { return }
+        let uid: uid_t, gid: gid_t
+        var user: String?
+        let parts = spec.split(separator: ":", omittingEmptySubsequences: false)
+        if parts.count == 2, let u = UInt32(parts[0]), let g = UInt32(parts[1]) {
+            uid = u
+            gid = g
+        } else if let pw = getpwnam(spec) {
+            uid = pw.pointee.pw_uid
+            gid = pw.pointee.pw_gid
+            user = spec
+        } else {
+            throw DeviceModelError("-runas \(spec): no such user (give a user name or UID:GID)")
+        }
+        if let user {
+            guard initgroups(user, gid) == 0 else { throw DeviceModelError("-runas \(spec): \(SystemError("initgroups"))") }
+        } else {
+            guard setgroups(0, nil) == 0 else { throw DeviceModelError("-runas \(spec): \(SystemError("setgroups"))") }
+        }
+        guard setgid(gid) == 0 else { throw DeviceModelError("-runas \(spec): \(SystemError("setgid"))") }
+        guard setuid(uid) == 0 else { throw DeviceModelError("-runas \(spec): \(SystemError("setuid"))") }
+        log.info("dropped privileges", metadata: ["uid": "\(uid)", "gid": "\(gid)"])
+    }
+}
+
+// MARK: - The parts
+
+extension DeviceModel {
+    /// Where the parts other modules provide are attached, once the control
+    /// plane is up and before privileges are dropped. Each part takes what it
+    /// needs from `options`, runs on `loop`, may add QMP commands to `qmp`,
+    /// and registers its teardown with `shutdown.add` (hooks run in reverse
+    /// order, so register the xenstore connection before the backends that
+    /// use it).
+    ///
+    /// The parts, in order:
+    /// - displays: VNC from `options.vnc` (it sets `qmp.vncProvider`), SDL
+    ///   and PNG from `options.displays`, `options.keymap`;
+    /// - when `options.useXenstore`: the xenstore client for
+    ///   `options.domid`, the vfb and vkbd backends (Closing → Closed in
+    ///   their shutdown hook), `options.dirtyTracking`, then the state key
+    ///   `/local/domain/0/device-model/<domid>/state` = `running` that tells
+    ///   libxl the device model is ready; `options.restrictToDomain` applies
+    ///   `xentoolcore_restrict_all` to the Xen handles once they are open.
+    ///
+    /// With no part attached, the device model serves QMP and exits on a
+    /// signal, which is what `--no-xenstore` is for.
+    func attachParts() throws(DeviceModelError) {
     }
 }

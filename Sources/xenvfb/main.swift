@@ -1,13 +1,20 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Control
 import Support
 
 // xenvfb [SUBCOMMAND] [OPTIONS]
 // Without a known subcommand the arguments are a device model's (QEMU-style,
 // as libxl passes them, or native long options).
-Log.bootstrap()
 let arguments = Array(CommandLine.arguments.dropFirst())
+// --log-level wins over XENVFB_LOG; the arguments are parsed for real (and
+// their errors reported) by the command.
+switch arguments.first {
+case "demo": Log.bootstrap(level: DeviceModelOptions.logLevel(in: Array(arguments.dropFirst()), mode: .demo))
+case "xenstored", "-h", "--help", "help": Log.bootstrap()
+default: Log.bootstrap(level: DeviceModelOptions.logLevel(in: arguments))
+}
 let status: Int32
 switch arguments.first {
 case "xenstored":
