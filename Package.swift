@@ -22,6 +22,8 @@ let package = Package(
         .target(name: "CShims"),
         // The write-fault engine's C half: SIGSEGV handler, userfaultfd, PAGEMAP_SCAN.
         .target(name: "CWriteFault"),
+        // The displays' C half: libvncserver log hooks (variadic) and ioctl.
+        .target(name: "CDisplayShims", dependencies: ["CVNCServer"]),
 
         .target(name: "Support", dependencies: ["CShims", .product(name: "Logging", package: "swift-log")]),
         .target(name: "EventLoop", dependencies: ["Support", "CShims"]),
@@ -30,7 +32,7 @@ let package = Package(
         .target(name: "Host", dependencies: ["CXen", "CShims", "EventLoop", "Support"]),
         .target(name: "XenBus", dependencies: ["XenStore", "Host", "EventLoop", "Support"]),
         .target(name: "Displays", dependencies: ["Damage", "EventLoop", "Support", "CShims", "CVNCServer", "CSDL2", "CPNG",
-                                                .product(name: "Logging", package: "swift-log")]),
+                                                "CDisplayShims", .product(name: "Logging", package: "swift-log")]),
         .target(name: "Devices", dependencies: ["XenBus", "XenStore", "Host", "Damage", "Displays", "EventLoop", "Support", "CXen"]),
         .target(name: "Control", dependencies: ["EventLoop", "Support", "CShims", .product(name: "Logging", package: "swift-log")]),
         .target(name: "GuestKit", dependencies: ["Devices", "XenBus", "Displays", "XenStore", "Host", "Damage", "EventLoop", "Support"]),

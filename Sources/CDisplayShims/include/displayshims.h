@@ -1,0 +1,16 @@
+#pragma once
+// C helpers for the displays: what Swift cannot do with libvncserver
+// (its log hooks are variadic function pointers) and ioctl (variadic).
+#include <rfb/rfb.h>
+
+/// Routes libvncserver's rfbLog/rfbErr lines to `sink` (one call per line,
+/// without the trailing newline). `is_error` is 1 for rfbErr.
+void xenvfb_vnc_set_log_sink(void (*sink)(int is_error, const char *line));
+
+/// Sets how long libvncserver waits for a stalled client in a blocking read or
+/// write before dropping it (its global rfbMaxClientWait, milliseconds).
+void xenvfb_vnc_set_max_client_wait(int milliseconds);
+
+/// Bytes written to a socket that the peer has not yet received/acknowledged
+/// (SIOCOUTQ), or -1.
+int xenvfb_socket_unsent_bytes(int fd);
