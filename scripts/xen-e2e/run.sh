@@ -58,8 +58,15 @@ if [ "$dm" != qemu ] && [ -z "$xenvfb_bin" ]; then
   xenvfb_bin=$(swift build -c release --static-swift-stdlib --show-bin-path)/xenvfb
 fi
 
+# Building dom0's tree (debootstrap, chroot) and its image need root.
+SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+
 step "dom0 root filesystem"
-tree=$("$here/rootfs.sh")
+# A network hiccup while downloading packages should not fail CI: one retry.
+tree=$($SUDO "$here/rootfs.sh") || {
+  step "building dom0's root filesystem failed: retrying once"
+  tree=$($SUDO "$here/rootfs.sh")
+}
 
 if [ -n "$xenvfb_bin" ]; then
   [ -x "$xenvfb_bin" ] || { echo "xen-e2e: $xenvfb_bin is not an executable" >&2; exit 1; }
@@ -77,7 +84,7 @@ fi
 
 step "boot files, guest initramfs, disk images"
 kver=$(basename "$(ls -d "$tree"/lib/modules/* | sort -V | tail -n1)")
-install -m 0755 "$here/dom0-init" "$tree/usr/local/sbin/e2e-init"
+$SUDO install -m 0755 "$here/dom0-init" "$tree/usr/local/sbin/e2e-init"
 boot=$build/boot
 rm -rf "$boot" "$build/job" "$build/initramfs"
 mkdir -p "$boot" "$build/job/guest" "$build/initramfs"/{bin,proc,sys,dev}
@@ -129,8 +136,13 @@ json.dump(job, open(out, "w"), indent=1)
 EOF
 
 rm -f "$build/dom0.img" "$build/job.img"
-mke2fs -q -t ext4 -L dom0 -d "$tree" "$build/dom0.img" 2G
+$SUDO mke2fs -q -t ext4 -L dom0 -d "$tree" "$build/dom0.img" 2G
+[ -z "$SUDO" ] || $SUDO chown "$(id -u):$(id -g)" "$build/dom0.img"
 mke2fs -q -t ext4 -L job -d "$build/job" "$build/job.img" 512M
+
+# QEMU must not outlive this script, whatever stops it.
+qpid=
+trap '[ -z "$qpid" ] || kill "$qpid" 2>/dev/null || true' EXIT
 
 # Boots the VM once; returns 0 when dom0 finished the job, 75 when the boot
 # did not reach dom0 userspace in time (worth one retry), 1 otherwise.
@@ -144,7 +156,8 @@ boot_vm() {
     -initrd "$boot/vmlinuz root=/dev/vda rw console=hvc0 earlyprintk=xen init=/usr/local/sbin/e2e-init,$boot/initrd.img" \
     -drive "file=$build/dom0.img,if=virtio,format=raw" \
     -drive "file=$build/job.img,if=virtio,format=raw" &
-  local qpid=$! start now seen=0 last="qemu started" last_beat reason=
+  qpid=$!
+  local start now seen=0 last="qemu started" last_beat reason=
   start=$(date +%s); last_beat=$start
   while kill -0 "$qpid" 2>/dev/null; do
     sleep 1
@@ -174,12 +187,16 @@ boot_vm() {
   if [ -n "$reason" ]; then
     kill "$qpid" 2>/dev/null || true
     wait "$qpid" 2>/dev/null || true
+    qpid=
     echo "xen-e2e: VM stopped ($reason) after $(( $(date +%s) - start ))s; last serial lines:" >&2
     tail -n 25 "$serial" | sed 's/^/   | /' >&2
     [ "$reason" = boot ] && return 75
     return 1
   fi
-  wait "$qpid" || { echo "xen-e2e: qemu exited with status $?" >&2; return 1; }
+  local rc=0
+  wait "$qpid" || rc=$?
+  qpid=
+  [ "$rc" = 0 ] || { echo "xen-e2e: qemu exited with status $rc" >&2; return 1; }
   echo "   [vm +$(( $(date +%s) - start ))s] qemu exited"
   return 0
 }
