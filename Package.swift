@@ -29,7 +29,7 @@ let package = Package(
         .target(name: "EventLoop", dependencies: ["Support", "CShims"]),
         .target(name: "Damage", dependencies: ["CWriteFault", "CShims", "EventLoop", "Support"]),
         .target(name: "XenStore", dependencies: ["CXen", "EventLoop", "Support"]),
-        .target(name: "Host", dependencies: ["CXen", "CShims", "EventLoop", "Support"]),
+        .target(name: "Host", dependencies: ["CXen", "CShims", "EventLoop", "Support", "XenStore"]),
         .target(name: "XenBus", dependencies: ["XenStore", "Host", "EventLoop", "Support"]),
         .target(name: "Displays", dependencies: ["Damage", "EventLoop", "Support", "CShims", "CVNCServer", "CSDL2", "CPNG",
                                                 "CDisplayShims", .product(name: "Logging", package: "swift-log")]),

@@ -1,8 +1,8 @@
 import EventLoop
 
 /// The xenstore operations the backends and GuestKit need, as one protocol:
-/// the XenStore module's libxenstore client conforms to it (see
-/// XenStoreClient+Access.swift), and `InMemoryXenStore` is a single-process
+/// `XenStoreConnection` provides it over the XenStore module's libxenstore
+/// client, and `InMemoryXenStore` is a single-process
 /// stand-in for unit tests of the state machines.
 ///
 /// Paths are absolute. Watch handlers run on the event loop, never inside the
