@@ -48,6 +48,7 @@ let package = Package(
         .testTarget(name: "DamageTests", dependencies: ["Damage", "CWriteFault", "EventLoop", "Support"]),
         .testTarget(name: "XenStoreTests", dependencies: ["XenStore", "EventLoop", "Support", "CShims"]),
         .testTarget(name: "DevicesTests", dependencies: ["Devices", "XenBus", "Host", "Displays", "Damage", "EventLoop", "Support"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["GuestKit", "Devices", "XenBus", "Host", "Displays", "XenStore", "Damage", "EventLoop", "Support"]),
         .testTarget(name: "GuestKitTests", dependencies: ["GuestKit", "Devices", "XenBus", "Host", "Displays", "Damage", "EventLoop", "Support"]),
         .testTarget(name: "ControlTests", dependencies: ["Control", "EventLoop", "Support", "CShims"],
                     exclude: ["qmp_client.py"]),

@@ -1,0 +1,101 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Damage
+import EventLoop
+import GuestKit
+import Host
+import Support
+
+/// `xenvfb __sim-guest --machine DIR --xenstore SOCKET --domid N [--demo]`
+/// (hidden): a simulated guest as a process of its own, as under Xen —
+/// GuestKit's vfb and vkbd frontends on the SimHost machine in DIR, talking
+/// to xenstored through SOCKET (a domain socket, so it acts as domain N).
+///
+/// Without `--demo` it draws `SimGuestCommand.pattern` once connected. It
+/// reports on stdout, one line each: `connected`, `drawn`, and every input
+/// event it receives (`key CODE 0|1`, `pos X Y Z`, `motion DX DY DZ`).
+enum SimGuestCommand {
+    /// The test pattern, a pure function of the position.
+    static func pattern(x: Int, y: Int) -> UInt32 {
+        UInt32((x * 7) & 0xff) << 16 | UInt32((y * 3) & 0xff) << 8 | UInt32((x ^ y) & 0xff)
+    }
+
+    static func say(_ line: String) {
+        var bytes = Array((line + "\n").utf8)
+        _ = bytes.withUnsafeMutableBytes { write(1, $0.baseAddress, $0.count) }
+    }
+
+    static func main(_ args: [String]) -> Int32 {
+        let log = Log.logger("sim-guest")
+        var machine: String?, socket: String?, domid: UInt32?, demo = false
+        var i = 0
+        while i < args.count {
+            let a = args[i]
+            let next = i + 1 < args.count ? args[i + 1] : nil
+            switch a {
+            case "--machine": machine = next; i += 1
+            case "--xenstore": socket = next; i += 1
+            case "--domid": domid = next.flatMap { UInt32(xenstoreDecimal: $0) }; i += 1
+            case "--demo": demo = true
+            default: log.error("unknown argument \(a)"); return 2
+            }
+            i += 1
+        }
+        guard let machine, let socket, let domid, domid > 0 else {
+            log.error("usage: xenvfb __sim-guest --machine DIR --xenstore SOCKET --domid N [--demo]")
+            return 2
+        }
+        do {
+            EventLoop.blockSignals([SIGINT, SIGTERM, SIGHUP])
+            let loop = try EventLoop()
+            try loop.handleSignals([SIGINT, SIGTERM, SIGHUP]) { _ in loop.stop() }
+            let store = try XenStoreConnection(socketPath: socket, loop: loop)
+            let domain = try GuestDomain(host: SimHost(directory: machine, domid: domid), store: store, loop: loop)
+            let fb: FramebufferFrontend, kbd: KeyboardFrontend
+            var demoGuest: DemoGuest?
+            if demo {
+                let d = DemoGuest(domain: domain)
+                demoGuest = d
+                fb = d.fb; kbd = d.kbd
+            } else {
+                fb = FramebufferFrontend(domain: domain)
+                kbd = KeyboardFrontend(domain: domain)
+            }
+            kbd.onInput = { [previous = kbd.onInput] input in
+                previous?(input)
+                switch input {
+                case .key(let code, let pressed): say("key \(code) \(pressed ? 1 : 0)")
+                case .position(let x, let y, let z): say("pos \(x) \(y) \(z)")
+                case .motion(let dx, let dy, let dz): say("motion \(dx) \(dy) \(dz)")
+                case .other(let t): say("other \(t)")
+                }
+            }
+            var announced = false
+            let check = {
+                guard !announced, fb.state == .connected, fb.updateWanted, kbd.state == .connected else { return }
+                announced = true
+                say("connected")
+                if !demo {
+                    _ = fb.withPixels { px in
+                        for y in 0..<fb.height {
+                            let row = (px.baseAddress! + y * fb.stride).assumingMemoryBound(to: UInt32.self)
+                            for x in 0..<fb.width { row[x] = pattern(x: x, y: y) }
+                        }
+                    }
+                    fb.update(Rect(x: 0, y: 0, width: fb.width, height: fb.height))
+                    say("drawn")
+                }
+            }
+            fb.onChange = check
+            kbd.onChange = check
+            if let demoGuest { try demoGuest.start() } else { try fb.start(); try kbd.start() }
+            loop.run()
+            withExtendedLifetime((store, domain, fb, kbd, demoGuest)) {}
+            return 0
+        } catch {
+            log.error("\(error)")
+            return 1
+        }
+    }
+}

@@ -1,0 +1,114 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Damage
+import Devices
+import Displays
+import EventLoop
+import GuestKit
+import Host
+import Testing
+import XenBus
+import XenStore
+
+@Suite struct EndToEndTests {
+    @Test func aGuestUpdateBecomesAPNGIdenticalToTheGuestFramebuffer() throws {
+        let m = try XenstoreMachine(domid: 3)
+        defer { m.stop() }
+        let out = try makeTempDir()
+        defer { removeTree(out) }
+        let png = try PNGDisplay(spec: "png:dir=\(out),interval=0", loop: m.loop)
+        m.hub.add(png)
+        try m.start()
+        let guestStore = try XenStoreConnection(socketPath: m.guestSocket, loop: m.loop)
+        let guest = try GuestDomain(host: SimHost(directory: m.dir, domid: 3), store: guestStore, loop: m.loop)
+        let fb = FramebufferFrontend(domain: guest)
+        let kbd = KeyboardFrontend(domain: guest)
+        try fb.start()
+        try kbd.start()
+        #expect(m.run { fb.state == .connected && fb.updateWanted && m.backendState("vfb") == .connected && m.backendState("vkbd") == .connected })
+        #expect(try m.dom0.read("/local/domain/0/device-model/3/state") == "running")
+
+        // A picture with detail in every channel, then one small update on top.
+        _ = fb.withPixels { px in
+            for y in 0..<fb.height {
+                let row = (px.baseAddress! + y * fb.stride).assumingMemoryBound(to: UInt32.self)
+                for x in 0..<fb.width { row[x] = UInt32((x * 5) & 0xff) << 16 | UInt32((y * 7) & 0xff) << 8 | UInt32((x + y) & 0xff) }
+            }
+        }
+        fb.update(Rect(x: 0, y: 0, width: fb.width, height: fb.height))
+        fb.fill(Rect(x: 333, y: 222, width: 17, height: 9), color: 0xfedcba)
+        fb.update(Rect(x: 333, y: 222, width: 17, height: 9))
+        let before = png.framesWritten
+        #expect(m.run { m.hub.frame.pixel(x: 340, y: 225) == 0xfedcba && png.framesWritten > before })
+        m.run(seconds: 0.3) { false } // let the last capture settle
+        png.close()
+
+        let decoded = try decodeWithPillow(png.latestPath)
+        #expect(decoded.width == fb.width && decoded.height == fb.height)
+        var expected = [UInt8]()
+        expected.reserveCapacity(fb.width * fb.height * 3)
+        for y in 0..<fb.height {
+            for x in 0..<fb.width {
+                let p = fb.pixel(x: x, y: y)!
+                expected += [UInt8(p >> 16 & 0xff), UInt8(p >> 8 & 0xff), UInt8(p & 0xff)]
+            }
+        }
+        #expect(decoded.rgb == expected, "the PNG is byte-identical to the guest's framebuffer")
+        withExtendedLifetime((guestStore, guest, kbd)) {}
+    }
+
+    @Test func theGuestAsAProcessOfItsOwnConnectsDrawsAndReceivesInputInOrder() throws {
+        let m = try XenstoreMachine(domid: 4)
+        defer { m.stop() }
+        try m.start()
+        let child = try ChildProcess(try xenvfbPath(),
+                                     ["__sim-guest", "--machine", m.dir, "--xenstore", m.guestSocket, "--domid", "4"],
+                                     loop: m.loop, stderrPath: m.dir + "/guest.log")
+        defer { child.terminate() }
+        #expect(m.run { child.lines.contains("drawn") && m.backendState("vfb") == .connected }, "guest output: \(child.lines)")
+        #expect(m.run {
+            m.hub.frame.pixel(x: 799, y: 599) & 0xffffff == ((799 * 7) & 0xff) << 16 | ((599 * 3) & 0xff) << 8 | ((799 ^ 599) & 0xff)
+        })
+        var mismatches = 0
+        for y in stride(from: 0, to: 600, by: 7) {
+            for x in stride(from: 0, to: 800, by: 3) {
+                let want = UInt32((x * 7) & 0xff) << 16 | UInt32((y * 3) & 0xff) << 8 | UInt32((x ^ y) & 0xff)
+                if m.hub.frame.pixel(x: x, y: y) & 0xffffff != want { mismatches += 1 }
+            }
+        }
+        #expect(mismatches == 0)
+
+        #expect(m.run { (m.hub.input as? VkbdDevice)?.ready == true })
+        var expected: [String] = []
+        for i in 0..<2000 {
+            if i % 2 == 0 {
+                m.hub.input?.send(.key(code: UInt32(1 + i % 100), pressed: i % 4 == 0))
+                expected.append("key \(1 + i % 100) \(i % 4 == 0 ? 1 : 0)")
+            } else {
+                m.hub.input?.send(.absolute(x: Int32(i % 800), y: Int32(i % 600)))
+                expected.append("pos \(i % 800) \(i % 600) 0")
+            }
+        }
+        #expect(m.run { child.lines.filter { $0.hasPrefix("key") || $0.hasPrefix("pos") }.count >= expected.count })
+        #expect(child.lines.filter { $0.hasPrefix("key") || $0.hasPrefix("pos") } == expected)
+
+        // The guest process goes away: its frontend directory stays at Connected,
+        // but the toolstack's removal of the backend directory drops the devices.
+        #expect(child.terminate() == 0)
+        try Toolstack.removeDevice(store: m.dom0, type: "vfb", domid: 4)
+        try Toolstack.removeDevice(store: m.dom0, type: "vkbd", domid: 4)
+        #expect(m.run { m.backends.vfb?.devices.isEmpty == true && m.backends.vkbd?.devices.isEmpty == true })
+    }
+
+    @Test func xenstorePermissionsKeepTheGuestOutOfTheBackendDirectory() throws {
+        let m = try XenstoreMachine(domid: 5)
+        defer { m.stop() }
+        try m.start()
+        let guestStore = try XenStoreConnection(socketPath: m.guestSocket, loop: m.loop)
+        let be = "/local/domain/0/backend/vfb/5/0"
+        #expect(try guestStore.read("\(be)/state") != nil, "the guest may read its backend")
+        #expect(throws: (any Error).self, "but not write it") { try guestStore.write("\(be)/state", "4") }
+        #expect(throws: (any Error).self) { try guestStore.write("/local/domain/0/device-model/5/state", "x") }
+    }
+}
