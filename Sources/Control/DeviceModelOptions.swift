@@ -336,8 +336,11 @@ private struct ArgumentParser {
             guard !chardevs[i].used else {
                 throw OptionError(m.option, "chardev '\(m.chardev)' is already used by another monitor")
             }
+            guard let socket = chardevs[i].socket else {
+                throw OptionError(chardevs[i].option, "chardev '\(m.chardev)' cannot serve QMP")
+            }
             chardevs[i].used = true
-            options.qmp.append(QMPEndpoint(id: chardevs[i].id, socket: chardevs[i].socket!, pretty: m.pretty))
+            options.qmp.append(QMPEndpoint(id: chardevs[i].id, socket: socket, pretty: m.pretty))
         }
         for c in chardevs where !c.used {
             warn("\(c.option) id=\(c.id): not used by a QMP monitor; ignored")

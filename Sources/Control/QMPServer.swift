@@ -327,9 +327,12 @@ public final class QMPServer {
         if !client.busy && !client.closing && events.contains(.readable) {
             readInput(client) // reads the end of input too, and drops the client there
         } else if !events.isDisjoint(with: .hangup) {
-            // Hang-ups are level-triggered and cannot be masked: stop
-            // watching a busy client rather than spin until it is answered.
-            if client.busy {
+            // Hang-ups are level-triggered and cannot be masked. A peer that
+            // only shut down its sending side may still read the answer to
+            // a running command: stop watching it rather than spin until
+            // then. A peer that is gone entirely is dropped now.
+            let gone = events.rawValue & (EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0
+            if client.busy && !gone {
                 client.hungUp = true
                 loop.unwatch(fd: client.fd)
             } else {

@@ -7,7 +7,7 @@ import Glibc
 /// is a function in qmp_client.py that starts its own xenvfb.
 @Suite struct QMPClientTests {
     @Test(arguments: ["greeting", "queries", "paused", "errors", "two-clients", "garbage", "quit", "signals",
-                      "fd-passing", "stale-socket"])
+                      "fd-passing", "stale-socket", "privileges"])
     func qmpScenarioHoldsAgainstTheRealBinary(_ scenario: String) throws {
         let root = packageRoot()
         let python = root + "/.build-tools/venv/bin/python3"

@@ -455,10 +455,35 @@ async def stale_socket(binary, tmp):
     check(rc == 1 and "not a socket" in dm.output() and os.path.exists(regular), f"regular file: {rc} {dm.output()}")
 
 
+async def privileges(binary, tmp):
+    # -chroot and -runas apply once the sockets are open, as in QEMU.
+    root = os.path.join(tmp, "root")
+    os.mkdir(root)
+    path = os.path.join(tmp, "qmp.sock")
+    dm = Xenvfb(binary, ["--domid", "1", "--no-xenstore", "--qmp", f"unix:{path}",
+                         "-chroot", root, "-runas", "65534:65534"])
+    try:
+        if os.geteuid() != 0:
+            rc = dm.wait()
+            check(rc == 1 and "-chroot" in dm.output(), f"unprivileged -chroot: {rc} {dm.output()}")
+            return
+        qmp = await client(path, retry=True)
+        check((await execute(qmp, "query-status"))["running"], "served after dropping privileges")
+        check(os.readlink(f"/proc/{dm.proc.pid}/root") == root, "not chrooted")
+        status = open(f"/proc/{dm.proc.pid}/status").read()
+        ids = {line.split(":")[0]: line.split()[1:] for line in status.splitlines() if line.startswith(("Uid:", "Gid:"))}
+        check(ids["Uid"] == ["65534"] * 4 and ids["Gid"] == ["65534"] * 4, f"ids {ids}")
+        await qmp.disconnect()
+        dm.proc.send_signal(signal.SIGTERM)
+        check(dm.wait() == 0, f"exit after SIGTERM:\n{dm.output()}")
+    finally:
+        dm.stop()
+
+
 SCENARIOS = {
     "greeting": greeting, "queries": queries, "paused": paused, "errors": errors, "two-clients": two_clients,
     "garbage": garbage, "quit": quit_exits, "signals": signals, "fd-passing": fd_passing,
-    "stale-socket": stale_socket,
+    "stale-socket": stale_socket, "privileges": privileges,
 }
 
 
