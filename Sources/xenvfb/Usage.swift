@@ -2,5 +2,18 @@ let usageText = """
 usage: xenvfb [OPTIONS]                 run as the device model of a Xen domain
        xenvfb demo [OPTIONS]            simulated host with a built-in guest
        xenvfb xenstored --socket PATH   the embedded xenstored, standalone
+
+Device model options (the QEMU-style ones libxl passes work too):
+  --domid N                    the guest's domain id (-xen-domid N)
+  --name NAME                  the guest's name
+  --vnc DISPLAY|none           a VNC server, in QEMU's -vnc syntax (127.0.0.1:0)
+  --sdl                        an SDL window
+  --display png:dir=DIR,...    PNG capture (repeatable)
+  --qmp unix:PATH              a QMP socket (also -chardev ... -mon ...,mode=control)
+  --keymap MAP                 keyboard layout (en-us, de, fr, ...)
+  --dirty-tracking MODE        auto, uffd, mprotect or compare
+  --log-level LEVEL            trace, debug, info, notice, warning, error, critical
+  -S                           start in prelaunch, until QMP cont
+demo also takes --seconds N.
 See xenvfb(1) for every option.
 """
