@@ -97,7 +97,8 @@ cp "$tree/boot/initrd.img-$kver" "$boot/initrd.img"
 python3 "$here/pattern.py" "$build/job/pattern.raw" 800 600
 cp "$tree/bin/busybox" "$build/initramfs/bin/busybox"
 install -m 0755 "$here/guest-init" "$build/initramfs/init"
-cp "$build/job/pattern.raw" "$build/initramfs/pattern.raw"
+python3 "$here/pattern.py" "$build/job/pattern2.raw" 800 600 2
+cp "$build/job/pattern.raw" "$build/job/pattern2.raw" "$build/initramfs/"
 cp "$tree/lib/modules/$kver/kernel/drivers/input/evdev.ko" "$build/initramfs/evdev.ko"
 (cd "$build/initramfs" && find . | cpio -o -H newc --quiet | gzip -1) > "$build/job/guest/initrd.gz"
 cp "$tree/boot/vmlinuz-$kver" "$build/job/guest/vmlinuz"
@@ -119,7 +120,7 @@ out, shot, xinput, runs = sys.argv[1], sys.argv[2], sys.argv[3] == "yes", sys.ar
 import glob, os
 job = {"configs": sorted("/job/configs/" + os.path.basename(c) for c in glob.glob(os.path.join(os.path.dirname(out), "configs", "*.cfg"))),
        "kernel": "/job/guest/vmlinuz", "ramdisk": "/job/guest/initrd.gz",
-       "pattern": "/job/pattern.raw", "width": 800, "height": 600, "runs": []}
+       "pattern": "/job/pattern.raw", "pattern2": "/job/pattern2.raw", "width": 800, "height": 600, "runs": []}
 for r in runs:
     dm, variant = r.split()
     if dm == "qemu":
