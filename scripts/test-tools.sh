@@ -22,3 +22,9 @@ fi
 # QEMU's own QMP client (qemu.qmp) drives the QMP monitor.
 .build-tools/venv/bin/python3 -c 'import qemu.qmp' 2>/dev/null ||
   .build-tools/venv/bin/pip install --quiet --disable-pip-version-check 'qemu.qmp>=0.0.3'
+
+# The hypervisor stand-in that lets Debian's C xenstored run here: the
+# differential test in XenStoreTests compares it with the embedded one.
+if [ ! -f .build-tools/xenstored-shim.so ] || [ scripts/xenstored-shim.c -nt .build-tools/xenstored-shim.so ]; then
+  ${CC:-cc} -shared -fPIC -O2 -Wall -o .build-tools/xenstored-shim.so scripts/xenstored-shim.c -ldl
+fi

@@ -48,6 +48,31 @@ struct XSPendingEvent {
     var nodePerms: [XSPermission]?
     var parentPerms: [XSPermission]?
     var oldPerms: [XSPermission]? = nil
+    /// Permissions of later changes to the same path merged into this event.
+    var morePerms: [[XSPermission]] = []
+
+    var allPerms: [[XSPermission]] {
+        [oldPerms, nodePerms, parentPerms].compactMap { $0 } + morePerms
+    }
+}
+
+extension Array where Element == XSPendingEvent {
+    /// A transaction's events, one per path (as xenstored queues them): a
+    /// path changed several times fires once, for every watch any change reached.
+    func mergedByPath() -> [XSPendingEvent] {
+        var result: [XSPendingEvent] = []
+        var index: [String: Int] = [:]
+        for e in self {
+            if let i = index[e.path] {
+                result[i].exact = result[i].exact && e.exact
+                result[i].morePerms += e.allPerms
+            } else {
+                index[e.path] = result.count
+                result.append(e)
+            }
+        }
+        return result
+    }
 }
 
 /// The tree as one caller sees it: the live store, or a transaction's
@@ -121,6 +146,8 @@ struct XSOperations {
     var maxEntrySize = 2048
     /// quota_nb_entry_per_domain: how many nodes an unprivileged domain may own.
     var maxEntriesPerDomain = 1000
+    /// Domains that may own nodes (nil: any).
+    var existingDomains: Set<UInt32>? = nil
 
     /// get_node: the node if the caller has `need` on it; otherwise ENOENT or
     /// EACCES, chosen so that the caller learns nothing it may not read.
@@ -229,22 +256,42 @@ struct XSOperations {
         if path == "/" { throw .EINVAL }
         guard var parent = db.get(XSPath.parent(path)) else { throw .EINVAL }
         events.append(XSPendingEvent(path: path, exact: false, nodePerms: node.perms, parentPerms: parent.perms))
-        deleteTree(&db, path, node, parentPerms: parent.perms, &events)
+        deleteTree(&db, path, node, parentPerms: parent.perms, top: true, &events)
         if let i = parent.children.firstIndex(of: XSPath.basename(path)) {
             parent.children.remove(at: i)
         }
         db.put(XSPath.parent(path), parent)
     }
 
-    /// delete_node: children first; each removed node fires its exact watches.
-    private func deleteTree(_ db: inout XSDatabase, _ path: String, _ node: XSNode, parentPerms: [XSPermission], _ events: inout [XSPendingEvent]) {
+    /// Deletes every subtree whose top node `domid` owns (a released domain).
+    func removeOwned(by domid: UInt32, _ db: inout XSDatabase, _ events: inout [XSPendingEvent]) {
+        var doomed: [String] = []
+        func walk(_ path: String) {
+            guard let node = db.nodes[path] else { return }
+            if path != "/" && node.perms.first?.domid == domid {
+                doomed.append(path)
+                return
+            }
+            for c in node.children { walk(XSPath.join(path, c)) }
+        }
+        walk("/")
+        for path in doomed {
+            try? rm(&db, path, &events)
+        }
+    }
+
+    /// delete_node: children first; each removed descendant fires the
+    /// watches on exactly its path (the top one fired already).
+    private func deleteTree(_ db: inout XSDatabase, _ path: String, _ node: XSNode, parentPerms: [XSPermission], top: Bool, _ events: inout [XSPendingEvent]) {
         for child in node.children {
             let childPath = XSPath.join(path, child)
             if let c = db.get(childPath) {
-                deleteTree(&db, childPath, c, parentPerms: node.perms, &events)
+                deleteTree(&db, childPath, c, parentPerms: node.perms, top: false, &events)
             }
         }
-        events.append(XSPendingEvent(path: path, exact: true, nodePerms: node.perms, parentPerms: parentPerms))
+        if !top {
+            events.append(XSPendingEvent(path: path, exact: true, nodePerms: node.perms, parentPerms: parentPerms))
+        }
         db.put(path, nil)
     }
 
@@ -257,6 +304,8 @@ struct XSOperations {
     }
 
     func setPerms(_ db: inout XSDatabase, _ path: String, _ perms: [XSPermission], _ events: inout [XSPendingEvent]) throws(XSError) {
+        // A node's owner must be a domain that exists (XS_PERM_IGNORE on p[0]).
+        if let existing = existingDomains, !existing.contains(perms[0].domid) { throw .ENOENT }
         var node = try getNode(&db, path, [.write, .owner])
         // Unprivileged domains may not change the owner.
         if !caller.privileged, perms[0].domid != node.perms.first?.domid { throw .EPERM }

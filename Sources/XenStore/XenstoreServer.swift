@@ -59,6 +59,10 @@ public final class XenstoreServer: @unchecked Sendable {
     private var nextConnectionID = 1
     private var listeners: [Int32: (domid: UInt32, path: String)] = [:]
     private var introduced: Set<UInt32> = [0]
+    /// Domains that exist (in Xen: known to the hypervisor). Only these may
+    /// own nodes. A domain socket, an in-process connection, INTRODUCE or
+    /// `addDomain` make one exist; RELEASE ends it.
+    private var existing: Set<UInt32> = [0]
     private var targets: [UInt32: UInt32] = [:]
     private var specialPerms: [String: [XSPermission]] = [
         "@introduceDomain": [XSPermission(domid: 0, .none)],
@@ -101,6 +105,7 @@ public final class XenstoreServer: @unchecked Sendable {
     public func addDomainSocket(domid: UInt32, path: String) throws(SystemError) {
         let fd = try Self.makeListeningSocket(path: path)
         onLoop { [self] in
+            existing.insert(domid)
             listeners[fd] = (domid, path)
             do {
                 try loop.watch(fd: fd) { [unowned self] _ in self.acceptConnections(fd) }
@@ -119,8 +124,17 @@ public final class XenstoreServer: @unchecked Sendable {
         guard rc == 0 else { throw SystemError("socketpair") }
         let serverFD = fds[0]
         _ = cshims_set_nonblocking(serverFD)
-        onLoop { [self] in addConnection(fd: serverFD, domid: domid) }
+        onLoop { [self] in
+            existing.insert(domid)
+            addConnection(fd: serverFD, domid: domid)
+        }
         return fds[1]
+    }
+
+    /// Makes a domain exist without introducing it (as a domain libxl has
+    /// built but not yet introduced): it may then own nodes.
+    public func addDomain(_ domid: UInt32) {
+        onLoop { [self] in existing.insert(domid) }
     }
 
     /// Marks a domain introduced (as XS_INTRODUCE does) and fires
@@ -473,6 +487,7 @@ public final class XenstoreServer: @unchecked Sendable {
     private func dispatch(_ conn: Connection, _ msg: XSMessage, _ type: XSMessageType, _ txn: Transaction?) throws(XSError) {
         var ops = XSOperations(caller: caller(conn))
         ops.maxEntriesPerDomain = limits.maxNodesPerDomain
+        ops.existingDomains = existing
         let p = msg.payload
         switch type {
         case .read:
@@ -535,6 +550,7 @@ public final class XenstoreServer: @unchecked Sendable {
                 perms.append(perm)
             }
             let a = String(decoding: strings[0], as: UTF8.self)
+            if !existing.contains(perms[0].domid) { throw .ENOENT }
             if a.hasPrefix("@") {
                 guard let sp = specialPerms[a] else { throw .EINVAL }
                 guard ops.caller.access(sp).isSuperset(of: [.write, .owner]) else { throw .EACCES }
@@ -684,7 +700,7 @@ public final class XenstoreServer: @unchecked Sendable {
         for path in txn.db.modified {
             store.install(path, txn.db.nodes[path])
         }
-        fire(txn.events)
+        fire(txn.events.mergedByPath())
     }
 
     // MARK: Domains
@@ -692,6 +708,7 @@ public final class XenstoreServer: @unchecked Sendable {
     private func introduce(_ domid: UInt32) {
         guard !introduced.contains(domid) else { return }
         introduced.insert(domid)
+        existing.insert(domid)
         log.info("domain introduced", metadata: ["domid": "\(domid)"])
         fire([XSPendingEvent(path: "@introduceDomain", exact: false)])
     }
@@ -699,6 +716,11 @@ public final class XenstoreServer: @unchecked Sendable {
     private func release(_ domid: UInt32) {
         guard domid != 0, introduced.remove(domid) != nil else { return }
         targets.removeValue(forKey: domid)
+        existing.remove(domid)
+        // domain_tree_remove: the nodes a dead domain owned go, with their subtrees.
+        var events: [XSPendingEvent] = []
+        XSOperations(caller: XSCaller(domid: 0)).removeOwned(by: domid, &store, &events)
+        fire(events)
         log.info("domain released", metadata: ["domid": "\(domid)"])
         fire([XSPendingEvent(path: "@releaseDomain", exact: false)])
     }
@@ -724,9 +746,7 @@ public final class XenstoreServer: @unchecked Sendable {
         if e.path.hasPrefix("@") {
             return who.access(specialPerms[e.path] ?? [XSPermission(domid: 0, .none)]).contains(.read)
         }
-        for perms in [e.oldPerms, e.nodePerms, e.parentPerms] {
-            if let perms, who.access(perms).contains(.read) { return true }
-        }
+        for perms in e.allPerms where who.access(perms).contains(.read) { return true }
         return false
     }
 

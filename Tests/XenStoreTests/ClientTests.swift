@@ -6,7 +6,7 @@ import EventLoop
 /// The libxenstore wrapper the device model uses, against the embedded server.
 @Suite struct ClientTests {
     @Test func readWriteDirectoryPermissionsAndRemove() throws {
-        let fx = try XenstoreFixture()
+        let fx = try XenstoreFixture(domains: [5])
         defer { fx.stop() }
         let xs = try XenStore(socketPath: fx.socket)
         try xs.write("/dev/vfb/0/width", "800")

@@ -65,7 +65,7 @@ import Testing
     }
 
     @Test func errorsRevealNothingAGuestMayNotRead() throws {
-        let fx = try XenstoreFixture(domains: [6])
+        let fx = try XenstoreFixture(domains: [5, 6])
         defer { fx.stop() }
         try makeGuestHomes(fx)
         let guest = RawClient(fd: try fx.server.connect(asDomain: 5))

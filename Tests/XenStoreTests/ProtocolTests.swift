@@ -27,7 +27,7 @@ import Testing
     }
 
     @Test func relativeWatchOfAGuestReportsRelativePathsAndHonoursPermissions() throws {
-        let fx = try XenstoreFixture()
+        let fx = try XenstoreFixture(domains: [5])
         defer { fx.stop() }
         let dom0 = try RawClient(path: fx.socket)
         _ = dom0.request(.mkdir, ["/local/domain/5"])
@@ -201,6 +201,7 @@ import Testing
         limits.maxNodesPerDomain = 10
         let fx = try XenstoreFixture(limits: limits)
         defer { fx.stop() }
+        fx.server.addDomain(5)
         let dom0 = try RawClient(path: fx.socket)
         _ = dom0.request(.mkdir, ["/local/domain/5"])
         _ = dom0.request(.setPerms, ["/local/domain/5", "n5"])   // 1 node owned by 5
@@ -216,5 +217,34 @@ import Testing
         let big = [UInt8](repeating: 0x62, count: 3000)
         #expect(RawClient.text(guest.request(.write, ["n1"], value: big)) == "error ENOSPC")
         #expect(RawClient.text(dom0.request(.write, ["/d0/big"], value: big)) == "OK")
+    }
+}
+
+@Suite struct DomainLifecycleTests {
+    @Test func releasingADomainRemovesWhatItOwnedAndOnlyExistingDomainsOwnNodes() throws {
+        let fx = try XenstoreFixture()
+        defer { fx.stop() }
+        let xs = try XenStore(socketPath: fx.socket)
+        try xs.write("/local/domain/7/name", "seven")
+        do {
+            try xs.setPermissions("/local/domain/7", [XSPermission(domid: 7, .none)])
+            Issue.record("domain 7 does not exist yet, it cannot own a node")
+        } catch {
+            #expect(error.errno == ENOENT)
+        }
+        try xs.introduceDomain(7, mfn: 1234, eventChannel: 3)
+        #expect(xs.isDomainIntroduced(7))
+        try xs.setPermissions("/local/domain/7/name", [XSPermission(domid: 0, .read)])
+        try xs.setPermissions("/local/domain/7", [XSPermission(domid: 7, .none)])
+        try xs.write("/local/domain/7/data/x", "1")          // inherits owner 7
+        try xs.write("/local/domain/7/data/y", "2")
+        let w = try RawClient(path: fx.socket)
+        _ = w.request(.watch, ["/local/domain/7/data/x", "x"])
+        #expect(w.nextEvent() == "/local/domain/7/data/x x")
+        try xs.releaseDomain(7)
+        #expect(!xs.isDomainIntroduced(7))
+        #expect(try xs.readIfPresent("/local/domain/7") == nil, "owned by 7: removed with its subtree")
+        #expect(try xs.directory("/local/domain") == [])
+        #expect(w.nextEvent() == "/local/domain/7/data/x x")
     }
 }

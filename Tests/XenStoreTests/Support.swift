@@ -219,10 +219,10 @@ final class RawClient {
     }
 
     @discardableResult
-    func send(_ type: XSMessageType, _ payload: [UInt8], tx: UInt32 = 0) -> UInt32 {
+    func send(_ type: XSMessageType, _ payload: [UInt8], tx: UInt32 = 0, rawType: UInt32? = nil) -> UInt32 {
         let id = nextReqID
         nextReqID += 1
-        _ = sendRaw(XSMessage(type: type.rawValue, reqID: id, txID: tx, payload: payload).encoded())
+        _ = sendRaw(XSMessage(type: rawType ?? type.rawValue, reqID: id, txID: tx, payload: payload).encoded())
         return id
     }
 
