@@ -42,10 +42,17 @@ def main():
     for r in results:
         for n in r.get("notes", []):
             notes.append("- %s %s: %s" % (r["dm"], r["variant"], n))
+    try:
+        with open(os.path.join(directory, "host-load.txt")) as f:
+            load = f.read().strip() + "\n\n"
+    except OSError:
+        load = ""
     text = "# xenvfb end-to-end on real Xen 4.17 (dom0 under QEMU/TCG)\n\n" + "\n".join(lines) + \
         "\n\nTime to Connected counts from the start of `xl create` until vfb and vkbd are\n" \
         "in state 4 on both ends; CPU time and VmHWM are the device model's, read from\n" \
-        "/proc just before `xl destroy`.\n\n## Details\n\n" + "\n".join(notes) + "\n"
+        "/proc just before `xl destroy`. All runs share one VM, so they compare fairly\n" \
+        "with each other; absolute numbers depend on the host's load under TCG.\n\n" + load + \
+        "## Details\n\n" + "\n".join(notes) + "\n"
     if configs:
         text += "\n## Example configurations (xl create -n)\n\n" + "\n".join(
             "- configs/%s: %s" % (name, "parses" if ok else "FAILED") for name, ok in sorted(configs.items())) + "\n"

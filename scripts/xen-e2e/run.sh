@@ -203,6 +203,8 @@ boot_vm() {
 }
 
 step "booting Xen + dom0 under qemu-system-x86_64 (TCG)"
+# Timings under TCG depend on what else the host runs: keep its load with them.
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 status=0
 boot_vm || status=$?
 if [ "$status" = 75 ]; then
@@ -217,6 +219,7 @@ results=$root/out/xen-e2e
 rm -rf "$results"
 mkdir -p "$results"
 cp "$build/serial.log" "$results/serial.log"
+echo "host load average (1/5/15 min): $load_before when the VM started, $(cut -d' ' -f1-3 /proc/loadavg) when it ended, $(nproc) CPUs" > "$results/host-load.txt"
 debugfs -R "rdump /out $results" "$build/job.img" >/dev/null 2>&1 || true
 if [ -d "$results/out" ]; then
   (cd "$results/out" && tar cf - .) | (cd "$results" && tar xf -)
