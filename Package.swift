@@ -43,7 +43,9 @@ let package = Package(
 
         .testTarget(name: "SupportTests", dependencies: ["Support"]),
         .testTarget(name: "EventLoopTests", dependencies: ["EventLoop", "Support"]),
-        .testTarget(name: "DisplaysTests", dependencies: ["Displays", "Damage", "EventLoop", "Support", "CShims", "CPNG"]),
+        // Test helper: an SDL window in a process of its own, for the Xvfb test.
+        .executableTarget(name: "SDLProbe", dependencies: ["Displays", "EventLoop", "Damage"]),
+        .testTarget(name: "DisplaysTests", dependencies: ["Displays", "Damage", "EventLoop", "Support", "CShims", "CPNG", "CSDL2"]),
         .testTarget(name: "HostTests", dependencies: ["Host", "EventLoop", "Support"]),
         .testTarget(name: "DamageTests", dependencies: ["Damage", "CWriteFault", "EventLoop", "Support"]),
         .testTarget(name: "XenStoreTests", dependencies: ["XenStore", "EventLoop", "Support", "CShims"]),
