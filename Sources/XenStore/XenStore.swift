@@ -96,19 +96,14 @@ public final class XenStore {
         self.loop = loop
         // XS_UNWATCH_FILTER (1UL << 2): no events for a token after xs_unwatch.
         let flags: UInt = 1 << 2
-        let (h, err): (OpaquePointer?, Int32)
-        if let socketPath {
-            (h, err) = xsOpenLock.withLock { _ in
-                let saved = getenv("XENSTORED_PATH").map { String(cString: $0) }
-                setenv("XENSTORED_PATH", socketPath, 1)
-                let h = xs_open(flags)
-                let e = Glibc.errno
-                if let saved { setenv("XENSTORED_PATH", saved, 1) } else { unsetenv("XENSTORED_PATH") }
-                return (h, e)
-            }
-        } else {
-            h = xs_open(flags)
-            err = Glibc.errno
+        let (h, err): (OpaquePointer?, Int32) = Self.withEnvironmentLock {
+            guard let socketPath else { return (xs_open(flags), Glibc.errno) }
+            let saved = getenv("XENSTORED_PATH").map { String(cString: $0) }
+            setenv("XENSTORED_PATH", socketPath, 1)
+            let h = xs_open(flags)
+            let e = Glibc.errno
+            if let saved { setenv("XENSTORED_PATH", saved, 1) } else { unsetenv("XENSTORED_PATH") }
+            return (h, e)
         }
         guard let h else { throw .open(socket: socketPath, errno: err) }
         handle = h
@@ -117,6 +112,13 @@ public final class XenStore {
     deinit {
         if watchFD >= 0 { loop?.unwatch(fd: watchFD) }
         xs_close(handle)
+    }
+
+    /// Runs `body` while no `XenStore(socketPath:)` is borrowing
+    /// XENSTORED_PATH. Hold it to read the whole environment (e.g. copying
+    /// `environ` for posix_spawn) while other threads may open clients.
+    public static func withEnvironmentLock<T>(_ body: () throws -> T) rethrows -> T {
+        try xsOpenLock.withLock { _ in try body() }
     }
 
     private func fail(_ op: String, _ path: String) -> XenStoreError {

@@ -5,6 +5,7 @@ import CShims
 import EventLoop
 import Logging
 import Support
+import Synchronization
 
 /// An embedded xenstored: the xenstore wire protocol over Unix sockets, with
 /// Xen's permission, watch and transaction semantics.
@@ -71,7 +72,8 @@ public final class XenstoreServer: @unchecked Sendable {
 
     // Thread mode.
     private var ownThread = false
-    private var loopThread: pthread_t?
+    /// pthread_self() of the server's thread once it runs (0 before).
+    private let loopThread = Atomic<UInt>(0)
     private var doneFD: Int32 = -1
     private var stopped = false
 
@@ -157,7 +159,7 @@ public final class XenstoreServer: @unchecked Sendable {
         let done = doneFD
         try spawnThread { [self] in
             _ = cshims_set_thread_name("xenstored")
-            loopThread = pthread_self()
+            loopThread.store(UInt(bitPattern: Int(bitPattern: pthread_self())), ordering: .releasing)
             loop.run()
             var one: UInt64 = 1
             _ = write(done, &one, 8)
@@ -191,7 +193,7 @@ public final class XenstoreServer: @unchecked Sendable {
     }
 
     private func onLoop(_ body: @escaping @Sendable () -> Void) {
-        if ownThread, let t = loopThread, pthread_equal(t, pthread_self()) != 0 {
+        if ownThread, loopThread.load(ordering: .acquiring) == UInt(bitPattern: Int(bitPattern: pthread_self())) {
             body()
         } else if ownThread {
             loop.post(body)

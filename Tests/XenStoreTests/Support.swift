@@ -107,11 +107,13 @@ final class Child {
         posix_spawn_file_actions_adddup2(&actions, errPipe[1], 2)
         for fd in outPipe + errPipe { posix_spawn_file_actions_addclose(&actions, fd) }
         var env: [String] = []
-        var i = 0
-        while let e = environ[i] {
-            let s = String(cString: e)
-            if let eq = s.firstIndex(of: "="), extra[String(s[..<eq])] != nil {} else { env.append(s) }
-            i += 1
+        XenStore.withEnvironmentLock {
+            var i = 0
+            while let e = environ[i] {
+                let s = String(cString: e)
+                if let eq = s.firstIndex(of: "="), extra[String(s[..<eq])] != nil {} else { env.append(s) }
+                i += 1
+            }
         }
         for (k, v) in extra { env.append("\(k)=\(v)") }
         let argv: [UnsafeMutablePointer<CChar>?] = ([path] + args).map { strdup($0) } + [nil]
