@@ -1,5 +1,5 @@
 /// A validated framebuffer layout inside the mapped guest framebuffer.
-public struct FramebufferGeometry: Equatable, Sendable, CustomStringConvertible {
+public struct VfbGeometry: Equatable, Sendable, CustomStringConvertible {
     public var width: Int
     public var height: Int
     /// Bits per pixel: 8 (RGB 3-3-2), 16 (RGB 5-6-5), 24 (packed B,G,R) or 32 (XRGB).
@@ -28,7 +28,7 @@ public struct FramebufferGeometry: Equatable, Sendable, CustomStringConvertible 
     /// to stride/Bpp and height to (fbLen-offset)/stride. Values come straight
     /// from the guest, so everything is done in Int (64-bit) from 32-bit inputs
     /// and cannot overflow. An empty or oversized result is refused as well.
-    public static func configure(fbLen: Int, width: Int, height: Int, depth: Int, stride: Int, offset: Int) throws(GeometryError) -> FramebufferGeometry {
+    public static func configure(fbLen: Int, width: Int, height: Int, depth: Int, stride: Int, offset: Int) throws(GeometryError) -> VfbGeometry {
         guard fbLen > 0 else { throw .emptyFramebuffer }
         guard [8, 16, 24, 32].contains(depth) else { throw .badDepth(depth) }
         guard stride > 0, stride <= fbLen else { throw .badStride(stride, fbLen: fbLen) }
@@ -37,7 +37,7 @@ public struct FramebufferGeometry: Equatable, Sendable, CustomStringConvertible 
         let h = min(max(height, 0), (fbLen - offset) / stride)
         guard w > 0, h > 0 else { throw .empty(width: w, height: h) }
         guard w <= maxDimension, h <= maxDimension else { throw .tooLarge(width: w, height: h) }
-        return FramebufferGeometry(width: w, height: h, depth: depth, stride: stride, offset: offset)
+        return VfbGeometry(width: w, height: h, depth: depth, stride: stride, offset: offset)
     }
 }
 
@@ -59,7 +59,7 @@ public enum GeometryError: Error, Equatable, CustomStringConvertible {
         case .badStride(let s, let len): return "line length \(s) is not in 1...\(len) (framebuffer length)"
         case .badOffset(let o, let len): return "offset \(o) is not in 0..<\(len) (framebuffer length)"
         case .empty(let w, let h): return "framebuffer is empty after clamping (\(w)x\(h))"
-        case .tooLarge(let w, let h): return "framebuffer \(w)x\(h) exceeds \(FramebufferGeometry.maxDimension) pixels a side"
+        case .tooLarge(let w, let h): return "framebuffer \(w)x\(h) exceeds \(VfbGeometry.maxDimension) pixels a side"
         case .emptyFramebuffer: return "mem_length is 0"
         case .memLengthOverLimit(let m, let limit): return "mem_length \(m) exceeds the configured limit of \(limit) bytes"
         case .tooManyDirectories(let n, let max): return "framebuffer needs \(n) page directories; at most \(max) fit before the ring"

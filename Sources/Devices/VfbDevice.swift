@@ -27,7 +27,7 @@ public final class VfbDevice: XenBusDeviceHandler {
     /// Private OUT-ring consumer index: `out_cons` on the page is written, never trusted.
     private var outCons: UInt32 = 0
     private var fbLen = 0
-    public private(set) var geometry: FramebufferGeometry?
+    public private(set) var geometry: VfbGeometry?
     public private(set) var featureUpdate = false
     private var queued: [Rect] = []
     private var fullScreen = false
@@ -38,6 +38,7 @@ public final class VfbDevice: XenBusDeviceHandler {
     /// Counters for tests and logs.
     public private(set) var updatesReceived = 0
     public private(set) var resizesRefused = 0
+    public private(set) var fullScreenFlushes = 0
 
     public init(hub: DisplayHub, config: BackendConfig) {
         self.hub = hub
@@ -139,7 +140,7 @@ public final class VfbDevice: XenBusDeviceHandler {
 
     /// Checks the description in the shared page copy and returns the
     /// framebuffer's size, the directory frames to map, and the geometry.
-    static func describeFramebuffer(header: [UInt8], protocol proto: String?, limit: Int) throws -> (FramebufferLayout, [UInt64], FramebufferGeometry) {
+    static func describeFramebuffer(header: [UInt8], protocol proto: String?, limit: Int) throws -> (FramebufferLayout, [UInt64], VfbGeometry) {
         func u32(_ o: Int) -> UInt32 { RingEvent(bytes: header).u32(at: o) }
         // Never mix the 32- and 64-bit layouts: decide once (reference §1 "Guest ABI").
         let wide: Bool
@@ -157,7 +158,7 @@ public final class VfbDevice: XenBusDeviceHandler {
         let dirCount = (pages + perDirectory - 1) / perDirectory
         let maxDirs = wide ? XenfbLayout.maxDirectories64 : XenfbLayout.maxDirectories32
         guard dirCount <= maxDirs else { throw GeometryError.tooManyDirectories(dirCount, max: maxDirs) }
-        let geometry = try FramebufferGeometry.configure(
+        let geometry = try VfbGeometry.configure(
             fbLen: memLength,
             width: Int(Int32(bitPattern: u32(XenfbLayout.width))),
             height: Int(Int32(bitPattern: u32(XenfbLayout.height))),
@@ -172,7 +173,7 @@ public final class VfbDevice: XenBusDeviceHandler {
         return (FramebufferLayout(length: memLength, pages: pages, entrySize: entry), dirs, geometry)
     }
 
-    private func apply(_ g: FramebufferGeometry) {
+    private func apply(_ g: VfbGeometry) {
         geometry = g
         if hub.frame.width != g.width || hub.frame.height != g.height {
             hub.resize(width: g.width, height: g.height)
@@ -236,7 +237,7 @@ public final class VfbDevice: XenBusDeviceHandler {
             let w = Int(event.i32(at: 4)), h = Int(event.i32(at: 8)), stride = Int(event.i32(at: 12))
             let depth = Int(event.i32(at: 16)), offset = Int(event.i32(at: 20))
             do {
-                let g = try FramebufferGeometry.configure(fbLen: fbLen, width: w, height: h, depth: depth, stride: stride, offset: offset)
+                let g = try VfbGeometry.configure(fbLen: fbLen, width: w, height: h, depth: depth, stride: stride, offset: offset)
                 log.info("resize to \(g)")
                 apply(g)
             } catch {
@@ -258,20 +259,43 @@ public final class VfbDevice: XenBusDeviceHandler {
         }
     }
 
-    /// The coalescing tick: copies the queued rectangles (or everything) from
-    /// guest memory into the frame, then tells the displays.
+    /// The coalescing tick: merges the queued rectangles (or takes the whole
+    /// screen), copies what really changed from guest memory into the frame,
+    /// then tells the displays. 32-bit frames go through the shadow compare,
+    /// so an over-reported rectangle costs a compare, not a repaint.
     func flush() {
         guard let g = geometry else { return }
-        let rects = fullScreen ? [Rect(x: 0, y: 0, width: g.width, height: g.height)] : queued
+        let screen = Rect(x: 0, y: 0, width: g.width, height: g.height)
+        if fullScreen { fullScreenFlushes += 1 }
+        let rects = fullScreen ? [screen] : Coalescer.coalesce(queued, maxRects: config.maxQueuedRects, mergeSlack: 4096)
         fullScreen = false
         queued.removeAll(keepingCapacity: true)
         guard !rects.isEmpty else { return }
+        if g.depth == 32, let changed = withLiveFrame(g, { ShadowCompare.confirm(rects, live: $0, shadow: $1) }) {
+            if !changed.isEmpty { hub.update(changed) }
+            return
+        }
         for r in rects { copy(r, geometry: g) }
         hub.update(rects)
     }
 
+    /// Runs `body` with the guest's 32-bit framebuffer and the frame as pixel
+    /// buffers. The guest side covers exactly the validated geometry
+    /// (offset + height × stride ≤ fb_len, width × 4 ≤ stride), through
+    /// `GuestMapping`'s bounds-checked range.
+    private func withLiveFrame<R>(_ g: VfbGeometry, _ body: (PixelBuffer, PixelBuffer) -> R) -> R? {
+        guard let fb = framebuffer, g.depth == 32 else { return nil }
+        let frame = hub.frame
+        let shadow = PixelBuffer(pixels: frame.pixels, width: frame.width, height: frame.height, stride: frame.stride)
+        return fb.withBytes(at: g.offset, count: g.height * g.stride) { bytes in
+            // ShadowCompare only reads the live side.
+            let live = PixelBuffer(pixels: UnsafeMutableRawPointer(mutating: bytes.baseAddress!), width: g.width, height: g.height, stride: g.stride)
+            return body(live, shadow)
+        }
+    }
+
     /// Copies one rectangle (inside the geometry) of guest pixels into the frame.
-    private func copy(_ r: Rect, geometry g: FramebufferGeometry) {
+    private func copy(_ r: Rect, geometry g: VfbGeometry) {
         guard let fb = framebuffer else { return }
         let frame = hub.frame
         let rect = r.intersection(Rect(x: 0, y: 0, width: min(g.width, frame.width), height: min(g.height, frame.height)))
@@ -287,9 +311,15 @@ public final class VfbDevice: XenBusDeviceHandler {
     }
 
     /// For frontends without `feature-update`: compares the guest framebuffer
-    /// with the frame in bands of rows and copies the bands that differ.
+    /// with the frame (64×64 tiles at 32 bpp, bands of rows otherwise) and
+    /// copies what differs.
     private func poll() {
         guard let g = geometry, let fb = framebuffer else { return }
+        if g.depth == 32, let tiles = withLiveFrame(g, { ShadowCompare.scanTiles(live: $0, shadow: $1) }) {
+            let rects = Coalescer.coalesce(tiles, maxRects: config.maxQueuedRects, mergeSlack: 4096)
+            if !rects.isEmpty { hub.update(rects) }
+            return
+        }
         let frame = hub.frame
         let width = min(g.width, frame.width), height = min(g.height, frame.height)
         let band = 16

@@ -37,6 +37,11 @@ public final class XenBusBackend {
     public let loop: EventLoop
     public let root: String
     public private(set) var devices: [UInt32: XenBusDevice] = [:]
+    /// Reconnect rate limit: at most `resetBurst` reconnects per `resetWindow`;
+    /// past that the next one waits `resetBackoff`.
+    public var resetBurst = 5
+    public var resetWindow: Duration = .seconds(10)
+    public var resetBackoff: Duration = .seconds(2)
     private let makeHandler: (XenBusDevice) -> XenBusDeviceHandler
     private var watch: XenStoreWatch?
     private let log: Logger
@@ -130,12 +135,11 @@ public final class XenBusDevice {
     private var warnedBadFrontendState = false
     private var updating = false
     private var again = false
-    // Reconnect rate limit: at most `resetBurst` resets per `resetWindow`.
     private var resetTimes: [UInt64] = []
     private var resetTimer: EventLoop.TimerID?
-    static let resetBurst = 5
-    static let resetWindow: UInt64 = 10_000_000_000
-    static let resetBackoff: Duration = .seconds(2)
+    /// Reconnects done, and reconnects postponed by the rate limit.
+    public private(set) var reconnects = 0
+    public private(set) var postponedReconnects = 0
 
     init(backend: XenBusBackend, devid: UInt32) {
         self.backend = backend
@@ -277,11 +281,12 @@ public final class XenBusDevice {
     /// Allows a reconnect unless the frontend flaps; then retries after a pause.
     private func allowReset() -> Bool {
         let now = EventLoop.now()
-        resetTimes = resetTimes.filter { now &- $0 < Self.resetWindow }
-        if resetTimes.count >= Self.resetBurst {
+        resetTimes = resetTimes.filter { now &- $0 < backend.resetWindow.nanoseconds }
+        if resetTimes.count >= backend.resetBurst {
+            postponedReconnects += 1
             if resetTimer == nil {
                 log.warning("frontend reconnects too often; waiting before the next reconnect")
-                resetTimer = loop.addTimer(after: Self.resetBackoff) { [weak self] in
+                resetTimer = loop.addTimer(after: backend.resetBackoff) { [weak self] in
                     guard let self else { return }
                     self.resetTimer = nil
                     self.resetTimes.removeAll()
@@ -291,6 +296,7 @@ public final class XenBusDevice {
             return false
         }
         resetTimes.append(now)
+        reconnects += 1
         return true
     }
 

@@ -5,44 +5,44 @@ import Testing
     let mib = 1 << 20
 
     @Test func validGeometryIsAcceptedAndClamped() throws {
-        let g = try FramebufferGeometry.configure(fbLen: 2 * mib, width: 800, height: 600, depth: 32, stride: 3200, offset: 0)
-        #expect(g == FramebufferGeometry(width: 800, height: 600, depth: 32, stride: 3200, offset: 0))
-        let clamped = try FramebufferGeometry.configure(fbLen: 2 * mib, width: 5000, height: 5000, depth: 16, stride: 1000, offset: 1000)
+        let g = try VfbGeometry.configure(fbLen: 2 * mib, width: 800, height: 600, depth: 32, stride: 3200, offset: 0)
+        #expect(g == VfbGeometry(width: 800, height: 600, depth: 32, stride: 3200, offset: 0))
+        let clamped = try VfbGeometry.configure(fbLen: 2 * mib, width: 5000, height: 5000, depth: 16, stride: 1000, offset: 1000)
         #expect(clamped.width == 500 && clamped.height == (2 * mib - 1000) / 1000)
     }
 
     @Test(arguments: [0, 1, 7, 12, 15, 31, 33, 64, 255, -32])
     func depthsOtherThan8_16_24_32AreRefused(depth: Int) {
         #expect(throws: GeometryError.badDepth(depth)) {
-            try FramebufferGeometry.configure(fbLen: 2 * mib, width: 800, height: 600, depth: depth, stride: 3200, offset: 0)
+            try VfbGeometry.configure(fbLen: 2 * mib, width: 800, height: 600, depth: depth, stride: 3200, offset: 0)
         }
     }
 
     @Test(arguments: [0, -1, -3200, Int(Int32.min), 2 * (1 << 20) + 1, Int(Int32.max)])
     func strideOutside1ToFbLenIsRefused(stride: Int) {
         #expect(throws: GeometryError.badStride(stride, fbLen: 2 * mib)) {
-            try FramebufferGeometry.configure(fbLen: 2 * mib, width: 800, height: 600, depth: 32, stride: stride, offset: 0)
+            try VfbGeometry.configure(fbLen: 2 * mib, width: 800, height: 600, depth: 32, stride: stride, offset: 0)
         }
     }
 
     @Test(arguments: [-1, Int(Int32.min), 2 * (1 << 20), Int(Int32.max)])
     func offsetOutsideTheFramebufferIsRefused(offset: Int) {
         #expect(throws: GeometryError.badOffset(offset, fbLen: 2 * mib)) {
-            try FramebufferGeometry.configure(fbLen: 2 * mib, width: 800, height: 600, depth: 32, stride: 3200, offset: offset)
+            try VfbGeometry.configure(fbLen: 2 * mib, width: 800, height: 600, depth: 32, stride: 3200, offset: offset)
         }
     }
 
     @Test func widthTimesHeightTimesDepthCannotOverflow() throws {
         // i32 maxima: the result is clamped to what the mapped length holds.
-        let g = try FramebufferGeometry.configure(fbLen: 2 * mib, width: Int(Int32.max), height: Int(Int32.max),
+        let g = try VfbGeometry.configure(fbLen: 2 * mib, width: Int(Int32.max), height: Int(Int32.max),
                                                   depth: 32, stride: 3200, offset: 0)
         #expect(g.width == 800 && g.height == 655)
         #expect(g.offset + g.height * g.stride <= 2 * mib)
         #expect(throws: GeometryError.self) {
-            try FramebufferGeometry.configure(fbLen: 2 * mib, width: -5, height: 600, depth: 32, stride: 3200, offset: 0)
+            try VfbGeometry.configure(fbLen: 2 * mib, width: -5, height: 600, depth: 32, stride: 3200, offset: 0)
         }
         #expect(throws: GeometryError.self, "wider than any display") {
-            try FramebufferGeometry.configure(fbLen: 256 * mib, width: 40000, height: 10, depth: 8, stride: 40000, offset: 0)
+            try VfbGeometry.configure(fbLen: 256 * mib, width: 40000, height: 10, depth: 8, stride: 40000, offset: 0)
         }
     }
 

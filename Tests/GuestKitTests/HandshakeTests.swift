@@ -61,14 +61,18 @@ import XenBus
         let (fb, _) = try m.connectAll()
         m.run { !rec.updates.isEmpty }
         rec.updates.removeAll()
+        let before = m.vfbDevice?.fullScreenFlushes ?? 0
         // Separate events (fbfront merges only while the ring is full): send them raw.
         for i in 0..<20 {
+            fb.fill(Rect(x: i * 10, y: i * 10, width: 5, height: 5), color: 0xffffff)
             var e = RingEvent(type: XenfbLayout.typeUpdate)
             e.set(Int32(i * 10), at: 4); e.set(Int32(i * 10), at: 8); e.set(Int32(5), at: 12); e.set(Int32(5), at: 16)
             fb.send(e)
         }
         #expect(m.run { !rec.updates.isEmpty })
-        #expect(rec.updates.first == [Rect(x: 0, y: 0, width: 800, height: 600)])
+        #expect(m.vfbDevice?.fullScreenFlushes == before + 1, "the ninth rectangle turned the batch into one full-screen update")
+        #expect(rec.updates.count == 1)
+        #expect(frameMatchesGuest(m.hub.frame, fb))
     }
 
     @Test func bogusRectanglesAreClippedOrDropped() throws {
@@ -78,6 +82,7 @@ import XenBus
         let (fb, _) = try m.connectAll()
         m.run { !rec.updates.isEmpty }
         rec.updates.removeAll()
+        fb.fill(Rect(x: 0, y: 0, width: 800, height: 600), color: 0xffffff) // no update sent for this
         func send(_ x: Int32, _ y: Int32, _ w: Int32, _ h: Int32) {
             var e = RingEvent(type: XenfbLayout.typeUpdate)
             e.set(x, at: 4); e.set(y, at: 8); e.set(w, at: 12); e.set(h, at: 16)
@@ -91,7 +96,8 @@ import XenBus
         unknown.set(Int32(-1), at: 4)
         fb.send(unknown)
         #expect(m.run { !rec.updates.isEmpty })
-        #expect(rec.updates.first == [Rect(x: 790, y: 590, width: 10, height: 10), Rect(x: 0, y: 0, width: 10, height: 1)])
+        #expect(rec.updates.first == [Rect(x: 0, y: 0, width: 10, height: 1), Rect(x: 790, y: 590, width: 10, height: 10)])
+        #expect(m.hub.frame.pixel(x: 10, y: 0) == 0, "only the clipped rectangles were copied")
         #expect(m.vfbDevice?.updatesReceived == 4)
     }
 

@@ -29,7 +29,7 @@ import XenBus
         ]
         for (w, h, s, d, o) in refused { fb.sendResize(width: w, height: h, stride: s, depth: d, offset: o) }
         #expect(m.run { m.vfbDevice?.resizesRefused == refused.count })
-        #expect(m.vfbDevice?.geometry == FramebufferGeometry(width: 640, height: 480, depth: 32, stride: 2560, offset: 0))
+        #expect(m.vfbDevice?.geometry == VfbGeometry(width: 640, height: 480, depth: 32, stride: 2560, offset: 0))
         #expect(m.hub.frame.width == 640)
         // Growing past the mapping is clamped, never remapped: 2 MiB / 3200 = 655 rows.
         fb.sendResize(width: 800, height: 100_000, stride: 3200, depth: 32, offset: 0)
@@ -159,14 +159,18 @@ import XenBus
         m.idle(ms: 20)
         #expect(m.backendState("vfb") == .connected)
         // Flap Closed/Initialising faster than the backend is willing to reconnect.
-        var resets = 0
-        for _ in 0..<12 {
+        m.backends.vfb?.resetWindow = .seconds(3600)
+        m.backends.vfb?.resetBackoff = .seconds(3600)
+        let dev = try #require(m.backends.vfb?.devices[0])
+        for i in 0..<12 {
             try m.store.write("\(fb.path)/state", "6")
-            m.run { m.backendState("vfb") == .closed }
+            #expect(m.run { m.backendState("vfb") == .closed })
             try m.store.write("\(fb.path)/state", "1")
-            if m.run(seconds: 0.2, until: { m.backendState("vfb") == .initWait }) { resets += 1 }
+            #expect(m.run { dev.reconnects + dev.postponedReconnects > i })
         }
-        #expect(resets == 5, "at most five reconnects per ten seconds")
+        #expect(dev.reconnects == 5, "at most five reconnects per window")
+        #expect(dev.postponedReconnects >= 7)
+        #expect(m.backendState("vfb") == .closed, "the postponed reconnect has not happened yet")
     }
 
     @Test func shutdownTakesDevicesToClosed() throws {
@@ -233,7 +237,7 @@ import XenBus
         }
         defer { withExtendedLifetime((fb, kbd)) {} }
         // Clamped to stride/4 = 800 and 2 MiB/3200 = 655 rows.
-        #expect(m.vfbDevice?.geometry == FramebufferGeometry(width: 800, height: 655, depth: 32, stride: 3200, offset: 0))
+        #expect(m.vfbDevice?.geometry == VfbGeometry(width: 800, height: 655, depth: 32, stride: 3200, offset: 0))
     }
 
     @Test func aCorruptedOutRingIsIgnoredNotSpunOn() throws {
