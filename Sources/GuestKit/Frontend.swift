@@ -95,6 +95,14 @@ public class FrontendBase {
         onChange?()
     }
 
+    /// Stops following the backend and drops the event channel, leaving the
+    /// xenstore keys as they are: a guest that hung or died.
+    public func detach() {
+        watch?.cancel()
+        watch = nil
+        releaseResources()
+    }
+
     /// Takes the frontend down (as on module unload): Closing, then Closed
     /// once the backend follows.
     public func disconnect() {

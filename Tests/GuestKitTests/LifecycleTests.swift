@@ -158,7 +158,9 @@ import XenBus
         try m.store.write("\(fb.path)/state", "99")
         m.idle(ms: 20)
         #expect(m.backendState("vfb") == .connected)
-        // Flap Closed/Initialising faster than the backend is willing to reconnect.
+        // Flap Closed/Initialising faster than the backend is willing to reconnect
+        // (writing the frontend's state directly, so the frontend itself stays out of it).
+        fb.detach()
         m.backends.vfb?.resetWindow = .seconds(3600)
         m.backends.vfb?.resetBackoff = .seconds(3600)
         let dev = try #require(m.backends.vfb?.devices[0])
