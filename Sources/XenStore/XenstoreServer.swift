@@ -530,14 +530,9 @@ public final class XenstoreServer: @unchecked Sendable {
 
         case .getPerms:
             guard let a = Self.oneArg(p) else { throw .EINVAL }
-            let perms: [XSPermission]
-            if a.hasPrefix("@") {
-                guard let sp = specialPerms[a] else { throw .EINVAL }
-                guard ops.caller.access(sp).contains(.read) else { throw .EACCES }
-                perms = sp
-            } else {
-                perms = try withDatabase(txn) { (db, _) throws(XSError) in try ops.getPerms(&db, path(a, conn)) }
-            }
+            // Special nodes have permissions (SET_PERMS) but, as in xenstored
+            // 4.17, GET_PERMS does not show them: "@..." is not a valid path.
+            let perms = try withDatabase(txn) { (db, _) throws(XSError) in try ops.getPerms(&db, path(a, conn)) }
             var out: [UInt8] = []
             for perm in perms { out += Array(perm.description.utf8); out.append(0) }
             reply(conn, msg, .getPerms, out)
@@ -564,7 +559,7 @@ public final class XenstoreServer: @unchecked Sendable {
 
         case .watch:
             let strings = p.xsStrings()
-            guard strings.count >= 2 else { throw .EINVAL }
+            guard strings.count == 2 else { throw .EINVAL }
             let raw = String(decoding: strings[0], as: UTF8.self)
             let token = Array(strings[1])
             let relative = !raw.hasPrefix("/") && !raw.hasPrefix("@")
@@ -584,7 +579,7 @@ public final class XenstoreServer: @unchecked Sendable {
 
         case .unwatch:
             let strings = p.xsStrings()
-            guard strings.count >= 2 else { throw .EINVAL }
+            guard strings.count == 2 else { throw .EINVAL }
             let node = path(String(decoding: strings[0], as: UTF8.self), conn)
             let token = Array(strings[1])
             guard let i = conn.watches.firstIndex(where: { $0.node == node && $0.token == token }) else { throw .ENOENT }
