@@ -63,6 +63,9 @@ public final class VNCDisplay: Display {
     private var listenInfo: (host: String, service: String, family: String) = ("", "", "")
     private var clients: [UnsafeMutableRawPointer: Client] = [:]
     private var password: [CChar]?
+    private var passwordExpiry = PasswordExpiry.never
+    private var warnedSendBuffer = false
+    private var desktopNameCopy: UnsafeMutablePointer<CChar>?
     private var flushTimer: EventLoop.TimerID?
     private var holdTimer: EventLoop.TimerID?
     private var holdDelayMilliseconds = 5
@@ -142,6 +145,8 @@ public final class VNCDisplay: Display {
             screen.pointee.screenData = nil
             rfbScreenCleanup(screen)
             self.screen = nil
+            free(desktopNameCopy)
+            desktopNameCopy = nil
             log.info("VNC server closed")
         }
     }
@@ -151,9 +156,44 @@ public final class VNCDisplay: Display {
     /// Sets the VNC password (QMP `change-vnc-password` / `set_password`).
     /// Only the first 8 characters count (VNC DES). An empty password, or
     /// none, lets nobody in. Has an effect only with `password=on`.
+    /// When the password stops being accepted (QMP `expire_password`).
+    public enum PasswordExpiry: Equatable, Sendable {
+        case never
+        case now
+        /// Seconds from when it is set.
+        case after(seconds: Int)
+        /// Seconds since the Unix epoch.
+        case at(unixTime: Int)
+    }
+
+    /// Sets when the password expires; a client logging in later is refused.
+    public func expirePassword(_ expiry: PasswordExpiry) {
+        switch expiry {
+        case .after(let seconds):
+            var now = timespec()
+            clock_gettime(CLOCK_REALTIME, &now)
+            passwordExpiry = .at(unixTime: now.tv_sec + max(0, seconds))
+        default:
+            passwordExpiry = expiry
+        }
+    }
+
+    private var passwordExpired: Bool {
+        switch passwordExpiry {
+        case .never: return false
+        case .now: return true
+        case .after: return false
+        case .at(let t):
+            var now = timespec()
+            clock_gettime(CLOCK_REALTIME, &now)
+            return now.tv_sec >= t
+        }
+    }
+
     public func setPassword(_ newPassword: String?) {
-        if let old = password { wipe(old) }
+        if password != nil { wipe(&password!) }
         password = newPassword.map { Array($0.utf8CString) }
+        passwordExpiry = .never // as QEMU: a new password does not inherit the old expiry
         log.info(newPassword == nil ? "VNC password cleared" : "VNC password set")
     }
 
@@ -312,7 +352,8 @@ public final class VNCDisplay: Display {
         s.pointee.httpPort = 0
         s.pointee.http6Port = 0
         s.pointee.frameBuffer = frame.pixels.assumingMemoryBound(to: CChar.self)
-        s.pointee.desktopName = UnsafePointer(strdup(desktopName))
+        desktopNameCopy = strdup(desktopName)
+        s.pointee.desktopName = UnsafePointer(desktopNameCopy)
         s.pointee.alwaysShared = 1
         s.pointee.neverShared = 0
         s.pointee.dontDisconnect = 1
@@ -392,6 +433,10 @@ public final class VNCDisplay: Display {
         var size = Int32(clamping: frame.byteCount + 256 * 1024)
         if setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &size, socklen_t(4)) != 0 {
             setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, socklen_t(4))
+            if !warnedSendBuffer {
+                warnedSendBuffer = true
+                log.warning("cannot enlarge VNC send buffers to a whole frame (needs CAP_NET_ADMIN): a slow client may delay the device model by up to 5 s")
+            }
         }
     }
 
@@ -400,7 +445,11 @@ public final class VNCDisplay: Display {
             log.warning("VNC authentication refused: no password set")
             return 0
         }
-        defer { wipe(secret) }
+        guard !passwordExpired else {
+            log.warning("VNC authentication refused: the password has expired")
+            return 0
+        }
+        defer { wipe(&secret) }
         var challenge = cl.pointee.authChallenge
         let ok = withUnsafeMutableBytes(of: &challenge) { raw -> Bool in
             rfbEncryptBytes(raw.baseAddress!.assumingMemoryBound(to: UInt8.self), &secret)
@@ -410,12 +459,12 @@ public final class VNCDisplay: Display {
         return ok ? 1 : 0
     }
 
-    private func wipe(_ bytes: [CChar]) {
-        var b = bytes
-        b.withUnsafeMutableBytes { raw in
+    private func wipe(_ bytes: inout [CChar]) {
+        bytes.withUnsafeMutableBytes { raw in
             if let base = raw.baseAddress { explicit_bzero(base, raw.count) }
         }
     }
+
 
     // MARK: Running libvncserver on the loop
 

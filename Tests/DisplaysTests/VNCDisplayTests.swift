@@ -168,6 +168,16 @@ struct VNCFixture {
         let right = try f.runClient([tool, "-s", "127.0.0.1::\(f.port)", "-p", "s3cret", "--timeout", "10", "capture", dir + "/x.png"])
         #expect(right.status == 0, "\(right.output)")
         #expect(fileExists(dir + "/x.png"))
+        // expire_password now: the right password no longer works; a new password does.
+        f.vnc.expirePassword(.now)
+        let expired = try f.runClient([tool, "-s", "127.0.0.1::\(f.port)", "-p", "s3cret", "--timeout", "10", "capture", dir + "/y.png"])
+        #expect(expired.status != 0)
+        f.vnc.setPassword("")
+        let empty = try f.runClient([tool, "-s", "127.0.0.1::\(f.port)", "-p", "", "--timeout", "10", "capture", dir + "/y.png"])
+        #expect(empty.status != 0, "an empty password lets nobody in")
+        f.vnc.setPassword("again")
+        let again = try f.runClient([tool, "-s", "127.0.0.1::\(f.port)", "-p", "again", "--timeout", "10", "capture", dir + "/y.png"])
+        #expect(again.status == 0, "\(again.output)")
     }
 
     @Test func unixSocketServesVncdo() throws {
@@ -288,5 +298,54 @@ struct VNCFixture {
             .key(code: 17, pressed: true), .key(code: 17, pressed: false),
             .key(code: 96, pressed: true), .key(code: 96, pressed: false),
         ])
+    }
+}
+
+@Suite struct VNCSlowClientTests {
+    /// Logs in, asks for the whole screen again and again, and never reads.
+    static let stuckClient = """
+    import socket, struct, sys, time
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(('127.0.0.1', int(sys.argv[1]))); s.settimeout(10)
+    s.recv(12); s.sendall(b'RFB 003.008\\n')
+    n = s.recv(1)[0]; s.recv(n); s.sendall(b'\\x01'); s.recv(4); s.sendall(b'\\x01')
+    hdr = s.recv(24); w, h = struct.unpack('!HH', hdr[:4])
+    for i in range(50):
+        s.sendall(struct.pack('!BBHHHH', 3, 0, 0, 0, w, h))
+        time.sleep(0.02)
+    print('stuck', flush=True)
+    time.sleep(float(sys.argv[2]))
+    """
+
+    @Test func aClientThatStopsReadingNeitherBlocksTheLoopNorStopsOthers() throws {
+        let f = try VNCFixture(width: 1920, height: 1080)
+        let child = try Child([venvBin + "/python", "-c", Self.stuckClient, String(f.port), "6"], captureOutput: true)
+        defer { child.terminate() }
+        // Keep the screen changing for 3 seconds while the client is stuck,
+        // and note the longest time the loop was away.
+        var longestGap: UInt64 = 0
+        var last = EventLoop.now()
+        let end = last + 3_000_000_000
+        var seed: UInt32 = 0
+        while EventLoop.now() < end {
+            seed &+= 1
+            f.update(Rect(x: Int(seed % 16) * 100, y: 100, width: 100, height: 100), seed: seed)
+            f.loop.runOnce(timeoutMilliseconds: 10)
+            let now = EventLoop.now()
+            longestGap = max(longestGap, now - last)
+            last = now
+        }
+        #expect(child.outputText.contains("stuck"), "\(child.outputText)")
+        #expect(child.poll() == nil, "the client is still connected")
+        #expect(f.vnc.info.clients.count == 1)
+        // libvncserver would wait up to 5 s in a blocking write to a full socket.
+        #expect(longestGap < 1_000_000_000, "the loop was blocked for \(longestGap / 1_000_000) ms")
+        // Another client is served meanwhile.
+        let dir = try makeTempDir("vnc")
+        defer { removeTree(dir) }
+        let r = try f.vncdo(["capture", dir + "/other.png"])
+        #expect(r.status == 0, "\(r.output)")
+        let other = try decodeWithPillow(dir + "/other.png")
+        #expect(firstDifference(other.rgb, rgbBytes(f.hub.frame), width: 1920) == nil)
     }
 }
