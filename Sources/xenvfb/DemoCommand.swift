@@ -50,18 +50,27 @@ enum DemoCommand {
 
         let hub = DisplayHub()
         var pngs: [PNGDisplay] = []
+        var notes: [String] = []
         for spec in options.displays {
             switch spec {
             case .png(let text):
                 let png = try PNGDisplay(spec: text, loop: loop)
                 pngs.append(png)
                 hub.add(png)
+                notes.append("pictures of the guest's screen go to \(png.options.directory) (newest: \(png.latestPath))")
             case .sdl:
-                throw DisplayError("the SDL display is not available in this build yet")
+                let sdl = try SDLDisplay(options: .init(title: "xenvfb demo", closeQuits: true), loop: loop, hub: hub)
+                sdl.onQuit = { loop.stop() }
+                hub.add(sdl)
+                notes.append("SDL window open: type or click in it (Ctrl-Alt grabs and releases)")
             }
         }
-        if options.vnc != nil { throw DisplayError("the VNC display is not available in this build yet") }
-        if pngs.isEmpty { log.warning("no display asked for: the guest runs unseen (try --display png:dir=out/demo)") }
+        if let vncSpec = options.vnc {
+            let vnc = try VNCDisplay(spec: vncSpec, loop: loop, hub: hub, keymap: options.keymap ?? "en-us", desktopName: "xenvfb demo")
+            hub.add(vnc)
+            notes.append("VNC server on \(vnc.info.host):\(vnc.info.service)" + (vnc.port.map { " (display :\($0 - 5900))" } ?? ""))
+        }
+        if notes.isEmpty { log.warning("no display asked for: the guest runs unseen (try --display png:dir=out/demo)") }
 
         // xenstored on its own thread: libxenstore's calls block for the reply.
         let server = try XenstoreServer()
@@ -94,9 +103,7 @@ enum DemoCommand {
                 loop.stop()
             }
         }
-        for png in pngs {
-            log.info("pictures of the guest's screen go to \(png.options.directory) (newest: \(png.latestPath))")
-        }
+        for note in notes { log.info("\(note)") }
         log.info("demo running: simulated machine in \(dir), guest domain \(guestDomid)")
         loop.run()
 
