@@ -2,6 +2,7 @@ let usageText = """
 usage: xenvfb [OPTIONS]                 run as the device model of a Xen domain
        xenvfb demo [OPTIONS]            simulated host with a built-in guest
        xenvfb xenstored --socket PATH   the embedded xenstored, standalone
+       xenvfb bench [--frames N]        benchmark the write-fault engine (build -c release)
 
 Device model options (the QEMU-style ones libxl passes work too):
   --domid N                    the guest's domain id (-xen-domid N)
