@@ -26,15 +26,20 @@ import Support
 /// userfaultfd context, a range belongs to one context, and re-registering
 /// drops the write-protect bits (every page would read as written).
 ///
-/// **Flood mode.** When most of the frame changes tick after tick, taking a
-/// fault on every page costs more than the consumer copying the whole frame.
-/// After `floodAfterTicks` ticks with at least `floodEnter` of the pages
-/// dirty, the engine stops re-protecting and reports the whole frame each
-/// tick. Every `floodSampleTicks` ticks it re-protects once and, one tick
-/// later, looks (`peek`) at how much was written; below `floodExit` it goes
-/// back to tracking. Consumers confirm rects against their shadow
-/// (`ShadowCompare`), so a full-frame report costs them one compare, not a
-/// full repaint.
+/// **Flood mode.** When much of the frame changes tick after tick, taking a
+/// fault on every page costs more than the consumer comparing the whole
+/// frame. After `floodAfterTicks` ticks with at least `floodEnter` of the
+/// pages dirty, the engine stops re-protecting and reports the whole frame
+/// each tick: writes cost nothing. It samples by re-protecting once and, one
+/// tick later, looking (`peek`) at how much was written; below `floodExit` it
+/// goes back to tracking. Samples start `floodSampleTicks` apart and back off
+/// (doubling, up to `floodMaxSampleTicks`) while the damage stays high, so a
+/// long flood pays one round of faults per second at most. Consumers confirm
+/// rects against their shadow (`ShadowCompare`), so a full-frame report costs
+/// them one compare, not a full repaint. The thresholds come from the
+/// benchmark's damage sweep (README "Performance"): with uffd a fault round
+/// costs as much as a full-frame compare at about a quarter of the pages,
+/// with mprotect at under a tenth.
 ///
 /// Runs on the loop's thread; not thread-safe.
 public final class DamageEngine {
@@ -62,10 +67,14 @@ public final class DamageEngine {
     public let geometry: FramebufferGeometry
     public let tracker: (any DirtyTracker)?
     public let delay: Duration
-    public var floodEnter = 0.5
-    public var floodExit = 0.25
+    /// Share of pages dirty per tick that counts as heavy (default by
+    /// technique: 0.25 for uffd, 0.1 for mprotect).
+    public var floodEnter: Double
+    /// Share of pages written in a sample tick below which flood ends.
+    public var floodExit: Double
     public var floodAfterTicks = 2
     public var floodSampleTicks = 8
+    public var floodMaxSampleTicks = 64
     /// Set false to never leave tracking (tests, benchmarks of tracking).
     public var floodEnabled = true
 
@@ -79,6 +88,7 @@ public final class DamageEngine {
     private var timer: EventLoop.TimerID?
     private var busyTicks = 0
     private var started = false
+    private var sampleInterval = 8
 
     /// - Parameters:
     ///   - tracker: watches the framebuffer's memory; the geometry's
@@ -97,6 +107,8 @@ public final class DamageEngine {
         self.delay = delay
         self.coalescer = Coalescer(geometry: geometry, maxRects: maxRects)
         self.onUpdate = onUpdate
+        floodEnter = tracker?.mode == .mprotect ? 0.1 : 0.25
+        floodExit = floodEnter / 2
     }
 
     deinit { stop() }
@@ -133,12 +145,11 @@ public final class DamageEngine {
     }
 
     /// Collects and delivers now instead of waiting for the timer (before a
-    /// resize or a screendump). Returns what was delivered.
+    /// resize or a screendump). A pending tick stays pending and delivers
+    /// whatever comes after. Returns what was delivered.
     @discardableResult
     public func flush() -> [Rect] {
-        if let id = timer { loop.cancelTimer(id) }
-        timer = nil
-        return tick()
+        tick()
     }
 
     // MARK: Internals
@@ -196,7 +207,8 @@ public final class DamageEngine {
                 if Double(written) >= floodExit * Double(t.pageCount) {
                     fullFrame = true
                     activity = true
-                    phase = .flood(sampleIn: floodSampleTicks)
+                    sampleInterval = min(sampleInterval * 2, max(floodMaxSampleTicks, 1))
+                    phase = .flood(sampleIn: sampleInterval)
                 } else {
                     phase = .tracking
                     busyTicks = 0
@@ -224,7 +236,8 @@ public final class DamageEngine {
         if Double(pages) >= floodEnter * Double(t.pageCount) {
             busyTicks += 1
             if busyTicks >= floodAfterTicks {
-                phase = .flood(sampleIn: floodSampleTicks)
+                sampleInterval = max(floodSampleTicks, 1)
+                phase = .flood(sampleIn: sampleInterval)
                 statistics.floodEntries += 1
             }
         } else {

@@ -35,34 +35,79 @@ public struct PixelBuffer {
 /// mapping (`offset` applied by the caller), the shadow the displays' `Frame`.
 public enum ShadowCompare {
     /// Copies the changed pixels of `candidates` from `live` to `shadow` and
-    /// returns rects covering exactly the rows that changed, each narrowed to
-    /// the changed columns. Rects are clipped to both buffers.
-    public static func confirm(_ candidates: [Rect], live: PixelBuffer, shadow: PixelBuffer) -> [Rect] {
+    /// returns at most `maxRects` rects around what really changed.
+    ///
+    /// Each row of a candidate is compared with one memcmp; a row that
+    /// differs is examined in columns of `column` pixels, each narrowed to its
+    /// changed pixels, which are copied. Within a column, a run of
+    /// changed rows becomes one rect, so a window moving sideways yields its
+    /// two edge strips, not its whole width. The pieces are then coalesced.
+    /// Rects are clipped to both buffers.
+    public static func confirm(_ candidates: [Rect], live: PixelBuffer, shadow: PixelBuffer,
+                               maxRects: Int = 16, column: Int = 128) -> [Rect] {
+        precondition(column > 0)
         let clip = live.bounds.intersection(shadow.bounds)
         var out: [Rect] = []
         for candidate in candidates {
             let r = candidate.intersection(clip)
             guard !r.isEmpty else { continue }
-            // A run of changed rows becomes one rect (x range = union).
-            var runStart = -1, runX0 = 0, runX1 = 0
-            for y in r.y ..< r.maxY {
-                let changed = syncRow(y: y, x0: r.x, x1: r.maxX, live: live, shadow: shadow)
-                if let (a, b) = changed {
-                    if runStart < 0 {
-                        runStart = y; runX0 = a; runX1 = b
-                    } else {
-                        runX0 = min(runX0, a); runX1 = max(runX1, b)
-                    }
-                } else if runStart >= 0 {
-                    out.append(Rect(x: runX0, y: runStart, width: runX1 - runX0, height: y - runStart))
-                    runStart = -1
-                }
+            confirmRect(r, live: live, shadow: shadow, column: column, into: &out)
+        }
+        return Coalescer.coalesce(out, maxRects: maxRects, mergeSlack: 4096)
+    }
+
+    /// One open run of changed rows in a column.
+    private struct Run { var start = -1, x0 = 0, x1 = 0 }
+
+    private static func confirmRect(_ r: Rect, live: PixelBuffer, shadow: PixelBuffer, column: Int,
+                                    into out: inout [Rect]) {
+        let firstColumn = r.x / column
+        var runs = [Run](repeating: Run(), count: (r.maxX - 1) / column - firstColumn + 1)
+        var open = 0
+        func close(_ k: Int, at y: Int) {
+            let run = runs[k]
+            out.append(Rect(x: run.x0, y: run.start, width: run.x1 - run.x0, height: y - run.start))
+            runs[k].start = -1
+            open -= 1
+        }
+        for y in r.y ..< r.maxY {
+            let src = (live.pixels + y * live.stride).assumingMemoryBound(to: UInt32.self)
+            let dst = (shadow.pixels + y * shadow.stride).assumingMemoryBound(to: UInt32.self)
+            if memcmp(src + r.x, dst + r.x, r.width * 4) == 0 {
+                if open > 0 { for k in runs.indices where runs[k].start >= 0 { close(k, at: y) } }
+                continue
             }
-            if runStart >= 0 {
-                out.append(Rect(x: runX0, y: runStart, width: runX1 - runX0, height: r.maxY - runStart))
+            var c = r.x
+            while c < r.maxX {
+                let end = min(r.maxX, (c / column + 1) * column)
+                let k = c / column - firstColumn
+                // The live side may be written while we look (a guest's
+                // framebuffer): every scan is bounded by the column, and only
+                // what is reported is copied, so a write we miss now still
+                // differs next time.
+                var a = c, b = end
+                var changed = false
+                if memcmp(src + c, dst + c, (end - c) * 4) != 0 {
+                    while a < end && src[a] == dst[a] { a += 1 }
+                    while b > a && src[b - 1] == dst[b - 1] { b -= 1 }
+                    changed = b > a
+                }
+                if changed {
+                    (dst + a).update(from: src + a, count: b - a)
+                    if runs[k].start < 0 {
+                        runs[k] = Run(start: y, x0: a, x1: b)
+                        open += 1
+                    } else {
+                        runs[k].x0 = min(runs[k].x0, a)
+                        runs[k].x1 = max(runs[k].x1, b)
+                    }
+                } else if runs[k].start >= 0 {
+                    close(k, at: y)
+                }
+                c = end
             }
         }
-        return out
+        for k in runs.indices where runs[k].start >= 0 { close(k, at: r.maxY) }
     }
 
     /// Compares the whole frame in `tile`×`tile` squares, copies the changed
@@ -96,18 +141,5 @@ public enum ShadowCompare {
             ty += tile
         }
         return out
-    }
-
-    /// Syncs pixels [x0, x1) of row y; returns the changed column range.
-    private static func syncRow(y: Int, x0: Int, x1: Int, live: PixelBuffer, shadow: PixelBuffer) -> (Int, Int)? {
-        let src = (live.pixels + y * live.stride).assumingMemoryBound(to: UInt32.self)
-        let dst = (shadow.pixels + y * shadow.stride).assumingMemoryBound(to: UInt32.self)
-        guard memcmp(src + x0, dst + x0, (x1 - x0) * 4) != 0 else { return nil }
-        var a = x0
-        while a < x1 && src[a] == dst[a] { a += 1 }
-        var b = x1
-        while b > a && src[b - 1] == dst[b - 1] { b -= 1 }
-        (dst + a).update(from: src + a, count: b - a)
-        return (a, b)
     }
 }

@@ -76,10 +76,10 @@ enum BenchCommand {
         print("note: debug build; build with -c release for meaningful numbers")
         #endif
         let bench = Bench(frames: frames)
-        print("xenvfb bench: \(width)x\(height)x32, \(bench.pageCount) pages, \(frames) frames per cell, medians")
+        print("xenvfb bench: \(width)x\(height)x32, \(bench.pageCount) pages, \(frames) frames per cell, thread CPU time")
         print("memcpy of the frame: \(fmt(bench.memcpyMicros)) µs (the unit of the ×-columns below)")
         print("")
-        print("tracking cost per frame (writer faults + collect + coalesce), µs and × memcpy:")
+        print("tracking cost per frame (writer faults + collect + coalesce; engine: + adaptive flood), mean µs and × memcpy:")
         print(pad("workload", 16) + pad("exact px", 10) + pad("uffd", 15) + pad("mprotect", 15)
               + pad("compare", 15) + pad("engine(auto)", 15))
         var rectRows: [String] = []
@@ -102,6 +102,9 @@ enum BenchCommand {
         rectRows.forEach { print($0) }
         print("")
         bench.sweep()
+        print("")
+        bench.breakdown()
+        bench.consumer()
         print("")
         bench.transitions()
         print("")
@@ -149,7 +152,13 @@ final class Bench {
         memcpyMicros = median(samples)
     }
 
-    func now() -> Double { Double(EventLoop.now()) / 1000 }
+    /// This thread's CPU time in µs: other processes on the machine do not
+    /// count, while our faults, signal handlers and syscalls do.
+    func now() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts)
+        return Double(ts.tv_sec) * 1e6 + Double(ts.tv_nsec) / 1e3
+    }
     func median(_ v: [Double]) -> Double { let s = v.sorted(); return s.isEmpty ? 0 : s[s.count / 2] }
 
     struct Result {
@@ -157,11 +166,21 @@ final class Bench {
         var uffd = 0.0, mprotect = 0.0, compare = 0.0, engine = 0.0
     }
 
-    func run(_ w: BenchCommand.Workload) -> Result {
-        var r = Result()
-        // Exact damage, the baseline cost of the writes, and a warm start.
+    /// The frame as a workload leaves it after a few frames (so every
+    /// measurement starts from the same picture).
+    func reset(_ w: BenchCommand.Workload) {
         memset(base, 0x20, byteCount)
         for f in 0 ..< 4 { w.write(pixels, f) }
+        memcpy(other, base, byteCount)
+    }
+
+    var live: PixelBuffer { PixelBuffer(pixels: base, width: BenchCommand.width, height: BenchCommand.height, stride: BenchCommand.width * 4) }
+    var shadow: PixelBuffer { PixelBuffer(pixels: other, width: BenchCommand.width, height: BenchCommand.height, stride: BenchCommand.width * 4) }
+
+    func run(_ w: BenchCommand.Workload) -> Result {
+        var r = Result()
+        // Exact damage and the cost of the writes alone.
+        reset(w)
         var plain: [Double] = []
         var exact: [Int] = []
         for f in 4 ..< 4 + frames {
@@ -171,20 +190,25 @@ final class Bench {
             plain.append(now() - t)
             exact.append(changedPixels())
         }
-        let plainCost = median(plain)
+        let plainCost = mean(plain)
         r.exactPixels = exact.sorted()[exact.count / 2]
 
-        r.uffd = measure(w, mode: .uffd, flood: false, plainCost: plainCost, rectStats: &r)
+        r.uffd = measure(w, mode: .uffd, plainCost: plainCost, stats: &r)
         var ignore = Result()
-        r.mprotect = measure(w, mode: .mprotect, flood: false, plainCost: plainCost, rectStats: &ignore)
-        r.compare = measure(w, mode: .compare, flood: false, plainCost: plainCost, rectStats: &ignore)
-        r.engine = measure(w, mode: .auto, flood: true, plainCost: plainCost, rectStats: &ignore)
+        r.mprotect = measure(w, mode: .mprotect, plainCost: plainCost, stats: &ignore)
+        r.compare = measure(w, mode: .compare, plainCost: plainCost, stats: &ignore)
+        r.engine = measure(w, mode: .auto, engine: true, plainCost: plainCost, stats: &ignore)
         return r
     }
 
-    /// Median per-frame cost of writes + engine tick, minus the plain writes.
-    func measure(_ w: BenchCommand.Workload, mode: DirtyTrackingMode, flood: Bool, plainCost: Double,
-                 rectStats: inout Result) -> Double {
+    func mean(_ v: [Double]) -> Double { v.isEmpty ? 0 : v.reduce(0, +) / Double(v.count) }
+
+    /// Mean per-frame cost of writes + tracking, minus the writes alone.
+    /// Without `engine`: the tracker's collect and the coalescer only. With
+    /// it: a DamageEngine tick (adaptive flood included).
+    func measure(_ w: BenchCommand.Workload, mode: DirtyTrackingMode, engine useEngine: Bool = false,
+                 plainCost: Double, stats: inout Result) -> Double {
+        reset(w)
         guard let tracker = try? makeDirtyTracker(base: base, byteCount: byteCount, mode: mode) else {
             print("  (\(mode.rawValue) unavailable)")
             return .nan
@@ -193,33 +217,33 @@ final class Bench {
         let loop = try! EventLoop()
         var last: [Rect] = []
         let engine = DamageEngine(loop: loop, tracker: tracker, geometry: BenchCommand.geometry) { last = $0 }
-        engine.floodEnabled = flood
-        try! engine.start()
-        // The consumer's shadow (the displays' Frame) starts in step.
-        memcpy(other, base, byteCount)
-        let live = PixelBuffer(pixels: base, width: BenchCommand.width, height: BenchCommand.height, stride: BenchCommand.width * 4)
-        let shadow = PixelBuffer(pixels: other, width: BenchCommand.width, height: BenchCommand.height, stride: BenchCommand.width * 4)
+        var coalescer = Coalescer(geometry: BenchCommand.geometry)
+        if useEngine { try! engine.start() }
         var costs: [Double] = []
         var rects: [Int] = [], sent: [Int] = [], bbox: [Int] = [], confirmed: [Int] = []
-        for f in 100 ..< 100 + frames + 4 {
+        for f in 4 ..< 4 + frames {
             last = []
             let t = now()
             w.write(pixels, f)
-            engine.flush()
-            let cost = now() - t - plainCost
-            if f >= 104 { costs.append(cost) } // skip warm-up and flood entry
+            if useEngine {
+                engine.flush()
+            } else {
+                coalescer.add(runs: (try? tracker.collect()) ?? [], pageSize: tracker.pageSize)
+                last = coalescer.take()
+            }
+            costs.append(now() - t - plainCost)
             rects.append(last.count)
             sent.append(last.reduce(0) { $0 + $1.area })
             bbox.append(last.reduce(Rect(x: 0, y: 0, width: 0, height: 0)) { $0.union($1) }.area)
             confirmed.append(ShadowCompare.confirm(last, live: live, shadow: shadow).reduce(0) { $0 + $1.area })
         }
         engine.stop()
-        func med(_ v: [Int]) -> Int { let s = v.dropFirst(4).sorted(); return s[s.count / 2] }
-        rectStats.rects = med(rects)
-        rectStats.sentPixels = med(sent)
-        rectStats.bboxPixels = med(bbox)
-        rectStats.confirmedPixels = med(confirmed)
-        return max(0, median(costs))
+        func med(_ v: [Int]) -> Int { let s = v.dropFirst(2).sorted(); return s[s.count / 2] }
+        stats.rects = med(rects)
+        stats.sentPixels = med(sent)
+        stats.bboxPixels = med(bbox)
+        stats.confirmedPixels = med(confirmed)
+        return max(0, mean(costs.dropFirst(2).map { $0 }))
     }
 
     func changedPixels() -> Int {
@@ -232,47 +256,94 @@ final class Bench {
         return n
     }
 
-    /// Cost per frame of a band covering a growing share of the frame:
-    /// tracking (uffd, flood off) against the adaptive engine, both plus the
-    /// consumer's ShadowCompare of what was reported; shows where flood pays.
+    /// Cost per frame of a band covering a growing share of the frame,
+    /// consumer's ShadowCompare included: tracking every tick (uffd,
+    /// mprotect), flood forced on, and the adaptive engine; shows where
+    /// flood starts to pay and where the engine switches.
     func sweep() {
-        print("damage sweep: a band of N% of the frame rewritten every frame; µs per frame incl. the consumer's ShadowCompare")
-        print(BenchCommand.pad("damage", 8) + BenchCommand.pad("uffd tracking", 18) + BenchCommand.pad("mprotect tracking", 20)
-              + BenchCommand.pad("engine(auto)", 16) + "engine phase")
-        let live = PixelBuffer(pixels: base, width: BenchCommand.width, height: BenchCommand.height, stride: BenchCommand.width * 4)
-        let shadow = PixelBuffer(pixels: other, width: BenchCommand.width, height: BenchCommand.height, stride: BenchCommand.width * 4)
-        for percent in [10, 25, 40, 50, 60, 75, 90, 100] {
+        print("damage sweep: a band of N% of the frame rewritten every frame; mean µs per frame, consumer's ShadowCompare included")
+        print(BenchCommand.pad("damage", 8) + BenchCommand.pad("uffd tracking", 17) + BenchCommand.pad("mprotect tracking", 19)
+              + BenchCommand.pad("flood (forced)", 16) + BenchCommand.pad("engine uffd", 16) + BenchCommand.pad("engine mprotect", 18))
+        for percent in [5, 10, 15, 20, 25, 30, 40, 50, 75, 100] {
             let rows = BenchCommand.height * percent / 100
             let w = BenchCommand.Workload(name: "\(percent)%") { px, f in
                 for y in 0 ..< rows { (px + y * BenchCommand.width).update(repeating: UInt32(truncatingIfNeeded: f &* 7919 &+ y), count: BenchCommand.width) }
             }
             var cells: [String] = []
-            var phase = ""
-            for (mode, flood) in [(DirtyTrackingMode.uffd, false), (.mprotect, false), (.auto, true)] {
+            for (mode, flood) in [(DirtyTrackingMode.uffd, 0), (.mprotect, 0), (.uffd, 1), (.uffd, 2), (.mprotect, 2)] {
+                reset(w)
                 guard let tracker = try? makeDirtyTracker(base: base, byteCount: byteCount, mode: mode) else { cells.append("n/a"); continue }
                 let loop = try! EventLoop()
                 var last: [Rect] = []
                 let engine = DamageEngine(loop: loop, tracker: tracker, geometry: BenchCommand.geometry) { last = $0 }
-                engine.floodEnabled = flood
+                engine.floodEnabled = flood > 0
+                if flood == 1 { engine.floodEnter = 0; engine.floodExit = 0 }
                 try! engine.start()
-                memcpy(other, base, byteCount)
                 var costs: [Double] = []
-                for f in 0 ..< frames + 4 {
+                for f in 4 ..< 4 + frames {
                     let t = now()
                     w.write(pixels, f)
                     engine.flush()
                     _ = ShadowCompare.confirm(last, live: live, shadow: shadow)
-                    if f >= 4 { costs.append(now() - t) }
+                    costs.append(now() - t)
                 }
-                if flood { phase = "\(engine.phase == .tracking ? "tracking" : "flood"), \(engine.statistics.floodTicks)/\(engine.statistics.ticks) ticks in flood" }
+                var cell = ""
+                let c = mean(costs.dropFirst(2).map { $0 })
+                cell = "\(BenchCommand.fmt(c)) \(BenchCommand.ratio(c, memcpyMicros))"
+                if flood == 2 { cell += engine.statistics.floodEntries > 0 ? " F" : " T" }
                 engine.stop()
                 tracker.close()
-                let c = median(costs)
-                cells.append("\(BenchCommand.fmt(c)) \(BenchCommand.ratio(c, memcpyMicros))")
+                cells.append(cell)
             }
-            print(BenchCommand.pad("\(percent)%", 8) + BenchCommand.pad(cells[0], 18) + BenchCommand.pad(cells[1], 20)
-                  + BenchCommand.pad(cells[2], 16) + phase)
+            print(BenchCommand.pad("\(percent)%", 8) + BenchCommand.pad(cells[0], 17) + BenchCommand.pad(cells[1], 19)
+                  + BenchCommand.pad(cells[2], 16) + BenchCommand.pad(cells[3], 16) + BenchCommand.pad(cells[4], 18))
         }
+        print("(F: the engine went to flood mode; T: it kept tracking)")
+    }
+
+    /// Where one dirty page's cost goes (uffd and mprotect).
+    func breakdown() {
+        print("one dirty page, cost breakdown (µs, medians):")
+        for mode in [DirtyTrackingMode.uffd, .mprotect, .compare] {
+            guard let tracker = try? makeDirtyTracker(base: base, byteCount: byteCount, mode: mode) else { continue }
+            var coalescer = Coalescer(geometry: BenchCommand.geometry)
+            var writes: [Double] = [], collects: [Double] = [], coalesces: [Double] = [], empties: [Double] = []
+            for i in 0 ..< frames * 4 {
+                let t0 = now()
+                pixels[300 * 1920 + 512] = UInt32(i)
+                let t1 = now()
+                let runs = (try? tracker.collect()) ?? []
+                let t2 = now()
+                coalescer.add(runs: runs, pageSize: tracker.pageSize)
+                let rects = coalescer.take()
+                let t3 = now()
+                _ = try? tracker.collect()
+                let t4 = now()
+                precondition(rects.count == 1)
+                writes.append(t1 - t0); collects.append(t2 - t1); coalesces.append(t3 - t2); empties.append(t4 - t3)
+            }
+            tracker.close()
+            print("  \(mode.rawValue): first write \(BenchCommand.fmt(median(writes))), collect \(BenchCommand.fmt(median(collects))), "
+                  + "coalesce \(BenchCommand.fmt(median(coalesces))), collect with nothing written \(BenchCommand.fmt(median(empties)))")
+        }
+    }
+
+    /// The consumer's side: ShadowCompare of the whole frame.
+    func consumer() {
+        memcpy(other, base, byteCount)
+        var same: [Double] = [], changed: [Double] = []
+        for i in 0 ..< frames {
+            var t = now()
+            _ = ShadowCompare.confirm([live.bounds], live: live, shadow: shadow)
+            same.append(now() - t)
+            for y in 0 ..< BenchCommand.height { (pixels + y * BenchCommand.width).update(repeating: UInt32(i), count: BenchCommand.width) }
+            t = now()
+            _ = ShadowCompare.confirm([live.bounds], live: live, shadow: shadow)
+            changed.append(now() - t)
+        }
+        print("consumer: ShadowCompare.confirm of the whole frame: unchanged \(BenchCommand.fmt(median(same))) µs "
+              + "\(BenchCommand.ratio(median(same), memcpyMicros)), all changed \(BenchCommand.fmt(median(changed))) µs "
+              + "\(BenchCommand.ratio(median(changed), memcpyMicros))")
     }
 
     /// Idle→busy transition: arming after an idle tick and the first write.
