@@ -107,7 +107,7 @@ public final class DamageEngine {
         self.delay = delay
         self.coalescer = Coalescer(geometry: geometry, maxRects: maxRects)
         self.onUpdate = onUpdate
-        floodEnter = tracker?.mode == .mprotect ? 0.1 : 0.25
+        floodEnter = tracker?.mode == .mprotect ? 0.05 : 0.2
         floodExit = floodEnter / 2
     }
 
