@@ -44,6 +44,28 @@ import Testing
         #expect(access(sock, F_OK) != 0 && access(guestSock, F_OK) != 0, "sockets removed")
     }
 
+    @Test func anOversizedMessageCostsItsConnectionWithOneLogLine() throws {
+        let dir = try makeTempDir()
+        defer { removeTree(dir) }
+        let sock = dir + "/socket"
+        let server = try Child(try xenvfbPath(), ["xenstored", "--socket", sock], env: ["XENVFB_LOG": "info"])
+        #expect(waitForSocket(sock))
+        let good = try RawClient(path: sock)
+        let bad = try RawClient(path: sock)
+        var header = XSMessage(type: XSMessageType.read.rawValue, reqID: 1, txID: 0, payload: []).encoded()
+        header.replaceSubrange(12..<16, with: [0x00, 0x00, 0x01, 0x00])   // 65536 bytes
+        _ = bad.sendRaw(header)
+        #expect(bad.isClosed())
+        #expect(RawClient.text(good.request(.write, ["/still"], value: Array("fine".utf8))) == "OK")
+        #expect(RawClient.text(good.request(.read, ["/still"])) == "fine")
+        kill(server.pid, SIGTERM)
+        let result = server.wait()
+        #expect(result.status == 0, "\(result)")
+        let lines = result.stderr.split(separator: "\n").filter { $0.contains("closing connection") }
+        #expect(lines.count == 1, "\(result.stderr)")
+        #expect(lines.first?.contains("65536") == true && lines.first?.contains("4096") == true, "\(result.stderr)")
+    }
+
     @Test func badArgumentsExitTwoWithAMessage() throws {
         let bin = try xenvfbPath()
         for args in [["xenstored"], ["xenstored", "--socket"], ["xenstored", "--socket", "/tmp/x", "--domain-socket", "five:/tmp/y"],
@@ -52,5 +74,7 @@ import Testing
             #expect(r.status == 2, "\(args): \(r)")
             #expect(!r.stderr.isEmpty, "\(args): \(r)")
         }
+        let help = try runTool(bin, ["xenstored", "--help"], env: [:])
+        #expect(help.status == 0 && help.stdout.contains("--domain-socket DOMID:PATH"), "\(help)")
     }
 }
