@@ -46,6 +46,9 @@ public final class XenstoreServer: @unchecked Sendable {
         public var maxPermsPerNode = 5
         /// Nodes an unprivileged domain may own (quota_nb_entry_per_domain).
         public var maxNodesPerDomain = 1000
+        /// Open connections per unprivileged domain; more are closed at once
+        /// (a guest must not exhaust the process' file descriptors).
+        public var maxConnectionsPerDomain = 64
         public init() {}
     }
 
@@ -58,6 +61,8 @@ public final class XenstoreServer: @unchecked Sendable {
     private var store: XSDatabase
     private var connections: [Int: Connection] = [:]
     private var nextConnectionID = 1
+    /// Domains at their connection limit (logged once until one closes).
+    private var refusing: Set<UInt32> = []
     private var listeners: [Int32: (domid: UInt32, path: String)] = [:]
     private var introduced: Set<UInt32> = [0]
     /// Domains that exist (in Xen: known to the hypervisor). Only these may
@@ -244,6 +249,14 @@ public final class XenstoreServer: @unchecked Sendable {
             }
             _ = cshims_set_cloexec(fd)
             _ = cshims_set_nonblocking(fd)
+            if l.domid != 0 && connections.values.lazy.filter({ $0.domid == l.domid }).count >= limits.maxConnectionsPerDomain {
+                close(fd)
+                if refusing.insert(l.domid).inserted {
+                    log.warning("refusing connections: \(limits.maxConnectionsPerDomain) already open", metadata: ["domid": "\(l.domid)"])
+                }
+                continue
+            }
+            refusing.remove(l.domid)
             addConnection(fd: fd, domid: l.domid)
         }
     }

@@ -248,3 +248,31 @@ import Testing
         #expect(w.nextEvent() == "/local/domain/7/data/x x")
     }
 }
+
+@Suite struct ConnectionLimitTests {
+    @Test func aGuestCannotOpenMoreConnectionsThanItsLimit() throws {
+        var limits = XenstoreServer.Limits()
+        limits.maxConnectionsPerDomain = 4
+        let fx = try XenstoreFixture(domains: [5], limits: limits)
+        defer { fx.stop() }
+        var open: [RawClient] = []
+        for _ in 0..<4 {
+            let c = try RawClient(path: fx.domainSocket(5))
+            #expect(RawClient.text(c.request(.getDomainPath, ["5"])) == "/local/domain/5")
+            open.append(c)
+        }
+        let extra = try RawClient(path: fx.domainSocket(5))
+        #expect(extra.isClosed())
+        // dom0 is not limited; a closed guest connection makes room again.
+        let dom0 = try RawClient(path: fx.socket)
+        #expect(RawClient.text(dom0.request(.getDomainPath, ["0"])) == "/local/domain/0")
+        open.removeLast()
+        var again: RawClient?
+        for _ in 0..<100 {   // the server sees the close asynchronously
+            let c = try RawClient(path: fx.domainSocket(5))
+            if RawClient.text(c.request(.getDomainPath, ["5"])) == "/local/domain/5" { again = c; break }
+            usleep(10_000)
+        }
+        #expect(again != nil)
+    }
+}
