@@ -300,7 +300,7 @@ public final class XenStore {
         guard xs_introduce_domain(handle, domid, mfn, eventChannel) else { throw fail("introduce", "\(domid)") }
     }
 
-    /// Tells xenstored a domain is gone (fires @releaseDomain).
+    /// Tells xenstored a domain is gone: its nodes go and @releaseDomain fires.
     public func releaseDomain(_ domid: UInt32) throws(XenStoreError) {
         guard xs_release_domain(handle, domid) else { throw fail("release", "\(domid)") }
     }

@@ -16,6 +16,11 @@ import Synchronization
 /// /local/domain/<domid> and permissions apply. Debian's `xenstore-*` tools
 /// and libxenstore reach a socket through `XENSTORED_PATH`.
 ///
+/// As in Xen, only a domain that exists may own a node (SET_PERMS with an
+/// unknown owner is ENOENT): a domain socket, `connect(asDomain:)`,
+/// `addDomain` or `introduceDomain` make a domain exist. Guests are held to
+/// xenstored's quotas (`Limits`).
+///
 /// Threading: every method may be called from any thread; work that touches
 /// the server's state runs on its event loop. libxenstore calls block until
 /// the reply comes, so a server sharing a process with libxenstore clients
@@ -150,7 +155,8 @@ public final class XenstoreServer: @unchecked Sendable {
         onLoop { [self] in introduce(domid) }
     }
 
-    /// Releases a domain (as XS_RELEASE does) and fires @releaseDomain.
+    /// Releases a domain (as XS_RELEASE does): the nodes it owned go, with
+    /// their subtrees, and @releaseDomain fires.
     public func releaseDomain(_ domid: UInt32) {
         onLoop { [self] in release(domid) }
     }
