@@ -27,7 +27,7 @@ let package = Package(
 
         .target(name: "Support", dependencies: ["CShims", .product(name: "Logging", package: "swift-log")]),
         .target(name: "EventLoop", dependencies: ["Support", "CShims"]),
-        .target(name: "Damage", dependencies: ["CWriteFault", "CShims", "EventLoop", "Support"]),
+        .target(name: "Damage", dependencies: ["CWriteFault", "CShims", "EventLoop", "Support"], exclude: ["README.md"]),
         .target(name: "XenStore", dependencies: ["CXen", "EventLoop", "Support"]),
         .target(name: "Host", dependencies: ["CXen", "CShims", "EventLoop", "Support", "XenStore"]),
         .target(name: "XenBus", dependencies: ["XenStore", "Host", "EventLoop", "Support"]),
