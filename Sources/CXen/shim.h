@@ -11,6 +11,7 @@
 #include <xenevtchn.h>
 #include <xengnttab.h>
 #include <xendevicemodel.h>
+#include <xentoolcore.h>
 #include <xen/io/fbif.h>
 #include <xen/io/kbdif.h>
 #include <xen/io/xs_wire.h>

@@ -56,6 +56,16 @@ public struct DeviceModelOptions: Equatable, Sendable {
     public var useXenstore = true
     /// `xenvfb demo --seconds N`: how long the demo runs; nil for until a signal.
     public var seconds: UInt32?
+    /// `--input-pace MS`: at most one input event per MS milliseconds goes to
+    /// the guest (bursts wait in the input queue); nil or 0 for no pacing.
+    public var inputPaceMilliseconds: UInt32?
+    /// `--update-interval MS`: how long the vfb backend gathers the guest's
+    /// update events before copying the frame (its coalescing tick).
+    public var updateIntervalMilliseconds: UInt32?
+    /// Hidden `--sim-host DIR`: act on the simulated machine in DIR (SimHost)
+    /// instead of Xen; xenstore is then whatever `XENSTORED_PATH` names. For
+    /// tests of the device model without a hypervisor.
+    public var simHost: String?
     /// Options that were accepted but are ignored or not meaningful here,
     /// one readable sentence each, for the log.
     public var warnings: [String] = []
@@ -308,6 +318,22 @@ private struct ArgumentParser {
         case "no-xenstore":
             try flagOnly(&self)
             options.useXenstore = false
+        case "input-pace":
+            let v = try value(arg, inline: inline)
+            guard let ms = Self.decimal(v, max: 10_000) else {
+                throw OptionError(arg, "needs milliseconds from 0 to 10000, not '\(Self.printable(v))'")
+            }
+            options.inputPaceMilliseconds = UInt32(ms)
+        case "update-interval":
+            let v = try value(arg, inline: inline)
+            guard let ms = Self.decimal(v, max: 60_000) else {
+                throw OptionError(arg, "needs milliseconds from 0 to 60000, not '\(Self.printable(v))'")
+            }
+            options.updateIntervalMilliseconds = UInt32(ms)
+        case "sim-host" where mode == .deviceModel:
+            let v = try value(arg, inline: inline)
+            guard !v.isEmpty else { throw OptionError(arg, "needs a SimHost machine directory") }
+            options.simHost = v
         case "seconds" where mode == .demo:
             let v = try value(arg, inline: inline)
             guard let s = Self.decimal(v, max: 86_400 * 365), s > 0 else {

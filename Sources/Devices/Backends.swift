@@ -12,8 +12,17 @@ public final class Backends {
     public private(set) var vfb: XenBusBackend?
     public private(set) var vkbd: XenBusBackend?
     private var started = false
+    /// How a new vkbd device is joined to the displays' input; by default it
+    /// becomes `hub.input`. Set before `start` to put it behind a queue of
+    /// your own (the device model's `InputQueue`).
+    public var connectInput: ((VkbdDevice) -> Void)?
 
     public init(loop: EventLoop) { self.loop = loop }
+
+    /// The vfb devices that exist now (QMP screendump refreshes them).
+    public var vfbDevices: [VfbDevice] {
+        (vfb?.devices.values.compactMap { $0.handler as? VfbDevice }) ?? []
+    }
 
     /// Starts both backends; every device they find shows on `hub`, and
     /// input from `hub`'s displays goes to the vkbd device.
@@ -21,9 +30,10 @@ public final class Backends {
         let vfb = XenBusBackend(type: "vfb", domid: domid, host: host, store: xenstore, loop: loop) { _ in
             VfbDevice(hub: hub, config: config)
         }
+        let connectInput = self.connectInput
         let vkbd = XenBusBackend(type: "vkbd", domid: domid, host: host, store: xenstore, loop: loop) { _ in
             let device = VkbdDevice(hub: hub, config: config)
-            hub.input = device
+            if let connectInput { connectInput(device) } else { hub.input = device }
             return device
         }
         self.vfb = vfb

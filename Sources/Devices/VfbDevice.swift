@@ -348,3 +348,20 @@ public final class VfbDevice: XenBusDeviceHandler {
         if !changed.isEmpty { hub.update(changed) }
     }
 }
+
+extension VfbDevice {
+    /// Takes in, now, everything the guest has announced: drains the OUT
+    /// ring and runs the coalescing tick at once (or, for a frontend without
+    /// `feature-update`, compares the framebuffer). QMP `screendump` calls it
+    /// so the file shows the guest's current frame, as QEMU's screendump
+    /// forces a display refresh first.
+    public func refreshNow() {
+        guard geometry != nil else { return }
+        processOutRing()
+        if let t = flushTimer, let loop = device?.loop {
+            loop.cancelTimer(t)
+            flushTimer = nil
+        }
+        if featureUpdate { flush() } else { poll() }
+    }
+}

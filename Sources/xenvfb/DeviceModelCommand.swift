@@ -2,9 +2,12 @@
 import Glibc
 #endif
 import CShims
+import CXen
 import Control
+import Devices
 import Displays
 import EventLoop
+import Host
 import Logging
 import Support
 
@@ -71,6 +74,10 @@ final class DeviceModel {
     /// Parts add their teardown here (`shutdown.add(name) { done in ... }`).
     let shutdown = ShutdownChain()
     let log: Logger
+    /// The displays, input and backends, once attached.
+    var session: Session?
+    /// The xenstore connection the backends use.
+    var xenstore: XenStoreConnection?
 
     init(options: DeviceModelOptions) throws(DeviceModelError) {
         self.options = options
@@ -225,5 +232,66 @@ extension DeviceModel {
     /// With no part attached, the device model serves QMP and exits on a
     /// signal, which is what `--no-xenstore` is for.
     func attachParts() throws(DeviceModelError) {
+        let session = Session(options: options, loop: loop, log: log)
+        self.session = session
+        do throws(DisplayError) {
+            try session.openDisplays()
+        } catch {
+            session.closeDisplays()
+            throw DeviceModelError("\(error)")
+        }
+        session.registerCommands(qmp)
+        shutdown.add("displays") { done in
+            session.closeDisplays()
+            done()
+        }
+        guard options.useXenstore, let domid = options.domid else { return }
+
+        let host: Host
+        if let dir = options.simHost {
+            host = SimHost(directory: dir, domid: 0)
+            log.info("acting on the simulated machine in \(dir) (SimHost)")
+        } else {
+            do throws(HostError) {
+                host = try XenHost(domid: 0)
+            } catch {
+                throw DeviceModelError("cannot open Xen: \(error)")
+            }
+        }
+        let store: XenStoreConnection
+        do {
+            store = try XenStoreConnection(loop: loop)
+        } catch {
+            throw DeviceModelError("\(error)")
+        }
+        xenstore = store
+        if options.restrictToDomain {
+            if options.simHost != nil {
+                log.warning("-xen-domid-restrict has no effect on a simulated host")
+            } else if xentoolcore_restrict_all(domid_t(domid)) != 0 {
+                throw DeviceModelError("-xen-domid-restrict: xentoolcore_restrict_all(\(domid)) failed: \(SystemError("xentoolcore_restrict_all"))")
+            } else {
+                log.info("Xen handles restricted to the guest's domain")
+            }
+        }
+        do {
+            // Registers the backends, then writes device-model/<domid>/state = running.
+            try session.startBackends(host: host, xenstore: store, domid: domid)
+        } catch {
+            throw DeviceModelError("cannot start the backends for domain \(domid): \(error)")
+        }
+        let dmPath = "/local/domain/\(host.domid)/device-model/\(domid)"
+        shutdown.add("backends") { [log] done in
+            session.backends?.shutdown {
+                // What this process wrote for libxl goes too: the state key
+                // and the backends it registered (and the directory, if
+                // nothing else is left in it).
+                try? store.remove(dmPath + "/state")
+                try? store.remove(dmPath + "/backends")
+                if let left = try? store.directory(dmPath), left.isEmpty { try? store.remove(dmPath) }
+                log.info("backends closed")
+                done()
+            }
+        }
     }
 }

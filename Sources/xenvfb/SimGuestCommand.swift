@@ -7,7 +7,7 @@ import GuestKit
 import Host
 import Support
 
-/// `xenvfb __sim-guest --machine DIR --xenstore SOCKET --domid N [--demo]`
+/// `xenvfb __sim-guest --machine DIR --xenstore SOCKET --domid N [--demo] [--commands]`
 /// (hidden): a simulated guest as a process of its own, as under Xen —
 /// GuestKit's vfb and vkbd frontends on the SimHost machine in DIR, talking
 /// to xenstored through SOCKET (a domain socket, so it acts as domain N).
@@ -15,6 +15,13 @@ import Support
 /// Without `--demo` it draws `SimGuestCommand.pattern` once connected. It
 /// reports on stdout, one line each: `connected`, `drawn`, and every input
 /// event it receives (`key CODE 0|1`, `pos X Y Z`, `motion DX DY DZ`).
+///
+/// With `--commands` it also takes commands on stdin, one per line, for
+/// tests that change the screen and compare pictures:
+/// - `draw SEED`: repaints the rectangle (100, 50, 200×150) with a pattern
+///   of SEED, sends its UPDATE event, then says `drawn SEED`;
+/// - `dump PATH`: writes its framebuffer as a binary PPM (P6) to PATH, then
+///   says `dumped PATH`.
 enum SimGuestCommand {
     /// The test pattern, a pure function of the position.
     static func pattern(x: Int, y: Int) -> UInt32 {
@@ -28,7 +35,7 @@ enum SimGuestCommand {
 
     static func main(_ args: [String]) -> Int32 {
         let log = Log.logger("sim-guest")
-        var machine: String?, socket: String?, domid: UInt32?, demo = false
+        var machine: String?, socket: String?, domid: UInt32?, demo = false, commands = false
         var i = 0
         while i < args.count {
             let a = args[i]
@@ -38,6 +45,7 @@ enum SimGuestCommand {
             case "--xenstore": socket = next; i += 1
             case "--domid": domid = next.flatMap { UInt32(xenstoreDecimal: $0) }; i += 1
             case "--demo": demo = true
+            case "--commands": commands = true
             default: log.error("unknown argument \(a)"); return 2
             }
             i += 1
@@ -90,12 +98,73 @@ enum SimGuestCommand {
             fb.onChange = check
             kbd.onChange = check
             if let demoGuest { try demoGuest.start() } else { try fb.start(); try kbd.start() }
+            var input: [UInt8] = []
+            if commands {
+                try loop.watch(fd: 0) { _ in
+                    var chunk = [UInt8](repeating: 0, count: 4096)
+                    let n = chunk.withUnsafeMutableBytes { read(0, $0.baseAddress, $0.count) }
+                    if n <= 0 {
+                        loop.unwatch(fd: 0)
+                        return
+                    }
+                    input += chunk[..<n]
+                    while let nl = input.firstIndex(of: 10) {
+                        let line = String(decoding: input[..<nl], as: UTF8.self)
+                        input.removeSubrange(...nl)
+                        command(line, fb: fb)
+                    }
+                }
+            }
             loop.run()
             withExtendedLifetime((store, domain, fb, kbd, demoGuest)) {}
             return 0
         } catch {
             log.error("\(error)")
             return 1
+        }
+    }
+
+    /// The pattern `draw SEED` paints.
+    static func pattern(x: Int, y: Int, seed: Int) -> UInt32 {
+        UInt32((x &* 3 &+ seed &* 41) & 0xff) << 16 | UInt32((y &* 5 &+ seed &* 13) & 0xff) << 8 | UInt32((x &+ y &+ seed) & 0xff)
+    }
+
+    static func command(_ line: String, fb: FramebufferFrontend) {
+        let words = line.split(separator: " ", maxSplits: 1).map(String.init)
+        switch (words.first, words.count) {
+        case ("draw", 2):
+            guard let seed = Int(words[1]), fb.state == .connected else { return say("error \(line)") }
+            let r = Rect(x: 100, y: 50, width: min(200, fb.width - 100), height: min(150, fb.height - 50))
+            _ = fb.withPixels { px in
+                for y in r.y..<r.maxY {
+                    let row = (px.baseAddress! + y * fb.stride).assumingMemoryBound(to: UInt32.self)
+                    for x in r.x..<r.maxX { row[x] = pattern(x: x, y: y, seed: seed) }
+                }
+            }
+            fb.update(r)
+            say("drawn \(seed)")
+        case ("dump", 2):
+            let path = words[1]
+            var bytes = Array("P6\n\(fb.width) \(fb.height)\n255\n".utf8)
+            bytes.reserveCapacity(bytes.count + fb.width * fb.height * 3)
+            for y in 0..<fb.height {
+                for x in 0..<fb.width {
+                    let p = fb.pixel(x: x, y: y) ?? 0
+                    bytes += [UInt8(p >> 16 & 0xff), UInt8(p >> 8 & 0xff), UInt8(p & 0xff)]
+                }
+            }
+            let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+            guard fd >= 0 else { return say("error \(line)") }
+            var off = 0
+            while off < bytes.count {
+                let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + off, $0.count - off) }
+                if n <= 0 { break }
+                off += n
+            }
+            close(fd)
+            say(off == bytes.count ? "dumped \(path)" : "error \(line)")
+        default:
+            say("error \(line)")
         }
     }
 }

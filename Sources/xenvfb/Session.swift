@@ -1,0 +1,125 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Control
+import Damage
+import Devices
+import Displays
+import EventLoop
+import Host
+import Logging
+import Support
+
+/// The parts every way of running xenvfb shares, built from the options: the
+/// display hub and the displays asked for (VNC, SDL, PNG), the one input
+/// queue in front of vkbd, the vfb and vkbd backends, and the QMP commands
+/// over them (screendump, send-key, input-send-event, the VNC queries and
+/// passwords). `xenvfb` (the device model) and `xenvfb demo` both use it.
+final class Session {
+    let options: DeviceModelOptions
+    let loop: EventLoop
+    let hub = DisplayHub()
+    /// Every input event from VNC, SDL and QMP passes through here (it is
+    /// `hub.input`) and then into the vkbd device.
+    let input: InputQueue
+    private(set) var vnc: VNCDisplay?
+    private(set) var sdl: SDLDisplay?
+    private(set) var pngs: [PNGDisplay] = []
+    private(set) var backends: Backends?
+    /// Counts frame changes for `x-xenvfb-query-frame` and `xenvfb screenshot --wait-still`.
+    let frameWatch = FrameWatch()
+    var vncProvider: VNCQMPProvider?
+    let log: Logger
+    /// The pointer as QMP `input-send-event` last placed it, in pixels.
+    var qmpPointer: (x: Int32, y: Int32) = (0, 0)
+
+    init(options: DeviceModelOptions, loop: EventLoop, log: Logger) {
+        self.options = options
+        self.loop = loop
+        self.log = log
+        input = InputQueue(loop: loop, pace: options.inputPaceMilliseconds.map { .milliseconds(Int64($0)) })
+        hub.input = input
+        hub.add(frameWatch)
+    }
+
+    /// What the backends are configured with, from the options.
+    var backendConfig: BackendConfig {
+        var config = BackendConfig()
+        if let ms = options.updateIntervalMilliseconds { config.updateDelay = .milliseconds(Int64(ms)) }
+        return config
+    }
+
+    /// Opens the displays the options ask for. `onWindowClosed` runs when an
+    /// SDL window is closed (nil: closing the window closes only the window).
+    func openDisplays(onWindowClosed: (() -> Void)? = nil) throws(DisplayError) {
+        if let spec = options.vnc {
+            var keymap: Keymap
+            do throws(DisplayError) {
+                keymap = try Keymap(name: options.keymap ?? "en-us")
+            } catch {
+                log.warning("\(error); VNC clients that send keysyms get en-us (clients with the extended key event are not affected)")
+                keymap = try Keymap(name: "en-us")
+            }
+            let desktop = options.name.map { "QEMU (\($0))" } ?? "QEMU"
+            let vnc = try VNCDisplay(options: VNCOptions(spec: spec), loop: loop, hub: hub, keymap: keymap, desktopName: desktop)
+            self.vnc = vnc
+            hub.add(vnc)
+            vncProvider = VNCQMPProvider(vnc: vnc, loop: loop)
+        }
+        for spec in options.displays {
+            switch spec {
+            case .sdl:
+                guard sdl == nil else { continue }
+                let title = options.name.map { "QEMU (\($0))" } ?? "xenvfb"
+                let window = try SDLDisplay(options: .init(title: title, closeQuits: onWindowClosed != nil), loop: loop, hub: hub)
+                window.onQuit = onWindowClosed
+                sdl = window
+                hub.add(window)
+            case .png(let text):
+                let png = try PNGDisplay(spec: text, loop: loop)
+                pngs.append(png)
+                hub.add(png)
+            }
+        }
+    }
+
+    /// Starts the vfb and vkbd backends for `domid`; input from the queue
+    /// goes to each vkbd device as it appears.
+    func startBackends(host: Host, xenstore: XenStoreAccess, domid: UInt32) throws {
+        let backends = Backends(loop: loop)
+        backends.connectInput = { [input] device in input.target = device }
+        self.backends = backends
+        try backends.start(host: host, xenstore: xenstore, domid: domid, hub: hub, config: backendConfig)
+    }
+
+    /// Takes in every update the guest has announced, now (screendump,
+    /// x-xenvfb-query-frame).
+    func refresh() {
+        for device in backends?.vfbDevices ?? [] { device.refreshNow() }
+    }
+
+    /// Closes every display.
+    func closeDisplays() {
+        vncProvider?.cancelExpiry()
+        hub.closeAll()
+        vnc = nil
+        sdl = nil
+    }
+}
+
+/// Counts frame changes (a "display" that shows nothing), so a client can
+/// tell whether the screen has changed since it last looked.
+final class FrameWatch: Display {
+    let name = "frame-watch"
+    private(set) var changes: Int64 = 0
+    private(set) var lastChange = EventLoop.now()
+
+    func frameDidResize(_ frame: Frame) { changed() }
+    func frameDidUpdate(_ frame: Frame, rects: [Rect]) { changed() }
+    func close() {}
+
+    private func changed() {
+        changes += 1
+        lastChange = EventLoop.now()
+    }
+}

@@ -1,0 +1,356 @@
+#!/usr/bin/env python3
+"""Drives the xenvfb device model (`xenvfb --domid N --sim-host DIR`) over a
+simulated machine, as libxl and CI tools would: the guest is `xenvfb
+__sim-guest` (GuestKit's frontends) in a process of its own, xenstore is the
+embedded xenstored the Swift test runs, and the clients are ones this project
+did not write: Debian's xenstore-* tools, QEMU's qemu.qmp, vncdotool, Pillow.
+
+Usage: device_model.py SCENARIO XENVFB MACHINE_DIR DOM0_SOCKET GUEST_SOCKET DOMID
+Exits 0 when every check of the scenario holds; prints what failed otherwise.
+"""
+import asyncio
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from qemu.qmp import QMPClient, ExecuteError
+
+TIMEOUT = 30
+
+
+def check(cond, what):
+    if not cond:
+        raise AssertionError(what)
+
+
+class Machine:
+    def __init__(self, binary, directory, dom0_socket, guest_socket, domid):
+        self.binary = binary
+        self.dir = directory
+        self.dom0_socket = dom0_socket
+        self.guest_socket = guest_socket
+        self.domid = int(domid)
+        self.env = dict(os.environ, XENSTORED_PATH=dom0_socket)
+        self.qmp_path = os.path.join(directory, "qmp")
+        self.dm = None
+        self.guest = None
+
+    # xenstore, through Debian's tools
+    def xs_read(self, path):
+        r = subprocess.run(["xenstore-read", path], env=self.env, capture_output=True, text=True)
+        return r.stdout.strip() if r.returncode == 0 else None
+
+    def xs_exists(self, path):
+        return subprocess.run(["xenstore-exists", path], env=self.env, capture_output=True).returncode == 0
+
+    def wait_for(self, cond, what, timeout=TIMEOUT):
+        deadline = time.monotonic() + timeout
+        while not cond():
+            if self.dm and self.dm.poll() is not None:
+                raise AssertionError(f"device model exited ({self.dm.returncode}) while waiting for {what}:\n{self.dm_log()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}\nguest said: {self.guest_lines[-20:] if self.guest else []}\n{self.dm_log()}")
+            time.sleep(0.02)
+
+    # the device model
+    def start_dm(self, *extra):
+        self.log = tempfile.TemporaryFile()
+        args = [self.binary, "--domid", str(self.domid), "--name", "simguest", "--sim-host", self.dir,
+                "--qmp", "unix:" + self.qmp_path] + list(extra)
+        self.dm = subprocess.Popen(args, env=self.env, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
+        self.wait_for(lambda: os.path.exists(self.qmp_path), "the QMP socket")
+
+    def dm_log(self):
+        if not self.dm:
+            return ""
+        self.log.seek(0)
+        return "device model log:\n" + self.log.read().decode(errors="replace")[-6000:]
+
+    # the guest
+    def start_guest(self):
+        self.guest = subprocess.Popen(
+            [self.binary, "__sim-guest", "--machine", self.dir, "--xenstore", self.guest_socket,
+             "--domid", str(self.domid), "--commands"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self.guest_lines = []
+        self.lock = threading.Lock()
+
+        def reader():
+            for raw in self.guest.stdout:
+                with self.lock:
+                    self.guest_lines.append(raw.decode().strip())
+        threading.Thread(target=reader, daemon=True).start()
+
+    def said(self, line):
+        with self.lock:
+            return line in self.guest_lines
+
+    def tell(self, line, answer, timeout=TIMEOUT):
+        self.guest.stdin.write((line + "\n").encode())
+        self.guest.stdin.flush()
+        self.wait_for(lambda: self.said(answer), f"guest answer '{answer}'", timeout)
+
+    def inputs(self):
+        with self.lock:
+            return [l for l in self.guest_lines if l.split(" ")[0] in ("key", "pos", "motion")]
+
+    def wait_connected(self):
+        self.wait_for(lambda: self.xs_read(f"/local/domain/0/device-model/{self.domid}/state") == "running",
+                      "device-model state = running")
+        for t in ("vfb", "vkbd"):
+            self.wait_for(lambda: self.xs_read(f"/local/domain/0/backend/{t}/{self.domid}/0/state") == "4",
+                          f"{t} backend Connected")
+        self.wait_for(lambda: self.said("drawn"), "the guest's first picture")
+
+    def guest_frame(self):
+        self.dumps = getattr(self, "dumps", 0) + 1
+        path = os.path.join(self.dir, f"guest{self.dumps}.ppm")
+        self.tell("dump " + path, "dumped " + path)
+        with open(path, "rb") as f:
+            return f.read()
+
+    def stop(self):
+        for p in (self.guest, self.dm):
+            if p and p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def rgb_of_png(path):
+    from PIL import Image
+    im = Image.open(path)
+    im.load()
+    return im.size, im.mode, im.convert("RGB").tobytes()
+
+
+def ppm_body(data):
+    """Width, height and pixel bytes of a binary PPM with the usual header."""
+    parts = data.split(b"\n", 3)
+    check(parts[0] == b"P6" and parts[2] == b"255", f"not a P6 PPM: {data[:20]!r}")
+    w, h = map(int, parts[1].split())
+    return w, h, parts[3]
+
+
+async def qmp_connect(m):
+    qmp = QMPClient("xenvfb-test")
+    await qmp.connect(m.qmp_path)
+    return qmp
+
+
+# ---------------------------------------------------------------------------
+
+async def lifecycle(m):
+    """state=running, both devices Connected, SIGHUP: Closing then Closed, exit 0,
+    and nothing left of what the device model wrote for libxl."""
+    m.start_dm()
+    m.start_guest()
+    m.wait_connected()
+    check(m.xs_exists(f"/local/domain/0/device-model/{m.domid}/backends/vfb"), "backends/vfb registered")
+    check(m.xs_exists(f"/local/domain/0/device-model/{m.domid}/backends/vkbd"), "backends/vkbd registered")
+    m.dm.send_signal(signal.SIGHUP)
+    status = m.dm.wait(TIMEOUT)
+    log = m.dm_log()
+    check(status == 0, f"exit status {status} after SIGHUP\n{log}")
+    for t in ("vfb", "vkbd"):
+        st = m.xs_read(f"/local/domain/0/backend/{t}/{m.domid}/0/state")
+        check(st == "6", f"{t} backend state {st} after shutdown, want 6 (Closed)")
+        check(f"{t}" in log and "-> closing" in log.lower() and "-> closed" in log.lower(),
+              f"{t}: no Closing/Closed transition in the log\n{log}")
+    check(not m.xs_exists(f"/local/domain/0/device-model/{m.domid}/state"), "device-model state left behind")
+    check(not m.xs_exists(f"/local/domain/0/device-model/{m.domid}"), "device-model directory left behind")
+    check(not os.path.exists(m.qmp_path), "QMP socket left behind")
+
+
+async def qmp(m):
+    """screendump fresh (even with a 5 s coalescing tick) and byte-identical to
+    the guest in PPM and PNG; send-key and input-send-event arrive in order."""
+    m.start_dm("--update-interval", "5000")
+    m.start_guest()
+    m.wait_connected()
+    q = await qmp_connect(m)
+    try:
+        # Freshness: the guest changes its picture, and the dump at once shows it.
+        for seed, fmt in ((1, "ppm"), (2, "png"), (3, None)):
+            m.tell(f"draw {seed}", f"drawn {seed}")
+            out = os.path.join(m.dir, f"shot{seed}")
+            args = {"filename": out}
+            if fmt:
+                args["format"] = fmt
+            await q.execute("screendump", args)
+            guest = m.guest_frame()
+            if fmt == "png":
+                (w, h), mode, rgb = rgb_of_png(out)
+                gw, gh, body = ppm_body(guest)
+                check((w, h) == (gw, gh) and mode == "RGB", f"PNG is {w}x{h} {mode}")
+                check(rgb == body, f"draw {seed}: the PNG differs from the guest framebuffer")
+            else:
+                with open(out, "rb") as f:
+                    data = f.read()
+                check(data == guest, f"draw {seed}: the {fmt or 'default (ppm)'} dump differs from the guest framebuffer")
+        try:
+            await q.execute("screendump", {"filename": os.path.join(m.dir, "x"), "format": "bmp"})
+            check(False, "format bmp accepted")
+        except ExecuteError as e:
+            check("format" in str(e), f"unexpected error {e}")
+
+        # Input: one queue, in order, across commands.
+        before = len(m.inputs())
+        await q.execute("send-key", {"keys": [{"type": "qcode", "data": "shift"}, {"type": "qcode", "data": "a"}],
+                                     "hold-time": 20})
+        await q.execute("input-send-event", {"events": [
+            {"type": "key", "data": {"down": True, "key": {"type": "qcode", "data": "b"}}},
+            {"type": "key", "data": {"down": False, "key": {"type": "number", "data": 0x30}}},
+            {"type": "abs", "data": {"axis": "x", "value": 16384}},
+            {"type": "abs", "data": {"axis": "y", "value": 16384}},
+            {"type": "btn", "data": {"down": True, "button": "left"}},
+            {"type": "btn", "data": {"down": False, "button": "left"}},
+            {"type": "abs", "data": {"axis": "x", "value": 0x7fff}},
+        ]})
+        await q.execute("send-key", {"keys": [{"type": "qcode", "data": "ret"}]})
+        expected = ["key 42 1", "key 30 1", "key 30 0", "key 42 0",
+                    "key 48 1", "key 48 0", "pos 399 299 0", "key 272 1", "key 272 0", "pos 799 299 0",
+                    "key 28 1", "key 28 0"]
+        m.wait_for(lambda: len(m.inputs()) >= before + len(expected), "the guest to receive the input")
+        got = m.inputs()[before:]
+        check(got == expected, f"guest received {got}, want {expected}")
+        for bad in ({"keys": [{"type": "qcode", "data": "nosuchkey"}]}, {"keys": []}):
+            try:
+                await q.execute("send-key", bad)
+                check(False, f"send-key {bad} accepted")
+            except ExecuteError:
+                pass
+        # The probe libxl makes, and the frame counter.
+        opts = await q.execute("query-command-line-options")
+        check(any(o["option"] == "vnc" for o in opts), f"query-command-line-options: {opts}")
+        f1 = await q.execute("x-xenvfb-query-frame")
+        m.tell("draw 9", "drawn 9")
+        f2 = await q.execute("x-xenvfb-query-frame")
+        check(f2["changes"] > f1["changes"] and f2["width"] == 800 and f2["height"] == 600, f"frame {f1} -> {f2}")
+        vnc = await q.execute("query-vnc")
+        check(vnc == {"enabled": False}, f"query-vnc without VNC: {vnc}")
+    finally:
+        await q.disconnect()
+
+
+def rfb_hold(port):
+    """A minimal RFB client (handshake only) that stays connected."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+    version = s.recv(12)
+    check(version.startswith(b"RFB 003."), f"server version {version!r}")
+    s.sendall(b"RFB 003.008\n")
+    n = s.recv(1)[0]
+    types = s.recv(n)
+    check(1 in types, f"security types {list(types)}")
+    s.sendall(b"\x01")
+    check(s.recv(4) == b"\0\0\0\0", "security result")
+    s.sendall(b"\x01")  # shared
+    s.recv(24)
+    return s
+
+
+async def vnc(m):
+    """query-vnc and query-vnc-servers tell the truth; a vncdo client shows in
+    the clients while it is connected; its capture matches the guest."""
+    m.start_dm("--vnc", "127.0.0.1:20,to=99")
+    m.start_guest()
+    m.wait_connected()
+    q = await qmp_connect(m)
+    try:
+        info = await q.execute("query-vnc")
+        check(info["enabled"] is True and info["host"] == "127.0.0.1" and info["family"] == "ipv4"
+              and info["auth"] == "none" and info["clients"] == [], f"query-vnc: {info}")
+        port = int(info["service"])
+        check(5920 <= port <= 5999, f"port {port}")
+        probe = socket.create_connection(("127.0.0.1", port), timeout=5)
+        check(probe.recv(12).startswith(b"RFB"), "something else answers on the reported port")
+        probe.close()
+        servers = await q.execute("query-vnc-servers")
+        check(len(servers) == 1 and servers[0]["server"][0]["service"] == str(port), f"query-vnc-servers: {servers}")
+
+        vncdo = os.path.join(os.path.dirname(sys.executable), "vncdo")
+        shot = os.path.join(m.dir, "vncdo.png")
+        client = subprocess.Popen([vncdo, "-s", f"127.0.0.1::{port}", "capture", shot, "pause", "3"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + TIMEOUT
+        seen = None
+        while time.monotonic() < deadline and client.poll() is None:
+            info = await q.execute("query-vnc")
+            if info["clients"]:
+                seen = info["clients"]
+                break
+            await asyncio.sleep(0.05)
+        check(seen is not None and len(seen) == 1 and seen[0]["host"] == "127.0.0.1" and seen[0]["family"] == "ipv4",
+              f"vncdo never showed in query-vnc clients: {seen}")
+        held = rfb_hold(port)
+        info = await q.execute("query-vnc")
+        services = {c["service"] for c in info["clients"]}
+        check(str(held.getsockname()[1]) in services and len(info["clients"]) == 2, f"clients {info['clients']}")
+        check(client.wait(TIMEOUT) == 0, f"vncdo failed: {client.stderr.read().decode()}")
+        (w, h), _, rgb = rgb_of_png(shot)
+        gw, gh, body = ppm_body(m.guest_frame())
+        check((w, h) == (gw, gh) and rgb == body, "the vncdo capture differs from the guest framebuffer")
+        held.close()
+        deadline = time.monotonic() + TIMEOUT
+        while (await q.execute("query-vnc"))["clients"]:
+            check(time.monotonic() < deadline, "clients did not go away")
+            await asyncio.sleep(0.05)
+        try:
+            await q.execute("change-vnc-password", {"password": "secret"})
+            check(False, "a password was accepted by a server without password=on")
+        except ExecuteError:
+            pass
+    finally:
+        await q.disconnect()
+
+
+async def vnc_password(m):
+    """With password=on, set_password lets a client in; expire_password now locks it out."""
+    m.start_dm("--vnc", "127.0.0.1:20,to=99,password=on")
+    m.start_guest()
+    m.wait_connected()
+    q = await qmp_connect(m)
+    try:
+        info = await q.execute("query-vnc")
+        check(info["auth"] == "vnc", f"query-vnc auth: {info}")
+        port = int(info["service"])
+        vncdo = os.path.join(os.path.dirname(sys.executable), "vncdo")
+        shot = os.path.join(m.dir, "pw.png")
+        await q.execute("set_password", {"protocol": "vnc", "password": "s3cret"})
+        r = subprocess.run([vncdo, "-s", f"127.0.0.1::{port}", "-p", "s3cret", "capture", shot],
+                           capture_output=True, timeout=TIMEOUT)
+        check(r.returncode == 0 and os.path.exists(shot), f"vncdo with the password failed: {r.stderr.decode()}")
+        await q.execute("expire_password", {"protocol": "vnc", "time": "now"})
+        r = subprocess.run([vncdo, "-s", f"127.0.0.1::{port}", "-p", "s3cret", "capture", shot + "2"],
+                           capture_output=True, timeout=TIMEOUT)
+        check(r.returncode != 0, "vncdo got in after the password expired")
+    finally:
+        await q.disconnect()
+
+
+SCENARIOS = {f.__name__: f for f in (lifecycle, qmp, vnc, vnc_password)}
+
+
+def main():
+    name, binary, directory, dom0, guest, domid = sys.argv[1:7]
+    m = Machine(binary, directory, dom0, guest, domid)
+    try:
+        asyncio.run(asyncio.wait_for(SCENARIOS[name](m), 150))
+    except Exception as e:  # noqa: BLE001 - report everything
+        print(f"{name}: FAILED: {type(e).__name__}: {e}")
+        if not isinstance(e, AssertionError):
+            print(m.dm_log())
+        return 1
+    finally:
+        m.stop()
+    print(f"{name}: ok")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
