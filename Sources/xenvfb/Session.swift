@@ -64,7 +64,7 @@ final class Session {
             let vnc = try VNCDisplay(options: VNCOptions(spec: spec), loop: loop, hub: hub, keymap: keymap, desktopName: desktop)
             self.vnc = vnc
             hub.add(vnc)
-            vncProvider = VNCQMPProvider(vnc: vnc, loop: loop)
+            vncProvider = VNCQMPProvider(vnc: vnc)
         }
         for spec in options.displays {
             switch spec {
@@ -100,7 +100,6 @@ final class Session {
 
     /// Closes every display.
     func closeDisplays() {
-        vncProvider?.cancelExpiry()
         hub.closeAll()
         vnc = nil
         sdl = nil

@@ -283,12 +283,9 @@ extension Session {
 /// from the VNC display.
 final class VNCQMPProvider: QMPVNCProvider {
     let vnc: VNCDisplay
-    let loop: EventLoop
-    private var expiry: EventLoop.TimerID?
 
-    init(vnc: VNCDisplay, loop: EventLoop) {
+    init(vnc: VNCDisplay) {
         self.vnc = vnc
-        self.loop = loop
     }
 
     private func clients(_ info: VNCServerInfo) -> JSON {
@@ -319,7 +316,6 @@ final class VNCQMPProvider: QMPVNCProvider {
     func setVNCPassword(_ password: String) throws(QMPError) {
         // QEMU refuses a password for a server started without password=on.
         guard vnc.requiresPassword else { throw .generic("Could not set password") }
-        cancelExpiry()
         vnc.setPassword(password)
     }
 
@@ -328,35 +324,18 @@ final class VNCQMPProvider: QMPVNCProvider {
     /// is set.
     func expirePassword(_ time: String) throws(QMPError) {
         guard vnc.requiresPassword else { throw .generic("Could not set password") }
-        cancelExpiry()
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        let now = Int64(ts.tv_sec)
-        let when: Int64
+        let expiry: VNCDisplay.PasswordExpiry
         if time == "now" {
-            when = now
+            expiry = .now
         } else if time == "never" {
-            return
-        } else if time.hasPrefix("+"), let n = Int64(time.dropFirst()), n >= 0 {
-            when = now.addingReportingOverflow(n).overflow ? Int64.max : now + n
-        } else if let n = Int64(time), n >= 0 {
-            when = n
+            expiry = .never
+        } else if time.hasPrefix("+"), let n = Int(time.dropFirst()), n >= 0 {
+            expiry = .after(seconds: n)
+        } else if let n = Int(time), n >= 0 {
+            expiry = .at(unixTime: n)
         } else {
             throw .generic("Parameter 'time' does not accept value '\(time)'")
         }
-        if when <= now {
-            vnc.setPassword(nil)
-        } else {
-            let seconds = min(when - now, Int64(Int32.max))
-            expiry = loop.addTimer(after: .seconds(seconds)) { [weak self] in
-                self?.expiry = nil
-                self?.vnc.setPassword(nil)
-            }
-        }
-    }
-
-    func cancelExpiry() {
-        if let expiry { loop.cancelTimer(expiry) }
-        expiry = nil
+        vnc.expirePassword(expiry)
     }
 }
