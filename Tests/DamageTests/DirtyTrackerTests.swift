@@ -87,8 +87,13 @@ func pollReadable(_ fd: Int32, timeoutMilliseconds: Int32 = 0) -> Bool {
         onThreads(writers + 1) { i in
             if i == writers {
                 let (tracker, mirror, region) = shared.value
+                var n = 0
                 while !done.isSet {
                     if let runs = try? tracker.collect() { mirror.apply(runs, from: region, pageSize: tracker.pageSize) }
+                    // Arm now and then, as the engine does when a tick is idle:
+                    // writers then fault on a read-only region all at once.
+                    n += 1
+                    if n % 5 == 0 { _ = try? tracker.arm() }
                 }
                 return
             }
