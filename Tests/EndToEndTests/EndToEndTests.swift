@@ -112,3 +112,51 @@ import XenStore
         #expect(throws: (any Error).self) { try guestStore.write("/local/domain/0/device-model/5/state", "x") }
     }
 }
+
+@Suite struct DemoCommandTests {
+    @Test func theDemoWritesPicturesOfItsGuestAndStopsByItself() throws {
+        let out = try makeTempDir()
+        defer { removeTree(out) }
+        let loop = try EventLoop()
+        let child = try ChildProcess(try xenvfbPath(), ["demo", "--seconds", "3", "--display", "png:dir=\(out),interval=500"],
+                                     loop: loop, stderrPath: out + "/demo.log")
+        var status: Int32 = -1
+        var raw: Int32 = 0
+        let deadline = EventLoop.now() + 60_000_000_000
+        while EventLoop.now() < deadline {
+            if waitpid(child.pid, &raw, WNOHANG) == child.pid {
+                status = (raw >> 8) & 0xff
+                child.exited = true // reaped here; nothing left to terminate
+                loop.unwatch(fd: child.outFD)
+                close(child.outFD)
+                break
+            }
+            loop.runOnce(timeoutMilliseconds: 50)
+        }
+        #expect(status == 0, "the demo exits 0 after --seconds")
+        let picture = try decodeWithPillow(out + "/latest.png")
+        #expect(picture.width == 800 && picture.height == 600)
+        // The title is drawn in 0xffd040 and the clock in white: both must be on screen.
+        var colours = Set<UInt32>()
+        for i in stride(from: 0, to: picture.rgb.count, by: 3) {
+            colours.insert(UInt32(picture.rgb[i]) << 16 | UInt32(picture.rgb[i + 1]) << 8 | UInt32(picture.rgb[i + 2]))
+        }
+        #expect(colours.contains(0xffd040) && colours.contains(0xffffff) && colours.contains(0xe04040))
+        let log = String(decoding: (try? readFile(out + "/demo.log")) ?? [], as: UTF8.self)
+        #expect(log.contains("pictures of the guest's screen go to \(out)"), "\(log)")
+    }
+}
+
+func readFile(_ path: String) throws -> [UInt8] {
+    let fd = open(path, O_RDONLY)
+    guard fd >= 0 else { throw TestFailure("cannot open \(path)") }
+    defer { close(fd) }
+    var data: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        if n <= 0 { break }
+        data += chunk[0..<n]
+    }
+    return data
+}

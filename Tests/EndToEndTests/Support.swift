@@ -93,7 +93,7 @@ final class ChildProcess {
     let outFD: Int32
     private var buffer: [UInt8] = []
     private(set) var lines: [String] = []
-    private var exited = false
+    var exited = false
 
     init(_ path: String, _ args: [String], loop: EventLoop, stderrPath: String) throws {
         var p: [Int32] = [0, 0]
