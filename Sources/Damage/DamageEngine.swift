@@ -119,6 +119,8 @@ public final class DamageEngine {
     public func start() throws(SystemError) {
         guard !started else { return }
         started = true
+        phase = .tracking
+        busyTicks = 0
         if let t = tracker {
             _ = try t.collect()
             if let fd = t.notificationFD {
@@ -204,7 +206,7 @@ public final class DamageEngine {
             case .sampling:
                 statistics.floodTicks += 1
                 let written = ((try? t.peek()) ?? fullRegion(t)).pageCount
-                if Double(written) >= floodExit * Double(t.pageCount) {
+                if Double(written) >= floodExit * Double(framePages(t)) {
                     fullFrame = true
                     activity = true
                     sampleInterval = min(sampleInterval * 2, max(floodMaxSampleTicks, 1))
@@ -233,7 +235,7 @@ public final class DamageEngine {
 
     private func noteLoad(_ pages: Int, of t: any DirtyTracker) {
         guard floodEnabled, t.mode != .compare else { return }
-        if Double(pages) >= floodEnter * Double(t.pageCount) {
+        if Double(pages) >= floodEnter * Double(framePages(t)) {
             busyTicks += 1
             if busyTicks >= floodAfterTicks {
                 sampleInterval = max(floodSampleTicks, 1)
@@ -243,6 +245,11 @@ public final class DamageEngine {
         } else {
             busyTicks = 0
         }
+    }
+
+    /// Pages the framebuffer spans (the tracked region may be larger).
+    private func framePages(_ t: any DirtyTracker) -> Int {
+        min(t.pageCount, (geometry.byteCount + t.pageSize - 1) / t.pageSize)
     }
 
     /// What to report when a collect fails: everything (never lose damage).
