@@ -25,6 +25,9 @@ public final class DemoGuest {
 
     /// Animation period.
     public var tick: Duration = .milliseconds(50)
+    /// Find what was drawn with the write-fault engine (as Linux's deferred
+    /// I/O does) rather than sending an update per drawing call.
+    public var trackWrites = true
 
     public init(domain: GuestDomain) {
         fb = FramebufferFrontend(domain: domain)
@@ -45,6 +48,14 @@ public final class DemoGuest {
         }
         try fb.start()
         try kbd.start()
+        if trackWrites {
+            do {
+                try fb.startWriteTracking(delay: tick)
+                Log.logger("demo-guest").info("framebuffer writes tracked by \(fb.writeTracking?.rawValue ?? "nothing") faults, sent as update events")
+            } catch {
+                Log.logger("demo-guest").warning("write tracking unavailable (\(error)); sending explicit updates")
+            }
+        }
         timer = loop.addTimer(after: tick, repeating: tick) { [weak self] in self?.animate() }
     }
 
@@ -166,6 +177,8 @@ public final class DemoGuest {
             _ = centered("LAST INPUT: " + lastInput, y: height - 40, scale: 2, color: 0xffffff)
             dirty.append(box)
         }
-        for r in dirty { fb.update(r) }
+        if fb.writeTracking == nil {
+            for r in dirty { fb.update(r) }
+        }
     }
 }

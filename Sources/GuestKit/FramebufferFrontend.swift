@@ -34,6 +34,14 @@ public final class FramebufferFrontend: FrontendBase {
     /// UPDATE events put into the ring, and times the ring was full.
     public private(set) var updatesSent = 0
     public private(set) var stashes = 0
+    /// Write tracking (see `startWriteTracking`).
+    private var engine: DamageEngine?
+    private var tracker: (any DirtyTracker)?
+    private var wantsTracking = false
+    private var trackingMode: DirtyTrackingMode = .auto
+    private var trackingDelay: Duration = .milliseconds(50)
+    /// The technique tracking the framebuffer's writes, nil if none.
+    public var writeTracking: DirtyTrackingMode? { tracker?.mode }
 
     public init(domain: GuestDomain, devid: UInt32 = 0) {
         super.init(domain: domain, type: "vfb", devid: devid)
@@ -78,6 +86,7 @@ public final class FramebufferFrontend: FrontendBase {
         for i in 0..<dirPages { mapping.store(dirFrame + UInt64(i), at: p + XenfbLayout.pd64 + i * 8) }
         hostile.editPage?(mapping, p)
 
+        if wantsTracking { try restartWriteTracking() }
         try allocateEventChannel()
         let ref = hostile.pageRef ?? String(pageFrame)
         try store.transaction { t in
@@ -95,7 +104,46 @@ public final class FramebufferFrontend: FrontendBase {
     }
 
     override func releaseResources() {
+        stopTracker()
         releaseEventChannel()
+    }
+
+    // MARK: Write tracking
+
+    /// Sends UPDATE events for whatever is written to the framebuffer, found
+    /// by the write-fault engine (as fb_deferred_io does in Linux, with a
+    /// `delay` of HZ/20): drawing code then needs no `update` calls.
+    public func startWriteTracking(mode: DirtyTrackingMode = .auto, delay: Duration = .milliseconds(50)) throws {
+        trackingMode = mode
+        trackingDelay = delay
+        wantsTracking = true
+        try restartWriteTracking()
+    }
+
+    private func restartWriteTracking() throws {
+        stopTracker()
+        let pages = (memLength + guestPageSize - 1) / guestPageSize
+        guard pages > 0, let base = mapping.baseAddress, let geometry = FramebufferGeometry(width: width, height: height, lineLength: stride)
+        else { throw XenBusError("vfb frontend: no framebuffer to track yet") }
+        let t = try makeDirtyTracker(base: base + fbOffset, byteCount: pages * guestPageSize, mode: trackingMode)
+        let e = DamageEngine(loop: domain.loop, tracker: t, geometry: geometry, delay: trackingDelay) { [weak self] rects in
+            for r in rects { self?.update(r) }
+        }
+        try e.start()
+        tracker = t
+        engine = e
+    }
+
+    public func stopWriteTracking() {
+        wantsTracking = false
+        stopTracker()
+    }
+
+    private func stopTracker() {
+        engine?.stop()
+        engine = nil
+        tracker?.close()
+        tracker = nil
     }
 
     override func interrupt() {
@@ -199,6 +247,7 @@ public final class FramebufferFrontend: FrontendBase {
         guard featureResize, state == .connected, w > 0, h > 0, w <= maxWidth, h <= maxHeight else { return false }
         sendResize(width: w, height: h, stride: w * 4, depth: 32, offset: 0)
         width = w; height = h; stride = w * 4
+        if tracker != nil { try? restartWriteTracking() }
         return true
     }
 

@@ -40,7 +40,7 @@ import XenBus
         let rec = RecordingDisplay()
         m.hub.add(rec)
         let (fb, _) = try m.connectAll()
-        m.run { m.hub.frame.width == 800 && !rec.updates.isEmpty }
+        m.settle()
         rec.updates.removeAll()
         fb.fill(Rect(x: 10, y: 20, width: 30, height: 40), color: 0x00ff8000)
         fb.update(Rect(x: 10, y: 20, width: 30, height: 40))
@@ -59,7 +59,7 @@ import XenBus
         let rec = RecordingDisplay()
         m.hub.add(rec)
         let (fb, _) = try m.connectAll()
-        m.run { !rec.updates.isEmpty }
+        m.settle()
         rec.updates.removeAll()
         let before = m.vfbDevice?.fullScreenFlushes ?? 0
         // Separate events (fbfront merges only while the ring is full): send them raw.
@@ -80,7 +80,7 @@ import XenBus
         let rec = RecordingDisplay()
         m.hub.add(rec)
         let (fb, _) = try m.connectAll()
-        m.run { !rec.updates.isEmpty }
+        m.settle()
         rec.updates.removeAll()
         fb.fill(Rect(x: 0, y: 0, width: 800, height: 600), color: 0xffffff) // no update sent for this
         func send(_ x: Int32, _ y: Int32, _ w: Int32, _ h: Int32) {
@@ -112,5 +112,25 @@ import XenBus
         }
         #expect(fb.stashes == 9, "51 slots, the other 9 updates merged into the stash")
         #expect(m.run { frameMatchesGuest(m.hub.frame, fb) }, "the stash was flushed after the backend consumed")
+    }
+}
+
+@Suite struct WriteTrackingTests {
+    @Test(arguments: [DirtyTrackingMode.auto, .mprotect])
+    func writesToTheGuestFramebufferReachTheFrameWithoutExplicitUpdates(mode: DirtyTrackingMode) throws {
+        let m = try Machine()
+        let rec = RecordingDisplay()
+        m.hub.add(rec)
+        let (fb, kbd) = try m.connectAll()
+        defer { withExtendedLifetime(kbd) {} }
+        try fb.startWriteTracking(mode: mode, delay: .milliseconds(5))
+        #expect(fb.writeTracking != nil && fb.writeTracking != .auto)
+        m.settle()
+        let sent = fb.updatesSent
+        fb.fill(Rect(x: 200, y: 300, width: 40, height: 3), color: 0x00abcdef)
+        #expect(m.run { m.hub.frame.pixel(x: 239, y: 302) == 0xabcdef })
+        #expect(fb.updatesSent > sent, "the engine sent the update")
+        #expect(frameMatchesGuest(m.hub.frame, fb))
+        fb.stopWriteTracking()
     }
 }

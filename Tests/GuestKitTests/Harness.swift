@@ -73,6 +73,12 @@ final class Machine {
         return true
     }
 
+    /// Runs the loop until the vfb backend has done its first (full-screen)
+    /// copy after connecting, so later updates are the test's own.
+    func settle() {
+        #expect(run { (vfbDevice?.fullScreenFlushes ?? 0) >= 1 })
+    }
+
     /// Runs the loop for `ms` milliseconds regardless.
     func idle(ms: Int) {
         let deadline = EventLoop.now() + UInt64(ms) * 1_000_000

@@ -247,7 +247,7 @@ import XenBus
         let rec = RecordingDisplay()
         m.hub.add(rec)
         let (fb, _) = try m.connectAll()
-        m.run { !rec.updates.isEmpty }
+        m.settle()
         rec.updates.removeAll()
         let page = fb.pageMappingForTests()
         page.store(UInt32(1000), at: XenfbLayout.outProd)
