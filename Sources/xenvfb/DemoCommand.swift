@@ -48,28 +48,29 @@ enum DemoCommand {
         let dir = try SimHost.makeDirectory(prefix: "xenvfb-demo")
         defer { SimHost.removeDirectory(dir) }
 
-        let hub = DisplayHub()
-        var pngs: [PNGDisplay] = []
+        // The displays, the input queue and (below) the backends and QMP
+        // commands are built as in device-model mode.
+        let session = Session(options: options, loop: loop, log: log)
+        try session.openDisplays(onWindowClosed: { loop.stop() })
         var notes: [String] = []
-        for spec in options.displays {
-            switch spec {
-            case .png(let text):
-                let png = try PNGDisplay(spec: text, loop: loop)
-                pngs.append(png)
-                hub.add(png)
-                notes.append("pictures of the guest's screen go to \(png.options.directory) (newest: \(png.latestPath))")
-            case .sdl:
-                let sdl = try SDLDisplay(options: .init(title: "xenvfb demo", closeQuits: true), loop: loop, hub: hub)
-                sdl.onQuit = { loop.stop() }
-                hub.add(sdl)
-                notes.append("SDL window open: type or click in it (Ctrl-Alt grabs and releases)")
-            }
+        for png in session.pngs {
+            notes.append("pictures of the guest's screen go to \(png.options.directory) (newest: \(png.latestPath))")
         }
-        if let vncSpec = options.vnc {
-            let vnc = try VNCDisplay(spec: vncSpec, loop: loop, hub: hub, keymap: options.keymap ?? "en-us", desktopName: "xenvfb demo")
-            hub.add(vnc)
+        if session.sdl != nil { notes.append("SDL window open: type or click in it (Ctrl-Alt grabs and releases)") }
+        if let vnc = session.vnc {
             notes.append("VNC server on \(vnc.info.host):\(vnc.info.service)" + (vnc.port.map { " (display :\($0 - 5900))" } ?? ""))
         }
+        var qmp: QMPServer?
+        if !options.qmp.isEmpty {
+            let server = QMPServer(loop: loop, logger: Log.logger("qmp"))
+            server.guestName = "demo-guest"
+            server.onQuit = { loop.stop() }
+            for endpoint in options.qmp { try server.listen(endpoint) }
+            session.registerCommands(server)
+            qmp = server
+            notes.append("QMP on \(options.qmp.map(\.id).joined(separator: ", "))")
+        }
+        defer { qmp?.close() }
         if notes.isEmpty { log.warning("no display asked for: the guest runs unseen (try --display png:dir=out/demo)") }
 
         // xenstored on its own thread: libxenstore's calls block for the reply.
@@ -86,9 +87,7 @@ enum DemoCommand {
         try dom0Store.write("/local/domain/\(guestDomid)/name", "demo-guest")
         try Toolstack.addFramebuffer(store: dom0Store, domid: guestDomid)
 
-        let backends = Backends(loop: loop)
-        try backends.start(host: SimHost(directory: dir, domid: 0), xenstore: dom0Store, domid: guestDomid,
-                           hub: hub, config: BackendConfig())
+        try session.startBackends(host: SimHost(directory: dir, domid: 0), xenstore: dom0Store, domid: guestDomid)
         let guest = try GuestDomain(host: SimHost(directory: dir, domid: guestDomid), store: guestStore, loop: loop)
         let demo = DemoGuest(domain: guest)
         try demo.start()
@@ -109,9 +108,10 @@ enum DemoCommand {
 
         demo.stop()
         var closed = false
-        backends.shutdown { closed = true }
+        session.backends?.shutdown { closed = true }
         _ = closed
-        hub.closeAll()
+        let pngs = session.pngs
+        session.closeDisplays()
         for png in pngs where png.framesWritten > 0 {
             log.info("wrote \(png.framesWritten) pictures to \(png.options.directory); the last is \(png.latestPath)")
         }
