@@ -2,6 +2,8 @@ let usageText = """
 usage: xenvfb [OPTIONS]                 run as the device model of a Xen domain
        xenvfb demo [OPTIONS]            simulated host with a built-in guest
        xenvfb xenstored --socket PATH   the embedded xenstored, standalone
+       xenvfb screenshot (--domid N | --qmp PATH) [-o FILE] [--wait-still MS]
+                                        a picture of a guest's screen over QMP
        xenvfb bench [--frames N]        benchmark the write-fault engine (build -c release)
 
 Device model options (the QEMU-style ones libxl passes work too):

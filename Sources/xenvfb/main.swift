@@ -12,7 +12,7 @@ let arguments = Array(CommandLine.arguments.dropFirst())
 // their errors reported) by the command.
 switch arguments.first {
 case "demo": Log.bootstrap(level: DeviceModelOptions.logLevel(in: Array(arguments.dropFirst()), mode: .demo))
-case "xenstored", "__sim-guest", "bench", "__write-fault-crash", "-h", "--help", "help": Log.bootstrap()
+case "xenstored", "screenshot", "__sim-guest", "bench", "__write-fault-crash", "-h", "--help", "help": Log.bootstrap()
 default: Log.bootstrap(level: DeviceModelOptions.logLevel(in: arguments))
 }
 let status: Int32
@@ -21,6 +21,8 @@ case "xenstored":
     status = XenstoredCommand.main(Array(arguments.dropFirst()))
 case "demo":
     status = DemoCommand.main(Array(arguments.dropFirst()))
+case "screenshot":
+    status = ScreenshotCommand.main(Array(arguments.dropFirst()))
 case "__sim-guest": // hidden: a simulated guest process (end-to-end tests)
     status = SimGuestCommand.main(Array(arguments.dropFirst()))
 case "bench":

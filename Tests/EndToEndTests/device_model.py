@@ -333,7 +333,58 @@ async def vnc_password(m):
         await q.disconnect()
 
 
-SCENARIOS = {f.__name__: f for f in (lifecycle, qmp, vnc, vnc_password)}
+async def screenshot(m):
+    """`xenvfb screenshot` writes the guest's current picture (PNG and PPM),
+    and with --wait-still waits for a still screen or gives up at --timeout."""
+    m.start_dm("--update-interval", "5000")
+    m.start_guest()
+    m.wait_connected()
+    m.tell("draw 4", "drawn 4")
+    png = os.path.join(m.dir, "shot.png")
+    r = subprocess.run([m.binary, "screenshot", "--qmp", m.qmp_path, "-o", png], capture_output=True, timeout=TIMEOUT)
+    check(r.returncode == 0, f"screenshot failed: {r.stderr.decode()}")
+    (w, h), mode, rgb = rgb_of_png(png)
+    gw, gh, body = ppm_body(m.guest_frame())
+    check((w, h) == (gw, gh) and rgb == body, "the screenshot PNG differs from the guest framebuffer")
+    ppm = os.path.join(m.dir, "shot.pic")
+    m.tell("draw 5", "drawn 5")
+    r = subprocess.run([m.binary, "screenshot", "--qmp", m.qmp_path, "-o", ppm, "--format", "ppm"],
+                       capture_output=True, timeout=TIMEOUT)
+    check(r.returncode == 0, f"screenshot --format ppm failed: {r.stderr.decode()}")
+    with open(ppm, "rb") as f:
+        check(f.read() == m.guest_frame(), "the screenshot PPM differs from the guest framebuffer")
+    leftovers = [n for n in os.listdir(m.dir) if ".tmp-" in n or ".still-" in n]
+    check(not leftovers, f"temporary files left: {leftovers}")
+
+    # A guest that keeps drawing: --wait-still gives up at the timeout, and writes nothing.
+    busy = os.path.join(m.dir, "busy.png")
+    stop = threading.Event()
+
+    def animate():
+        seed = 100
+        while not stop.is_set():
+            seed += 1
+            m.tell(f"draw {seed}", f"drawn {seed}")
+            time.sleep(0.02)
+    t = threading.Thread(target=animate)
+    t.start()
+    try:
+        r = subprocess.run([m.binary, "screenshot", "--qmp", m.qmp_path, "-o", busy, "--wait-still", "600",
+                            "--timeout", "3"], capture_output=True, timeout=TIMEOUT)
+    finally:
+        stop.set()
+        t.join()
+    check(r.returncode == 1 and b"still" in r.stderr, f"--wait-still on a busy screen: {r.returncode} {r.stderr.decode()}")
+    check(not os.path.exists(busy), "a picture was written although the screen never was still")
+    # Once it stops, --wait-still returns the final picture.
+    r = subprocess.run([m.binary, "screenshot", "--qmp", m.qmp_path, "-o", busy, "--wait-still", "300",
+                        "--timeout", "20"], capture_output=True, timeout=TIMEOUT)
+    check(r.returncode == 0, f"--wait-still on a still screen: {r.stderr.decode()}")
+    (w, h), mode, rgb = rgb_of_png(busy)
+    check(rgb == ppm_body(m.guest_frame())[2], "the --wait-still picture is not the guest's last frame")
+
+
+SCENARIOS = {f.__name__: f for f in (lifecycle, qmp, vnc, vnc_password, screenshot)}
 
 
 def main():
