@@ -14,7 +14,7 @@ public enum QKeyCode {
             "esc": 1, "minus": 12, "equal": 13, "backspace": 14, "tab": 15,
             "bracket_left": 26, "bracket_right": 27, "ret": 28, "ctrl": 29,
             "semicolon": 39, "apostrophe": 40, "grave_accent": 41, "shift": 42, "backslash": 43,
-            "comma": 51, "dot": 52, "slash": 53, "shift_r": 54, "asterisk": 55, "alt": 56,
+            "comma": 51, "dot": 52, "slash": 53, "shift_r": 54, "asterisk": 55, "kp_multiply": 55, "alt": 56,
             "spc": 57, "caps_lock": 58, "num_lock": 69, "scroll_lock": 70,
             "kp_7": 71, "kp_8": 72, "kp_9": 73, "kp_subtract": 74, "kp_4": 75, "kp_5": 76,
             "kp_6": 77, "kp_add": 78, "kp_1": 79, "kp_2": 80, "kp_3": 81, "kp_0": 82,
