@@ -20,6 +20,9 @@ public final class FramebufferFrontend: FrontendBase {
     }
 
     public var hostile = Hostile()
+    /// Write `feature-update` = 1 (Linux does); without it the backend
+    /// polls the framebuffer and no UPDATE events are sent.
+    public var offerFeatureUpdate = true
     /// Frames: shared page, directory pages, framebuffer pages.
     public private(set) var pageFrame: UInt64 = 0
     public private(set) var fbFrame: UInt64 = 0
@@ -93,7 +96,7 @@ public final class FramebufferFrontend: FrontendBase {
             try t.write("\(path)/page-ref", ref)
             try t.write("\(path)/event-channel", String(port))
             try t.write("\(path)/protocol", "x86_64-abi")
-            try t.write("\(path)/feature-update", "1")
+            if offerFeatureUpdate { try t.write("\(path)/feature-update", "1") }
         }
         switchState(.initialised)
     }

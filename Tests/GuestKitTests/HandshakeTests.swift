@@ -134,3 +134,27 @@ import XenBus
         fb.stopWriteTracking()
     }
 }
+
+@Suite struct PollingTests {
+    @Test func aFrontendWithoutFeatureUpdateIsPolledWhileConnectedOnly() throws {
+        let m = try Machine()
+        let rec = RecordingDisplay()
+        m.hub.add(rec)
+        let (fb, kbd) = try m.connectAll(featureUpdate: false)
+        defer { withExtendedLifetime(kbd) {} }
+        #expect(try m.store.read("/local/domain/0/backend/vfb/1/0/request-update") == nil)
+        #expect(!fb.updateWanted)
+        fb.fill(Rect(x: 5, y: 500, width: 100, height: 70), color: 0x00c0ffee)
+        fb.update(Rect(x: 5, y: 500, width: 100, height: 70)) // not wanted: nothing is sent
+        #expect(fb.updatesSent == 0)
+        #expect(m.run { m.hub.frame.pixel(x: 104, y: 569) == 0xc0ffee }, "the backend's compare found the change")
+        #expect(frameMatchesGuest(m.hub.frame, fb))
+        fb.disconnect()
+        #expect(m.run { m.backendState("vfb") == .closed })
+        let updates = rec.updates.count
+        fb.fill(Rect(x: 0, y: 0, width: 10, height: 10), color: 0xffffff)
+        m.idle(ms: 200)
+        #expect(rec.updates.count == updates, "no polling once disconnected")
+        #expect(m.loop.activeTimers == 0, "no timer left running")
+    }
+}

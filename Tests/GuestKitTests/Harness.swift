@@ -39,11 +39,13 @@ final class Machine {
     }
 
     /// Toolstack + backends + both frontends, run until both ends are Connected.
-    func connectAll(requestRaw: Bool = false, editPage: ((GuestMapping, Int) -> Void)? = nil) throws -> (FramebufferFrontend, KeyboardFrontend) {
+    func connectAll(requestRaw: Bool = false, featureUpdate: Bool = true,
+                    editPage: ((GuestMapping, Int) -> Void)? = nil) throws -> (FramebufferFrontend, KeyboardFrontend) {
         try Toolstack.addFramebuffer(store: store, domid: domid)
         try startBackends()
         let fb = FramebufferFrontend(domain: guest)
         fb.hostile.editPage = editPage
+        fb.offerFeatureUpdate = featureUpdate
         let kbd = KeyboardFrontend(domain: guest)
         kbd.requestRaw = requestRaw
         // Let the backends reach InitWait first, as the frontend drivers load after the devices exist.
