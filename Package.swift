@@ -57,3 +57,21 @@ let package = Package(
                     exclude: ["qmp_client.py"]),
     ]
 )
+
+// libFuzzer targets (Fuzz/, run by scripts/fuzz.sh): only with XENVFB_FUZZ=1,
+// so a normal `swift build` neither builds nor links them.
+if Context.environment["XENVFB_FUZZ"] == "1" {
+    package.targets.append(.target(name: "FuzzSupport", path: "Fuzz/FuzzSupport"))
+    let fuzzTargets: [(String, [Target.Dependency])] = [
+        ("FuzzVfbRing", ["Devices", "Displays", "Host"]),
+        ("FuzzVkbdRing", ["Devices", "Displays", "Host"]),
+        ("FuzzGeometry", ["Devices"]),
+        ("FuzzXenstored", ["XenStore", "EventLoop", "CShims"]),
+        ("FuzzJSON", ["Control"]),
+        ("FuzzQMPStream", ["Control"]),
+        ("FuzzArgv", ["Control", "Displays"]),
+    ]
+    for (name, dependencies) in fuzzTargets {
+        package.targets.append(.executableTarget(name: name, dependencies: ["FuzzSupport"] + dependencies, path: "Fuzz/\(name)"))
+    }
+}

@@ -130,17 +130,33 @@ public final class VfbDevice: XenBusDeviceHandler {
         fullScreen = false
     }
 
+    /// Takes an already mapped shared page and framebuffer as `connect` does
+    /// once it has mapped them, without a XenBus device or event channel, so
+    /// the OUT-ring parser and the copy into the frame can be driven directly
+    /// (the fuzz targets in Fuzz/). `geometry` must come from
+    /// `describeFramebuffer` for a framebuffer of `fbLen` bytes.
+    public func attach(page: GuestMapping, framebuffer: GuestMapping, fbLen: Int, geometry: VfbGeometry) {
+        self.page = page
+        self.framebuffer = framebuffer
+        self.fbLen = fbLen
+        outCons = page.load(UInt32.self, at: XenfbLayout.outCons) ?? 0
+        apply(geometry)
+    }
+
+    /// Update rectangles waiting for the next flush (within the geometry).
+    public var pendingRects: [Rect] { queued }
+
     // MARK: Framebuffer description
 
-    struct FramebufferLayout {
-        var length: Int
-        var pages: Int
-        var entrySize: Int
+    public struct FramebufferLayout: Sendable {
+        public var length: Int
+        public var pages: Int
+        public var entrySize: Int
     }
 
     /// Checks the description in the shared page copy and returns the
     /// framebuffer's size, the directory frames to map, and the geometry.
-    static func describeFramebuffer(header: [UInt8], protocol proto: String?, limit: Int) throws -> (FramebufferLayout, [UInt64], VfbGeometry) {
+    public static func describeFramebuffer(header: [UInt8], protocol proto: String?, limit: Int) throws -> (FramebufferLayout, [UInt64], VfbGeometry) {
         func u32(_ o: Int) -> UInt32 { RingEvent(bytes: header).u32(at: o) }
         // Never mix the 32- and 64-bit layouts: decide once (reference §1 "Guest ABI").
         let wide: Bool
@@ -178,6 +194,9 @@ public final class VfbDevice: XenBusDeviceHandler {
         if hub.frame.width != g.width || hub.frame.height != g.height {
             hub.resize(width: g.width, height: g.height)
         }
+        // Rectangles queued for the old geometry may lie outside the new one;
+        // the full-screen update covers them (found by Fuzz/FuzzVfbRing).
+        queued.removeAll()
         fullScreen = true
         scheduleFlush()
     }
@@ -192,7 +211,7 @@ public final class VfbDevice: XenBusDeviceHandler {
 
     /// Drains the OUT ring: each 40-byte slot is copied once and parsed from
     /// the copy (XSA-155); the private consumer index is the only one trusted.
-    func processOutRing() {
+    public func processOutRing() {
         guard let page else { return }
         let ring = SharedRing(page: page, consOffset: XenfbLayout.outCons, prodOffset: XenfbLayout.outProd,
                               ringOffset: XenfbLayout.outRingOffset, length: XenfbLayout.outRingLength)
@@ -263,7 +282,7 @@ public final class VfbDevice: XenBusDeviceHandler {
     /// screen), copies what really changed from guest memory into the frame,
     /// then tells the displays. 32-bit frames go through the shadow compare,
     /// so an over-reported rectangle costs a compare, not a repaint.
-    func flush() {
+    public func flush() {
         guard let g = geometry else { return }
         let screen = Rect(x: 0, y: 0, width: g.width, height: g.height)
         if fullScreen { fullScreenFlushes += 1 }

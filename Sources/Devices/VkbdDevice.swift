@@ -91,6 +91,26 @@ public final class VkbdDevice: XenBusDeviceHandler, InputSink {
         head = 0
     }
 
+    /// Takes an already mapped shared page as `connect` and `frontendConnected`
+    /// do, without a XenBus device or event channel, so the IN-ring producer
+    /// can be driven directly (the fuzz targets in Fuzz/).
+    public func attach(page: GuestMapping, absolutePointer: Bool, rawPointer: Bool) {
+        self.page = page
+        inProd = page.load(UInt32.self, at: XenkbdLayout.inProd) ?? 0
+        self.absolutePointer = absolutePointer
+        self.rawPointer = absolutePointer && rawPointer
+        ready = true
+    }
+
+    /// Consumes the OUT ring as an event-channel notification does.
+    public func guestNotified() {
+        if let page, let prod = page.load(UInt32.self, at: XenkbdLayout.outProd) {
+            Barrier.full()
+            page.store(prod, at: XenkbdLayout.outCons)
+        }
+        flush()
+    }
+
     // MARK: InputSink
 
     public func send(_ event: InputEvent) {
@@ -109,15 +129,11 @@ public final class VkbdDevice: XenBusDeviceHandler, InputSink {
         guard let ev = evtchn else { return }
         while let port = try? ev.pending() { try? ev.unmask(port: port) }
         // No OUT events are defined: consume whatever the frontend put there.
-        if let page, let prod = page.load(UInt32.self, at: XenkbdLayout.outProd) {
-            Barrier.full()
-            page.store(prod, at: XenkbdLayout.outCons)
-        }
-        flush()
+        guestNotified()
     }
 
     /// Puts as many queued events into the IN ring as fit, then notifies.
-    func flush() {
+    public func flush() {
         guard ready, let page, queuedEvents > 0 else { return }
         let ring = SharedRing(page: page, consOffset: XenkbdLayout.inCons, prodOffset: XenkbdLayout.inProd,
                               ringOffset: XenkbdLayout.inRingOffset, length: XenkbdLayout.inRingLength)

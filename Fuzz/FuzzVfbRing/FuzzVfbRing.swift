@@ -1,0 +1,95 @@
+// libFuzzer target: the vfb backend's shared-page header check and OUT ring.
+//
+// Input: byte 0 picks the `protocol` key (none, x86_32-abi, x86_64-abi, junk);
+// the next 40 bytes are the head of `struct xenfb_page` (ring indices,
+// width, height, line_length, mem_length, depth); then a u32 `out_cons` and
+// two rounds of { u32 out_prod, a count n, n events of 40 bytes written
+// into the slots from the backend's consumer index on }. Each round is parsed by
+// `processOutRing` and copied into the frame by `flush`, then the
+// invariants are checked: the geometry stays inside the mapped framebuffer
+// and every queued rectangle inside the geometry.
+import Devices
+import Displays
+import FuzzSupport
+import Host
+
+let fbLimit = 256 << 10
+let fallback = try! VfbGeometry.configure(fbLen: 64 << 10, width: 64, height: 48, depth: 32, stride: 256, offset: 0)
+
+func checkInvariants(_ vfb: VfbDevice, _ hub: DisplayHub, fbLen: Int) {
+    guard let g = vfb.geometry else { return require(false, "geometry lost") }
+    require([8, 16, 24, 32].contains(g.depth), "depth \(g.depth)")
+    require(g.width > 0 && g.height > 0 && g.stride > 0 && g.offset >= 0, "geometry \(g)")
+    require(g.width * g.bytesPerPixel <= g.stride, "row \(g) wider than stride")
+    require(g.offset + g.height * g.stride <= fbLen, "geometry \(g) leaves the \(fbLen)-byte framebuffer")
+    require(hub.frame.width == g.width && hub.frame.height == g.height, "frame \(hub.frame.width)x\(hub.frame.height) vs \(g)")
+    for r in vfb.pendingRects {
+        require(r.x >= 0 && r.y >= 0 && r.width > 0 && r.height > 0 && r.maxX <= g.width && r.maxY <= g.height,
+                "queued \(r) outside \(g)")
+    }
+}
+
+func fuzzOne(_ raw: UnsafeRawBufferPointer) {
+    var input = FuzzInput(raw)
+    let proto: String? = [nil, "x86_32-abi", "x86_64-abi", "junk"][Int(input.u8() & 3)]
+    let pagePointer = allocateGuestMemory(bytes: 4096)
+    let page = GuestMapping(base: pagePointer, byteCount: 4096, writable: true) { p, _ in p.deallocate() }
+    let head = input.take(40)
+    head.withUnsafeBytes { page.write($0, at: 0) }
+
+    var fbLen = fallback.offset + fallback.height * fallback.stride
+    var geometry = fallback
+    if let header = page.bytes(at: 0, count: XenfbLayout.inRingOffset),
+       let (layout, directories, g) = try? VfbDevice.describeFramebuffer(header: header, protocol: proto, limit: fbLimit) {
+        require(layout.length > 0 && layout.length <= fbLimit, "length \(layout.length)")
+        require(layout.pages * 4096 >= layout.length, "pages \(layout.pages) for \(layout.length)")
+        require(directories.count * (4096 / layout.entrySize) >= layout.pages, "directories \(directories.count)")
+        let pdEnd = (layout.entrySize == 8 ? XenfbLayout.pd64 : XenfbLayout.pd32) + directories.count * layout.entrySize
+        require(pdEnd <= XenfbLayout.inRingOffset, "page directory reaches \(pdEnd), into the ring")
+        fbLen = layout.length
+        geometry = g
+    }
+    let fbPointer = allocateGuestMemory(bytes: fbLen)
+    let framebuffer = GuestMapping(base: fbPointer, byteCount: fbLen, writable: false) { p, _ in p.deallocate() }
+    // Some pixels, so the copy has something to convert.
+    for i in stride(from: 0, to: fbLen, by: 97) { fbPointer.storeBytes(of: UInt8(truncatingIfNeeded: i), toByteOffset: i, as: UInt8.self) }
+
+    let hub = DisplayHub(width: 16, height: 16)
+    var config = BackendConfig()
+    config.maxFramebufferBytes = fbLimit
+    let vfb = VfbDevice(hub: hub, config: config)
+    page.store(input.u32(), at: XenfbLayout.outCons)
+    vfb.attach(page: page, framebuffer: framebuffer, fbLen: fbLen, geometry: geometry)
+    checkInvariants(vfb, hub, fbLen: fbLen)
+    var cons = page.load(UInt32.self, at: XenfbLayout.outCons) ?? 0
+    for _ in 0..<2 {
+        let prod = input.u32()
+        // Fill slots from the consumer on, as a frontend would (at most a ring's worth).
+        let count = Int(input.u8()) % (XenfbLayout.outRingLength + 1)
+        for i in 0..<count {
+            let event = input.take(XenfbLayout.eventSize)
+            let slot = (cons &+ UInt32(i)) % UInt32(XenfbLayout.outRingLength)
+            event.withUnsafeBytes { page.write($0, at: XenfbLayout.outRingOffset + Int(slot) * XenfbLayout.eventSize) }
+        }
+        page.store(prod, at: XenfbLayout.outProd)
+        vfb.processOutRing()
+        checkInvariants(vfb, hub, fbLen: fbLen)
+        vfb.flush()
+        checkInvariants(vfb, hub, fbLen: fbLen)
+        cons = page.load(UInt32.self, at: XenfbLayout.outCons) ?? 0
+    }
+    page.unmap()
+    framebuffer.unmap()
+}
+
+@_cdecl("FuzzVfbRing_main")
+func fuzzMain(_ argc: Int32, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {
+    runFuzzer(argc, argv, fuzzOne)
+}
+
+// Entry for libFuzzer's own main (`swift build --sanitize=fuzzer`).
+@_cdecl("LLVMFuzzerTestOneInput")
+func testOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
+    fuzzOne(UnsafeRawBufferPointer(start: data, count: size))
+    return 0
+}
