@@ -55,6 +55,11 @@ public final class KeyboardFrontend: FrontendBase {
         if !paused { consume() }
     }
 
+    /// The shared page, for tests that corrupt it on purpose.
+    public func pageMappingForTests() -> GuestMapping {
+        GuestMapping(base: mapping.baseAddress! + pageOffset, byteCount: guestPageSize, writable: true) { _, _ in }
+    }
+
     public func resume() {
         paused = false
         consume()

@@ -257,3 +257,25 @@ import XenBus
         #expect(m.backendState("vfb") == .connected)
     }
 }
+
+@Suite struct HostileKeyboardTests {
+    @Test func aCorruptedInConsumerIsTreatedAsAFullRingUntilTheGuestRepairsIt() throws {
+        let m = try Machine()
+        let (fb, kbd) = try m.connectAll()
+        defer { withExtendedLifetime(fb) {} }
+        kbd.paused = true
+        let page = kbd.pageMappingForTests()
+        let prod = page.load(UInt32.self, at: XenkbdLayout.inProd)!
+        page.store(prod &+ 1000, at: XenkbdLayout.inCons) // consumer far ahead of the producer
+        for code in UInt32(1)...100 { m.hub.input?.send(.key(code: code, pressed: true)) }
+        m.idle(ms: 20)
+        #expect(page.load(UInt32.self, at: XenkbdLayout.inProd) == prod, "nothing was written into a ring that looks inconsistent")
+        #expect(m.vkbdDevice?.queuedEvents == 100)
+        page.store(prod, at: XenkbdLayout.inCons)
+        kbd.resume()
+        // The next input makes the backend look at the ring again; everything goes, in order.
+        m.hub.input?.send(.key(code: 101, pressed: true))
+        #expect(m.run { kbd.received.count == 101 })
+        #expect(kbd.received == (UInt32(1)...101).map { .key(code: $0, pressed: true) })
+    }
+}
