@@ -72,6 +72,8 @@ enum DemoCommand {
         }
         defer { qmp?.close() }
         if notes.isEmpty { log.warning("no display asked for: the guest runs unseen (try --display png:dir=out/demo)") }
+        // VNC and QMP peers come and go: a write to one that left must fail with EPIPE, not kill the demo.
+        signal(SIGPIPE, SIG_IGN)
 
         // xenstored on its own thread: libxenstore's calls block for the reply.
         let server = try XenstoreServer()
