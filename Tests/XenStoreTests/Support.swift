@@ -1,5 +1,6 @@
 import Glibc
 import CShims
+import Synchronization
 import Testing
 @testable import XenStore
 
@@ -301,5 +302,108 @@ final class RawClient {
         if p.last == 0 { p.removeLast() }
         let t = String(decoding: p, as: UTF8.self)
         return r.0 == .error ? "error " + t : t
+    }
+}
+
+/// Something that sends requests to a xenstored and receives its messages.
+protocol XSTransport: AnyObject {
+    @discardableResult
+    func send(_ type: XSMessageType, _ payload: [UInt8], tx: UInt32, rawType: UInt32?) -> UInt32
+    func receive(seconds: Double) -> XSMessage?
+}
+
+extension RawClient: XSTransport {}
+
+/// A guest's side of a xenstore ring (`struct xenstore_domain_interface`,
+/// xs_wire.h) in a file that the real xenstored maps through the shim,
+/// with a FIFO as the event channel.
+final class RingClient: XSTransport {
+    private let mem: UnsafeMutableRawPointer
+    private let kickFD: Int32
+    private var buffer: [UInt8] = []
+    private var nextReqID: UInt32 = 1
+    private static let size = 1024, reqOff = 0, rspOff = 1024
+    private static let reqCons = 2048, reqProd = 2052, rspCons = 2056, rspProd = 2060
+
+    init(ringPath: String, kickPath: String) throws {
+        let fd = open(ringPath, O_RDWR | O_CLOEXEC)
+        guard fd >= 0, let m = mmap(nil, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), m != MAP_FAILED else {
+            throw TestFailure("cannot map \(ringPath)")
+        }
+        close(fd)
+        mem = m
+        kickFD = open(kickPath, O_RDWR | O_NONBLOCK | O_CLOEXEC)
+        guard kickFD >= 0 else { throw TestFailure("cannot open \(kickPath)") }
+    }
+
+    deinit {
+        munmap(mem, 4096)
+        close(kickFD)
+    }
+
+    private func load(_ off: Int) -> UInt32 {
+        atomicMemoryFence(ordering: .sequentiallyConsistent)
+        return mem.load(fromByteOffset: off, as: UInt32.self)
+    }
+
+    private func store(_ off: Int, _ v: UInt32) {
+        atomicMemoryFence(ordering: .sequentiallyConsistent)
+        mem.storeBytes(of: v, toByteOffset: off, as: UInt32.self)
+        atomicMemoryFence(ordering: .sequentiallyConsistent)
+    }
+
+    private func kick() {
+        var b: UInt8 = 1
+        _ = write(kickFD, &b, 1)
+    }
+
+    @discardableResult
+    func send(_ type: XSMessageType, _ payload: [UInt8], tx: UInt32 = 0, rawType: UInt32? = nil) -> UInt32 {
+        let id = nextReqID
+        nextReqID += 1
+        let bytes = XSMessage(type: rawType ?? type.rawValue, reqID: id, txID: tx, payload: payload).encoded()
+        var i = 0
+        let deadline = now() + 10
+        while i < bytes.count && now() < deadline {
+            let cons = load(Self.reqCons), prod = load(Self.reqProd)
+            let space = Self.size - Int(prod &- cons)
+            if space <= 0 { kick(); usleep(1000); continue }
+            let n = min(space, bytes.count - i)
+            for k in 0..<n {
+                mem.storeBytes(of: bytes[i + k], toByteOffset: Self.reqOff + Int((prod &+ UInt32(k)) % UInt32(Self.size)), as: UInt8.self)
+            }
+            store(Self.reqProd, prod &+ UInt32(n))
+            i += n
+            kick()
+        }
+        return id
+    }
+
+    func receive(seconds: Double = 10) -> XSMessage? {
+        let deadline = now() + seconds
+        while true {
+            if buffer.count >= 16 {
+                let w = buffer.withUnsafeBytes { raw in (0..<4).map { UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 4, as: UInt32.self)) } }
+                let len = Int(w[3])
+                if buffer.count >= 16 + len {
+                    let m = XSMessage(type: w[0], reqID: w[1], txID: w[2], payload: Array(buffer[16..<16 + len]))
+                    buffer.removeFirst(16 + len)
+                    return m
+                }
+            }
+            var cons = load(Self.rspCons)
+            let prod = load(Self.rspProd)
+            if cons != prod {
+                while cons != prod {
+                    buffer.append(mem.load(fromByteOffset: Self.rspOff + Int(cons % UInt32(Self.size)), as: UInt8.self))
+                    cons &+= 1
+                }
+                store(Self.rspCons, cons)
+                kick()
+                continue
+            }
+            if now() >= deadline { return nil }
+            usleep(500)
+        }
     }
 }
