@@ -218,9 +218,12 @@ public final class XenstoreServer: @unchecked Sendable {
     static func makeListeningSocket(path: String) throws(SystemError) -> Int32 {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
         guard fd >= 0 else { throw SystemError("socket") }
+        // Bound under a temporary name and renamed once listening, so the
+        // path never names a socket that refuses connections.
+        let tmpPath = path + ".\(getpid()).tmp"
         var addr = sockaddr_un()
         addr.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
+        let bytes = Array(tmpPath.utf8)
         let capacity = MemoryLayout.size(ofValue: addr.sun_path)
         guard bytes.count < capacity else {
             close(fd)
@@ -231,14 +234,23 @@ public final class XenstoreServer: @unchecked Sendable {
             raw[bytes.count] = 0
         }
         var st = stat()
-        if lstat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFSOCK { unlink(path) }
+        if lstat(path, &st) == 0, (st.st_mode & S_IFMT) != S_IFSOCK {
+            close(fd)
+            throw SystemError("\(path) exists and is not a socket", errno: EEXIST)
+        }
+        unlink(tmpPath)
         let rc = withUnsafePointer(to: &addr) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
                 bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
             }
         }
-        guard rc == 0 else { let e = SystemError("bind(\(path))"); close(fd); throw e }
-        guard Glibc.listen(fd, 64) == 0 else { let e = SystemError("listen(\(path))"); close(fd); throw e }
+        guard rc == 0 else { let e = SystemError("bind(\(tmpPath))"); close(fd); throw e }
+        guard Glibc.listen(fd, 64) == 0, rename(tmpPath, path) == 0 else {
+            let e = SystemError("listen on \(path)")
+            close(fd)
+            unlink(tmpPath)
+            throw e
+        }
         return fd
     }
 

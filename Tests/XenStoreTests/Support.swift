@@ -196,7 +196,21 @@ final class RawClient {
 
     init(fd: Int32) { self.fd = fd }
 
+    /// Connects to `path`, waiting a little for a daemon that has bound its
+    /// socket but is not listening yet (Debian's xenstored, for one).
     convenience init(path: String) throws {
+        let deadline = now() + 10
+        while true {
+            do {
+                try self.init(connectingTo: path)
+                return
+            } catch let e as TestFailure where e.description.hasSuffix("errno \(ECONNREFUSED)") && now() < deadline {
+                usleep(10_000)
+            }
+        }
+    }
+
+    private convenience init(connectingTo path: String) throws {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         var addr = sockaddr_un()
         addr.sun_family = sa_family_t(AF_UNIX)
