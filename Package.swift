@@ -45,7 +45,8 @@ let package = Package(
         .testTarget(name: "EventLoopTests", dependencies: ["EventLoop", "Support"]),
         // Test helper: an SDL window in a process of its own, for the Xvfb test.
         .executableTarget(name: "SDLProbe", dependencies: ["Displays", "EventLoop", "Damage"]),
-        .testTarget(name: "DisplaysTests", dependencies: ["Displays", "Damage", "EventLoop", "Support", "CShims", "CPNG", "CSDL2"]),
+        .testTarget(name: "DisplaysTests", dependencies: ["Displays", "Damage", "EventLoop", "Support", "CShims", "CPNG", "CSDL2",
+                                                         "XenStore"]),
         .testTarget(name: "HostTests", dependencies: ["Host", "EventLoop", "Support"]),
         .testTarget(name: "DamageTests", dependencies: ["Damage", "CWriteFault", "EventLoop", "Support"]),
         .testTarget(name: "XenStoreTests", dependencies: ["XenStore", "EventLoop", "Support", "CShims"]),

@@ -79,6 +79,8 @@ public final class VNCDisplay: Display {
         var buttons: Int32 = 0
         var lastPosition: (Int32, Int32)?
         var pressed: Set<UInt32> = []
+        /// Passed our password check (or none is required).
+        var authenticated = false
         init(cl: rfbClientPtr, fd: Int32, info: VNCClientInfo) { self.cl = cl; self.fd = fd; self.info = info }
     }
 
@@ -141,7 +143,7 @@ public final class VNCDisplay: Display {
         if let path = unixPath { unlink(path) }
         if let screen {
             forEachClient { cl in rfbCloseClient(cl) }
-            rfbProcessEvents(screen, 0) // runs clientGone for each
+            processEvents() // runs clientGone for each
             screen.pointee.screenData = nil
             rfbScreenCleanup(screen)
             self.screen = nil
@@ -365,10 +367,15 @@ public final class VNCDisplay: Display {
         s.pointee.kbdAddEvent = { down, keysym, cl in VNCDisplay.of(cl)?.keyEvent(down: down != 0, keysym: keysym, cl: cl!) }
         s.pointee.ptrAddEvent = { mask, x, y, cl in VNCDisplay.of(cl)?.pointerEvent(mask: mask, x: x, y: y, cl: cl!) }
         s.pointee.newClientHook = { cl in VNCDisplay.of(cl)?.clientConnected(cl!) ?? RFB_CLIENT_REFUSE }
+        // libvncserver keeps the offered security types in one process-wide
+        // list: once any server used VNC auth, clients of every server are
+        // offered it, and once any server ran without a password, "None" is
+        // offered everywhere. So a server without a password accepts any VNC
+        // response, and a server with one also checks `authenticated`.
+        s.pointee.passwordCheck = { cl, response, len in VNCDisplay.of(cl)?.checkPassword(cl!, response, len) ?? 0 }
         if options.password {
             // Non-NULL authPasswdData makes libvncserver offer VNC authentication.
             s.pointee.authPasswdData = UnsafeMutableRawPointer(s)
-            s.pointee.passwordCheck = { cl, response, len in VNCDisplay.of(cl)?.checkPassword(cl!, response, len) ?? 0 }
         }
         Self.setXRGBFormat(s)
         rfbInitServerWithPthreadsAndZRLE(s)
@@ -408,6 +415,7 @@ public final class VNCDisplay: Display {
         }
         if info.family == "unix" { info.host = listenInfo.host; info.service = listenInfo.service }
         let client = Client(cl: cl, fd: fd, info: info)
+        client.authenticated = !options.password
         clients[UnsafeMutableRawPointer(cl)] = client
         cl.pointee.clientGoneHook = { cl in VNCDisplay.of(cl)?.clientGone(cl!) }
         sizeSendBuffer(fd)
@@ -441,6 +449,7 @@ public final class VNCDisplay: Display {
     }
 
     private func checkPassword(_ cl: rfbClientPtr, _ response: UnsafePointer<CChar>?, _ len: Int32) -> rfbBool {
+        guard options.password else { return 1 }
         guard var secret = password, secret.count > 1, let response, len > 0, len <= 16 else {
             log.warning("VNC authentication refused: no password set")
             return 0
@@ -455,7 +464,7 @@ public final class VNCDisplay: Display {
             rfbEncryptBytes(raw.baseAddress!.assumingMemoryBound(to: UInt8.self), &secret)
             return memcmp(raw.baseAddress!, response, Int(len)) == 0
         }
-        if !ok { log.warning("VNC authentication failed") }
+        if ok { clients[UnsafeMutableRawPointer(cl)]?.authenticated = true } else { log.warning("VNC authentication failed") }
         return ok ? 1 : 0
     }
 
@@ -468,17 +477,23 @@ public final class VNCDisplay: Display {
 
     // MARK: Running libvncserver on the loop
 
-    /// Lets libvncserver read what is ready and send pending updates.
+    /// Lets libvncserver read what is ready and send pending updates: what
+    /// `rfbProcessEvents` does, except that clients with unsent bytes, or not
+    /// authenticated, are skipped for updates (their input is still read;
+    /// libvncserver's own `onHold` would stop reading them too).
     private func processEvents() {
-        guard let screen, !closed else { return }
+        guard let screen else { return }
+        _ = rfbCheckFds(screen, 0)
         var held = false
-        for c in clients.values {
-            let unsent = xenvfb_socket_unsent_bytes(c.fd)
-            let hold: rfbBool = unsent > 0 ? 1 : 0
-            c.cl.pointee.onHold = hold
-            if hold != 0 { held = true }
+        for c in Array(clients.values) {
+            if c.cl.pointee.sock < 0 { rfbClientConnectionGone(c.cl); continue } // runs clientGone
+            if xenvfb_socket_unsent_bytes(c.fd) > 0 || !c.authenticated {
+                if c.authenticated { held = true }
+                continue
+            }
+            _ = rfbUpdateClient(c.cl)
+            if c.cl.pointee.sock < 0 { rfbClientConnectionGone(c.cl) }
         }
-        rfbProcessEvents(screen, 0)
         if held {
             // Check again soon (backing off) until the client drained its socket.
             if holdTimer == nil {
@@ -526,13 +541,13 @@ public final class VNCDisplay: Display {
     }
 
     private func key(_ code: UInt32, down: Bool, cl: rfbClientPtr) {
-        guard let client = clients[UnsafeMutableRawPointer(cl)] else { return }
+        guard let client = clients[UnsafeMutableRawPointer(cl)], client.authenticated else { return }
         if down { client.pressed.insert(code) } else { client.pressed.remove(code) }
         send(.key(code: code, pressed: down))
     }
 
     private func pointerEvent(mask: Int32, x: Int32, y: Int32, cl: rfbClientPtr) {
-        guard let client = clients[UnsafeMutableRawPointer(cl)] else { return }
+        guard let client = clients[UnsafeMutableRawPointer(cl)], client.authenticated else { return }
         let px = max(0, min(x, Int32(frame.width - 1)))
         let py = max(0, min(y, Int32(frame.height - 1)))
         if client.lastPosition == nil || client.lastPosition! != (px, py) {

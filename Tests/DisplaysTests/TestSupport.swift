@@ -2,6 +2,7 @@ import Glibc
 import CShims
 import Damage
 import EventLoop
+import XenStore
 @testable import Displays
 
 /// Helpers shared by the display tests: temp dirs, synthetic frames, and
@@ -113,6 +114,20 @@ func run(_ argv: [String], environment: [String: String] = [:], timeoutSeconds: 
     return child.wait(timeoutSeconds: timeoutSeconds)
 }
 
+/// The process environment, copied once while XenStore tests (in the same
+/// process) are not borrowing XENSTORED_PATH with setenv.
+let baseEnvironment: [String: String] = XenStore.withEnvironmentLock {
+    var env: [String: String] = [:]
+    var e = environ
+    while let p = e.pointee {
+        let s = String(cString: p)
+        if let eq = s.firstIndex(of: "=") { env[String(s[..<eq])] = String(s[s.index(after: eq)...]) }
+        e += 1
+    }
+    env.removeValue(forKey: "XENSTORED_PATH")
+    return env
+}
+
 /// A spawned process (for servers such as Xvfb, or clients that run while the
 /// test drives its own loop).
 final class Child {
@@ -122,13 +137,7 @@ final class Child {
     private var exitStatus: Int32?
 
     init(_ argv: [String], environment: [String: String] = [:], captureOutput: Bool) throws {
-        var env: [String: String] = [:]
-        var e = environ
-        while let p = e.pointee {
-            let s = String(cString: p)
-            if let eq = s.firstIndex(of: "=") { env[String(s[..<eq])] = String(s[s.index(after: eq)...]) }
-            e += 1
-        }
+        var env = baseEnvironment
         for (k, v) in environment { env[k] = v }
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)

@@ -313,6 +313,7 @@ struct VNCFixture {
     for i in range(50):
         s.sendall(struct.pack('!BBHHHH', 3, 0, 0, 0, w, h))
         time.sleep(0.02)
+    s.sendall(struct.pack('!BBxxI', 4, 1, 0x61) + struct.pack('!BBxxI', 4, 0, 0x61))
     print('stuck', flush=True)
     time.sleep(float(sys.argv[2]))
     """
@@ -338,6 +339,8 @@ struct VNCFixture {
         #expect(child.outputText.contains("stuck"), "\(child.outputText)")
         #expect(child.poll() == nil, "the client is still connected")
         #expect(f.vnc.info.clients.count == 1)
+        // Its input is still read while its updates wait.
+        #expect(f.sink.events == [.key(code: LinuxInput.KEY_A, pressed: true), .key(code: LinuxInput.KEY_A, pressed: false)])
         // libvncserver would wait up to 5 s in a blocking write to a full socket.
         #expect(longestGap < 1_000_000_000, "the loop was blocked for \(longestGap / 1_000_000) ms")
         // Another client is served meanwhile.
@@ -347,5 +350,40 @@ struct VNCFixture {
         #expect(r.status == 0, "\(r.output)")
         let other = try decodeWithPillow(dir + "/other.png")
         #expect(firstDifference(other.rgb, rgbBytes(f.hub.frame), width: 1920) == nil)
+    }
+}
+
+@Suite struct VNCSecurityTypeTests {
+    /// Picks security type None if offered, then asks for the screen and types a key.
+    static let noneClient = """
+    import socket, struct, sys
+    s = socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=10)
+    s.recv(12); s.sendall(b'RFB 003.008\\n')
+    n = s.recv(1)[0]; types = list(s.recv(n)); print('types', types, flush=True)
+    if 1 not in types: raise SystemExit(0)
+    s.sendall(b'\\x01')
+    if s.recv(4) != b'\\0\\0\\0\\0': print('refused'); raise SystemExit(0)
+    s.sendall(b'\\x01'); hdr = s.recv(24); w, h = struct.unpack('!HH', hdr[:4])
+    s.sendall(struct.pack('!BBHHHH', 3, 0, 0, 0, w, h))
+    s.sendall(struct.pack('!BBxxI', 4, 1, 0x61) + struct.pack('!BBxxI', 4, 0, 0x61))
+    s.settimeout(1.5)
+    try:
+        d = s.recv(1)
+        print('got-update' if d else 'closed')
+    except socket.timeout:
+        print('no-update')
+    """
+
+    @Test func securityTypeNoneOfferedByAnotherServerDoesNotOpenAPasswordServer() throws {
+        // A server without a password puts "None" into libvncserver's process-wide list.
+        let open = try VNCFixture()
+        let probe = try open.runClient([venvBin + "/python", "-c", Self.noneClient, String(open.port)])
+        #expect(probe.output.contains("got-update"), "\(probe.output)")
+        let locked = try VNCFixture(options: ",password=on")
+        locked.vnc.setPassword("secret")
+        let r = try locked.runClient([venvBin + "/python", "-c", Self.noneClient, String(locked.port)])
+        #expect(r.status == 0, "\(r.output)")
+        #expect(!r.output.contains("got-update"), "\(r.output)")
+        #expect(locked.sink.events.isEmpty)
     }
 }
