@@ -205,7 +205,9 @@ public final class VfbDevice: XenBusDeviceHandler {
 
     private func eventChannelFired() {
         guard let ev = evtchn else { return }
-        while let port = try? ev.pending() { try? ev.unmask(port: port) }
+        // One pending() per wake-up: the fd is level-triggered, and a
+        // blocking xenevtchn fd must never be read when nothing is pending.
+        if let port = try? ev.pending() { try? ev.unmask(port: port) }
         processOutRing()
     }
 

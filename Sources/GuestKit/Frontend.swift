@@ -58,7 +58,7 @@ public class FrontendBase {
         port = try ev.bindUnbound(remoteDomain: backendDomid)
         try domain.loop.watch(fd: ev.fd) { [weak self] _ in
             guard let self, let ev = self.evtchn else { return }
-            while let p = try? ev.pending() { try? ev.unmask(port: p) }
+            if let p = try? ev.pending() { try? ev.unmask(port: p) }
             self.interrupt()
         }
     }

@@ -20,8 +20,9 @@ public protocol Host: AnyObject {
 /// An event-channel handle (`xenevtchn_handle`): ports bound through it
 /// signal its `fd` when the other end notifies.
 ///
-/// After the fd polls readable, call `pending()` for the port that fired, act,
-/// then `unmask(port)` so the port can fire again.
+/// After the fd polls readable, call `pending()` once for the port that
+/// fired, `unmask(port)` so it can fire again, then act (the fd is
+/// level-triggered: another pending port keeps it readable).
 public protocol EventChannels: AnyObject {
     /// Readable when some bound port has a pending notification.
     var fd: Int32 { get }

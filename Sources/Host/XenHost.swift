@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CShims
 import CXen
 import Support
 
@@ -80,6 +81,15 @@ final class XenEventChannels: EventChannels {
     init() throws(HostError) {
         guard let h = xenevtchn_open(nil, 0) else { throw missingDevice("xenevtchn_open", "/dev/xen/evtchn") }
         handle = h
+        // libxenevtchn opens /dev/xen/evtchn blocking; xenevtchn_pending reads
+        // it. Non-blocking, a pending() with nothing pending returns nil
+        // instead of stalling the event loop.
+        guard cshims_set_nonblocking(xenevtchn_fd(h)) == 0 else {
+            let err = SystemError("fcntl(O_NONBLOCK) on the event-channel fd")
+            xenevtchn_close(h)
+            handle = nil
+            throw .eventChannel("\(err)")
+        }
     }
 
     deinit { close() }
