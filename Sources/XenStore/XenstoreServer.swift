@@ -43,7 +43,10 @@ public final class XenstoreServer: @unchecked Sendable {
         public var maxQueuedEvents = 8192
         /// Stop reading a client's requests while this much output waits.
         public var readPauseBytes = 64 << 10
-        /// Watches per unprivileged connection (quota_nb_watch_per_domain).
+        /// Unread output of all of an unprivileged domain's connections
+        /// together; past it the connection being written to is closed.
+        public var maxQueuedBytesPerDomain = 2 << 20
+        /// Watches per unprivileged domain (quota_nb_watch_per_domain).
         public var maxWatchesPerDomain = 128
         /// Open transactions per unprivileged connection (quota_max_transaction).
         public var maxTransactionsPerDomain = 10
@@ -66,6 +69,8 @@ public final class XenstoreServer: @unchecked Sendable {
     private var store: XSDatabase
     private var connections: [Int: Connection] = [:]
     private var nextConnectionID = 1
+    /// Unread output per unprivileged domain, over all its connections.
+    private var domainQueued: [UInt32: Int] = [:]
     /// Domains at their connection limit (logged once until one closes).
     private var refusing: Set<UInt32> = []
     private var listeners: [Int32: (domid: UInt32, path: String)] = [:]
@@ -303,6 +308,8 @@ public final class XenstoreServer: @unchecked Sendable {
         conn.watches.removeAll()
         conn.transactions.removeAll()
         conn.out.removeAll()
+        if conn.domid != 0 { domainQueued[conn.domid, default: 0] -= conn.outBytes }
+        conn.outBytes = 0
     }
 
     /// Closes a misbehaving connection with one log line; others carry on.
@@ -390,11 +397,14 @@ public final class XenstoreServer: @unchecked Sendable {
         let bytes = msg.encoded()
         conn.out.append(OutMessage(bytes: bytes, isEvent: isEvent))
         conn.outBytes += bytes.count
+        if conn.domid != 0 { domainQueued[conn.domid, default: 0] += bytes.count }
         if isEvent { conn.outEvents += 1 }
         flush(conn)
         if conn.closed { return }
         if conn.outBytes > limits.maxQueuedBytes || conn.outEvents > limits.maxQueuedEvents {
             kill(conn, "client does not read: \(conn.outBytes) bytes, \(conn.outEvents) watch events queued")
+        } else if conn.domid != 0, let total = domainQueued[conn.domid], total > limits.maxQueuedBytesPerDomain {
+            kill(conn, "the domain's connections do not read: \(total) bytes queued")
         }
     }
 
@@ -413,6 +423,7 @@ public final class XenstoreServer: @unchecked Sendable {
             }
             conn.outWritten += n
             conn.outBytes -= n
+            if conn.domid != 0 { domainQueued[conn.domid, default: 0] -= n }
             if conn.outWritten == m.bytes.count {
                 if m.isEvent { conn.outEvents -= 1 }
                 conn.out[conn.outHead] = OutMessage(bytes: [], isEvent: false)
@@ -601,7 +612,10 @@ public final class XenstoreServer: @unchecked Sendable {
                 throw .EINVAL
             }
             if conn.watches.contains(where: { $0.node == node && $0.token == token }) { throw .EEXIST }
-            if conn.domid != 0 && conn.watches.count >= limits.maxWatchesPerDomain { throw .E2BIG }
+            if conn.domid != 0 {
+                let watches = connections.values.reduce(0) { $0 + ($1.domid == conn.domid ? $1.watches.count : 0) }
+                if watches >= limits.maxWatchesPerDomain { throw .E2BIG }
+            }
             let w = Watch(node: node, token: token, relativePrefix: relative ? XSPath.domainPath(conn.domid) : nil)
             conn.watches.append(w)
             replyOK(conn, msg, .watch)

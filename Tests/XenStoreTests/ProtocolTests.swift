@@ -276,3 +276,37 @@ import Testing
         #expect(again != nil)
     }
 }
+
+@Suite struct DomainQuotaTests {
+    @Test func watchesCountPerDomainAcrossConnections() throws {
+        var limits = XenstoreServer.Limits()
+        limits.maxWatchesPerDomain = 3
+        let fx = try XenstoreFixture(limits: limits)
+        defer { fx.stop() }
+        let a = RawClient(fd: try fx.server.connect(asDomain: 5))
+        let b = RawClient(fd: try fx.server.connect(asDomain: 5))
+        #expect(RawClient.text(a.request(.watch, ["x", "1"])) == "OK")
+        #expect(RawClient.text(a.request(.watch, ["y", "2"])) == "OK")
+        #expect(RawClient.text(b.request(.watch, ["z", "3"])) == "OK")
+        #expect(RawClient.text(b.request(.watch, ["w", "4"])) == "error E2BIG")
+        let dom0 = try RawClient(path: fx.socket)
+        for i in 0..<5 { #expect(RawClient.text(dom0.request(.watch, ["/n\(i)", "t"])) == "OK") }
+    }
+
+    @Test func aDomainsConnectionsShareOneOutputBudget() throws {
+        var limits = XenstoreServer.Limits()
+        limits.maxQueuedBytesPerDomain = 32 << 10
+        let fx = try XenstoreFixture(limits: limits)
+        defer { fx.stop() }
+        let dom0 = try RawClient(path: fx.socket)
+        _ = dom0.request(.mkdir, ["/busy"])
+        _ = dom0.request(.setPerms, ["/busy", "n0", "r5"])
+        // Several guest connections watch and never read; together they pass the budget.
+        let sleepers = try (0..<4).map { _ in RawClient(fd: try fx.server.connect(asDomain: 5)) }
+        for s in sleepers { _ = s.send(.watch, Array("/busy\0t\0".utf8)) }
+        let value = [UInt8](repeating: 0x61, count: 200)
+        for i in 0..<3000 { _ = dom0.request(.write, ["/busy/n\(i % 20)"], value: value) }
+        #expect(sleepers.contains { $0.isClosed(seconds: 5) })
+        #expect(RawClient.text(dom0.request(.read, ["/busy/n1"])) == String(repeating: "a", count: 200))
+    }
+}
