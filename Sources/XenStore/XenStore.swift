@@ -83,6 +83,7 @@ public final class XenStore {
     private let loop: EventLoop?
     private var handlers: [String: WatchHandler] = [:]
     private var watchFD: Int32 = -1
+    private var lossFD: Int32 = -1
     private let log = Log.logger("xenstore")
     /// The socket this client was opened on, nil for libxenstore's default.
     public let socketPath: String?
@@ -111,7 +112,52 @@ public final class XenStore {
 
     deinit {
         if watchFD >= 0 { loop?.unwatch(fd: watchFD) }
+        if lossFD >= 0 { loop?.unwatch(fd: lossFD); close(lossFD) }
         xs_close(handle)
+    }
+
+    /// Calls `handler` once, on `loop`, when xenstored goes away.
+    ///
+    /// libxenstore notices a dead xenstored only on the next request, and
+    /// its watch fd then simply stays quiet. So this opens a second, idle
+    /// connection to the same socket and waits for its hang-up (no reads, no
+    /// timers: an idle process stays idle). Returns false when xenstore is
+    /// not reached through a socket (the xenbus device), where there is
+    /// nothing to wait on.
+    @discardableResult
+    public func onConnectionLost(_ handler: @escaping () -> Void) -> Bool {
+        guard let loop, lossFD < 0 else { return false }
+        let path = socketPath ?? getenv("XENSTORED_PATH").map { String(cString: $0) } ?? "/var/run/xenstored/socket"
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else { return false }
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+            raw.copyBytes(from: bytes)
+            raw[bytes.count] = 0
+        }
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return false }
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard rc == 0 else { close(fd); return false }
+        do {
+            // No events asked for: epoll still reports the hang-up.
+            try loop.watch(fd: fd, events: []) { [weak self] _ in
+                guard let self, self.lossFD >= 0 else { return }
+                loop.unwatch(fd: self.lossFD)
+                close(self.lossFD)
+                self.lossFD = -1
+                self.log.error("xenstore connection lost: xenstored at \(path) went away")
+                handler()
+            }
+        } catch {
+            close(fd)
+            return false
+        }
+        lossFD = fd
+        return true
     }
 
     /// Runs `body` while no `XenStore(socketPath:)` is borrowing

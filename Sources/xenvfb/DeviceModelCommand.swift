@@ -78,6 +78,8 @@ final class DeviceModel {
     var session: Session?
     /// The xenstore connection the backends use.
     var xenstore: XenStoreConnection?
+    /// What `run` returns: 1 once the device model shut down because xenstored went away.
+    private var exitStatus: Int32 = 0
 
     init(options: DeviceModelOptions) throws(DeviceModelError) {
         self.options = options
@@ -137,7 +139,7 @@ final class DeviceModel {
     /// Runs until shutdown; returns the exit status.
     func run() -> Int32 {
         loop.run()
-        return 0
+        return exitStatus
     }
 
     private func signalled(_ sig: Int32) {
@@ -265,6 +267,12 @@ extension DeviceModel {
             throw DeviceModelError("\(error)")
         }
         xenstore = store
+        // Without xenstored the devices can neither change state nor be
+        // removed: shut down cleanly, with exit status 1 (faults.py).
+        store.client.onConnectionLost { [unowned self] in
+            self.exitStatus = 1
+            self.beginShutdown(reason: "xenstore connection lost")
+        }
         if options.restrictToDomain {
             if options.simHost != nil {
                 log.warning("-xen-domid-restrict has no effect on a simulated host")
