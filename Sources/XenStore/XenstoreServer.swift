@@ -69,6 +69,8 @@ public final class XenstoreServer: @unchecked Sendable {
     private var store: XSDatabase
     private var connections: [Int: Connection] = [:]
     private var nextConnectionID = 1
+    /// Where connections are read into (one at a time, on the loop).
+    private var readBuffer = [UInt8](repeating: 0, count: 16384)
     /// Unread output per unprivileged domain, over all its connections.
     private var domainQueued: [UInt32: Int] = [:]
     /// Domains at their connection limit (logged once until one closes).
@@ -334,14 +336,13 @@ public final class XenstoreServer: @unchecked Sendable {
     }
 
     private func readInput(_ conn: Connection) {
-        var chunk = [UInt8](repeating: 0, count: 16384)
         var eof = false
         // Bounded per wake-up so one busy client cannot starve the others.
         for _ in 0..<8 {
-            let n = chunk.withUnsafeMutableBytes { read(conn.fd, $0.baseAddress, $0.count) }
+            let n = readBuffer.withUnsafeMutableBytes { read(conn.fd, $0.baseAddress, $0.count) }
             if n > 0 {
-                conn.input.append(contentsOf: chunk[0..<n])
-                if n < chunk.count { break }
+                conn.input.append(contentsOf: readBuffer[0..<n])
+                if n < readBuffer.count { break }
             } else if n == 0 {
                 eof = true
                 break
