@@ -91,6 +91,7 @@ public final class XenstoreServer: @unchecked Sendable {
     private var ownThread = false
     /// pthread_self() of the server's thread once it runs (0 before).
     private let loopThread = Atomic<UInt>(0)
+    private let stopRequested = Atomic<Bool>(false)
     private var doneFD: Int32 = -1
     private var stopped = false
 
@@ -185,9 +186,10 @@ public final class XenstoreServer: @unchecked Sendable {
     }
 
     /// Closes every connection and listening socket and removes the socket
-    /// files. With `startOnThread()`, also ends the thread and waits for it.
-    /// Call it once, from outside the server's thread.
+    /// files. With `startOnThread()`, also ends the thread and waits for it
+    /// (call it from another thread then). Later calls do nothing.
     public func stop() {
+        guard !stopRequested.exchange(true, ordering: .acquiringAndReleasing) else { return }
         if ownThread {
             loop.post { [self] in shutdown(); loop.stop() }
             var value: UInt64 = 0
@@ -234,7 +236,8 @@ public final class XenstoreServer: @unchecked Sendable {
         let capacity = MemoryLayout.size(ofValue: addr.sun_path)
         guard bytes.count < capacity else {
             close(fd)
-            throw SystemError("socket path \(path) longer than \(capacity - 1) bytes", errno: ENAMETOOLONG)
+            let room = capacity - 1 - (bytes.count - path.utf8.count)
+            throw SystemError("socket path \(path) is too long (at most \(room) bytes here)", errno: ENAMETOOLONG)
         }
         withUnsafeMutableBytes(of: &addr.sun_path) { raw in
             raw.copyBytes(from: bytes)
