@@ -326,6 +326,12 @@ public final class VNCDisplay: Display {
             }
             _ = cshims_set_cloexec(fd)
             _ = cshims_set_nonblocking(fd)
+            // libvncserver select()s over its clients: an fd past FD_SETSIZE would corrupt its fd_set.
+            guard fd < 1024 else {
+                log.warning("VNC connection refused: descriptor \(fd) is beyond what libvncserver can select on")
+                Glibc.close(fd)
+                continue
+            }
             guard let screen, clients.count < options.maxConnections else {
                 log.warning("VNC connection refused: \(options.maxConnections) clients already connected")
                 Glibc.close(fd)
@@ -589,7 +595,9 @@ public final class VNCDisplay: Display {
         xenvfb_vnc_set_log_sink { isError, line in
             guard let line else { return }
             let logger = Log.logger("libvncserver")
-            if isError != 0 { logger.warning("\(String(cString: line))") } else { logger.debug("\(String(cString: line))") }
+            let text = String(cString: line)
+            // Unix sockets have no TCP_NODELAY; libvncserver says so for every client.
+            if isError != 0 && !text.contains("TCP_NODELAY") { logger.warning("\(text)") } else { logger.debug("\(text)") }
         }
         xenvfb_vnc_set_max_client_wait(VNCDisplay.stallLimitMilliseconds)
         QEMUExtendedKeyEvent.register()

@@ -387,3 +387,22 @@ struct VNCFixture {
         #expect(locked.sink.events.isEmpty)
     }
 }
+
+@Suite struct VNCIPv6Tests {
+    @Test func ipv6LoopbackServesVncdoAndReportsTheFamily() throws {
+        let loop = try EventLoop()
+        let hub = DisplayHub(width: 48, height: 24)
+        paint(hub.frame, hub.frame.bounds, seed: 21)
+        let base = Int.random(in: 200...4000)
+        let vnc = try VNCDisplay(spec: "[::1]:\(base),to=\(base + 500)", loop: loop, hub: hub)
+        hub.add(vnc)
+        #expect(vnc.info.family == "ipv6" && vnc.info.host == "::1")
+        let dir = try makeTempDir("vnc6")
+        defer { removeTree(dir) }
+        let child = try Child([venvBin + "/vncdo", "-s", "[::1]::\(vnc.port!)", "capture", dir + "/v6.png"], captureOutput: true)
+        #expect(spin(loop, seconds: 60) { child.poll() != nil })
+        #expect(child.poll() == 0, "\(child.outputText)")
+        let img = try decodeWithPillow(dir + "/v6.png")
+        #expect(firstDifference(img.rgb, rgbBytes(hub.frame), width: 48) == nil)
+    }
+}
