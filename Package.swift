@@ -52,7 +52,7 @@ let package = Package(
         .testTarget(name: "XenStoreTests", dependencies: ["XenStore", "EventLoop", "Support", "CShims"]),
         .testTarget(name: "DevicesTests", dependencies: ["Devices", "XenBus", "Host", "Displays", "Damage", "EventLoop", "Support"]),
         .testTarget(name: "EndToEndTests", dependencies: ["GuestKit", "Devices", "XenBus", "Host", "Displays", "XenStore", "Damage", "EventLoop", "Support"],
-                    exclude: ["device_model.py", "faults.py"]),
+                    exclude: ["device_model.py", "faults.py", "convergence.py"]),
         .testTarget(name: "GuestKitTests", dependencies: ["GuestKit", "Devices", "XenBus", "Host", "Displays", "Damage", "EventLoop", "Support"]),
         .testTarget(name: "ControlTests", dependencies: ["Control", "EventLoop", "Support", "CShims"],
                     exclude: ["qmp_client.py"]),

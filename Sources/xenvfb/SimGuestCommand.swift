@@ -20,6 +20,8 @@ import Support
 /// tests that change the screen and compare pictures:
 /// - `draw SEED`: repaints the rectangle (100, 50, 200×150) with a pattern
 ///   of SEED, sends its UPDATE event, then says `drawn SEED`;
+/// - `scribble SEED COUNT`: COUNT random writes, all reported by UPDATE
+///   events, then says `scribbled SEED`;
 /// - `dump PATH`: writes its framebuffer as a binary PPM (P6) to PATH, then
 ///   says `dumped PATH`.
 enum SimGuestCommand {
@@ -143,6 +145,51 @@ enum SimGuestCommand {
             }
             fb.update(r)
             say("drawn \(seed)")
+        case ("scribble", 2):
+            // `scribble SEED COUNT`: COUNT random writes (fills, patterns,
+            // single pixels), each reported by UPDATE events that cover it
+            // (exactly, over-reported, merged with the next, or past the
+            // screen's edge), then `scribbled SEED`. For convergence tests.
+            let args = words[1].split(separator: " ").compactMap { Int($0) }
+            guard args.count == 2, fb.state == .connected, fb.width > 0, fb.height > 0 else { return say("error \(line)") }
+            var rng = UInt64(truncatingIfNeeded: args[0]) &* 0x9E37_79B9_7F4A_7C15 | 1
+            func next(_ n: Int) -> Int {
+                rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17
+                return Int(rng % UInt64(max(n, 1)))
+            }
+            var pending: Rect?
+            for _ in 0..<max(args[1], 0) {
+                let x = next(fb.width), y = next(fb.height)
+                let r = Rect(x: x, y: y, width: min(1 + next(200), fb.width - x), height: min(1 + next(150), fb.height - y))
+                let color = UInt32(truncatingIfNeeded: next(1 << 24))
+                _ = fb.withPixels { px in
+                    switch next(3) {
+                    case 0:
+                        for yy in r.y..<r.maxY {
+                            let row = (px.baseAddress! + yy * fb.stride).assumingMemoryBound(to: UInt32.self)
+                            for xx in r.x..<r.maxX { row[xx] = color }
+                        }
+                    case 1:
+                        for yy in r.y..<r.maxY {
+                            let row = (px.baseAddress! + yy * fb.stride).assumingMemoryBound(to: UInt32.self)
+                            for xx in r.x..<r.maxX { row[xx] = pattern(x: xx, y: yy, seed: Int(color)) }
+                        }
+                    default:
+                        let row = (px.baseAddress! + r.y * fb.stride).assumingMemoryBound(to: UInt32.self)
+                        row[r.x] = color
+                    }
+                }
+                switch next(4) {
+                case 0: fb.update(r)
+                case 1: fb.update(Rect(x: r.x - next(20), y: r.y - next(20), width: r.width + 40, height: r.height + 40))
+                case 2: pending = pending.map { $0.union(r) } ?? r
+                default:
+                    if let p = pending { fb.update(p); pending = nil }
+                    fb.update(r)
+                }
+            }
+            if let p = pending { fb.update(p) }
+            say("scribbled \(args[0])")
         case ("dump", 2):
             let path = words[1]
             var bytes = Array("P6\n\(fb.width) \(fb.height)\n255\n".utf8)
