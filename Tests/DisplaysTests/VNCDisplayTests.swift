@@ -341,8 +341,8 @@ struct VNCFixture {
         #expect(f.vnc.info.clients.count == 1)
         // Its input is still read while its updates wait.
         #expect(f.sink.events == [.key(code: LinuxInput.KEY_A, pressed: true), .key(code: LinuxInput.KEY_A, pressed: false)])
-        // libvncserver would wait up to 5 s in a blocking write to a full socket.
-        #expect(longestGap < 1_000_000_000, "the loop was blocked for \(longestGap / 1_000_000) ms")
+        // libvncserver would wait 5 s in a blocking write to a full socket (the bound leaves room for a busy machine).
+        #expect(longestGap < 2_500_000_000, "the loop was blocked for \(longestGap / 1_000_000) ms")
         // Another client is served meanwhile.
         let dir = try makeTempDir("vnc")
         defer { removeTree(dir) }
