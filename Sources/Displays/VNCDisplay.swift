@@ -202,6 +202,15 @@ public final class VNCDisplay: Display {
     /// Whether the server requires a password.
     public var requiresPassword: Bool { options.password }
 
+    /// A client came or went (for QMP's VNC_CONNECTED / VNC_DISCONNECTED).
+    public enum ClientEvent: Equatable, Sendable {
+        case connected(VNCClientInfo)
+        case disconnected(VNCClientInfo)
+    }
+
+    /// Called on the loop when a client connects or disconnects.
+    public var onClientEvent: ((ClientEvent) -> Void)?
+
     /// What `query-vnc` reports.
     public var info: VNCServerInfo {
         VNCServerInfo(enabled: screen != nil, host: listenInfo.host, service: listenInfo.service,
@@ -431,6 +440,7 @@ public final class VNCDisplay: Display {
             log.error("cannot watch VNC client: \(error)")
         }
         log.info("VNC client connected", metadata: ["client": "\(info.host):\(info.service)", "clients": "\(clients.count)"])
+        onClientEvent?(.connected(info))
         return RFB_CLIENT_ACCEPT
     }
 
@@ -440,6 +450,7 @@ public final class VNCDisplay: Display {
         // Release what this client held down, so no key sticks in the guest.
         for code in client.pressed.sorted() { send(.key(code: code, pressed: false)) }
         log.info("VNC client disconnected", metadata: ["client": "\(client.info.host):\(client.info.service)", "clients": "\(clients.count)"])
+        onClientEvent?(.disconnected(client.info))
     }
 
     /// Room in the kernel for a whole raw frame, so one update never blocks.

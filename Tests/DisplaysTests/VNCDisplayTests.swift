@@ -213,9 +213,10 @@ struct VNCFixture {
 
     @Test func queryInfoListsConnectedClients() throws {
         let f = try VNCFixture()
+        var events: [VNCDisplay.ClientEvent] = []
+        f.vnc.onClientEvent = { events.append($0) }
         #expect(f.vnc.info.clients.isEmpty)
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
         var addr = sockaddr_in()
         addr.sin_family = sa_family_t(AF_INET)
         addr.sin_port = in_port_t(UInt16(f.port).bigEndian)
@@ -233,6 +234,7 @@ struct VNCFixture {
         #expect(String(decoding: greeting, as: UTF8.self) == "RFB 003.008\n")
         close(fd)
         #expect(spin(f.loop, seconds: 10) { f.vnc.info.clients.isEmpty })
+        #expect(events == [.connected(client), .disconnected(client)])
     }
 
     @Test func noneOpensNothing() throws {
