@@ -21,6 +21,8 @@ final class Machine {
     let guest: GuestDomain
     let domid: UInt32
     var config = BackendConfig()
+    /// Backends see event channels that fail the test when read with nothing pending.
+    var strictEventChannels = true
 
     init(domid: UInt32 = 1, config: BackendConfig = BackendConfig()) throws {
         loop = try EventLoop()
@@ -35,7 +37,8 @@ final class Machine {
     deinit { SimHost.removeDirectory(dir) }
 
     func startBackends() throws {
-        try backends.start(host: SimHost(directory: dir, domid: 0), xenstore: store, domid: domid, hub: hub, config: config)
+        let sim = SimHost(directory: dir, domid: 0)
+        try backends.start(host: strictEventChannels ? StrictHost(sim) : sim, xenstore: store, domid: domid, hub: hub, config: config)
     }
 
     /// Toolstack + backends + both frontends, run until both ends are Connected.
@@ -107,4 +110,36 @@ func frameMatchesGuest(_ frame: Frame, _ fb: FramebufferFrontend) -> Bool {
         }
     }
     return true
+}
+
+/// A Host whose event channels behave like a blocking xenevtchn fd: calling
+/// `pending()` when the fd is not readable would hang under real Xen, so
+/// here it is recorded as a test failure.
+final class StrictHost: Host {
+    let inner: SimHost
+    init(_ inner: SimHost) { self.inner = inner }
+    var domid: UInt32 { inner.domid }
+    func openEventChannels() throws(HostError) -> EventChannels { StrictEventChannels(try inner.openEventChannels()) }
+    func mapForeign(domid: UInt32, frames: [UInt64], writable: Bool) throws(HostError) -> GuestMapping {
+        try inner.mapForeign(domid: domid, frames: frames, writable: writable)
+    }
+}
+
+final class StrictEventChannels: EventChannels {
+    let inner: EventChannels
+    init(_ inner: EventChannels) { self.inner = inner }
+    var fd: Int32 { inner.fd }
+    func bindInterdomain(remoteDomain: UInt32, remotePort: UInt32) throws(HostError) -> UInt32 {
+        try inner.bindInterdomain(remoteDomain: remoteDomain, remotePort: remotePort)
+    }
+    func bindUnbound(remoteDomain: UInt32) throws(HostError) -> UInt32 { try inner.bindUnbound(remoteDomain: remoteDomain) }
+    func notify(port: UInt32) throws(HostError) { try inner.notify(port: port) }
+    func pending() throws(HostError) -> UInt32? {
+        var p = pollfd(fd: inner.fd, events: Int16(POLLIN), revents: 0)
+        if poll(&p, 1, 0) != 1 { Issue.record("pending() with nothing pending: a blocking xenevtchn fd would hang here") }
+        return try inner.pending()
+    }
+    func unmask(port: UInt32) throws(HostError) { try inner.unmask(port: port) }
+    func unbind(port: UInt32) throws(HostError) { try inner.unbind(port: port) }
+    func close() { inner.close() }
 }
