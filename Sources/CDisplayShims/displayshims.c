@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <rfb/rfbregion.h>
 #include <linux/sockios.h>
 
 static void (*log_sink)(int, const char *);
@@ -43,4 +44,8 @@ int xenvfb_socket_unsent_bytes(int fd) {
     int n = 0;
     if (ioctl(fd, SIOCOUTQ, &n) != 0) return -1;
     return n;
+}
+
+int xenvfb_vnc_update_owed(rfbClientPtr cl) {
+    return FB_UPDATE_PENDING(cl) && !sraRgnEmpty(cl->requestedRegion);
 }

@@ -505,7 +505,10 @@ public final class VNCDisplay: Display {
         for c in Array(clients.values) {
             if c.cl.pointee.sock < 0 { rfbClientConnectionGone(c.cl); continue } // runs clientGone
             if xenvfb_socket_unsent_bytes(c.fd) > 0 || !c.authenticated {
-                if c.authenticated { held = true }
+                // Come back for it only if it is owed an update.
+                if c.authenticated && xenvfb_vnc_update_owed(c.cl) != 0 {
+                    held = true
+                }
                 continue
             }
             _ = rfbUpdateClient(c.cl)

@@ -14,3 +14,7 @@ void xenvfb_vnc_set_max_client_wait(int milliseconds);
 /// Bytes written to a socket that the peer has not yet received/acknowledged
 /// (SIOCOUTQ), or -1.
 int xenvfb_socket_unsent_bytes(int fd);
+
+/// Whether libvncserver owes `cl` an update: it asked for one and something
+/// changed (FB_UPDATE_PENDING and a non-empty requested region).
+int xenvfb_vnc_update_owed(rfbClientPtr cl);
