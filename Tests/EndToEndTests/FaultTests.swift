@@ -9,7 +9,8 @@ import Testing
 /// endless lines, SIGHUP during the handshake. Nothing may crash, hang, spin
 /// or grow without bound; each scenario prints a "faults:" line of numbers.
 @Suite struct FaultTests {
-    @Test(arguments: ["vnc_killed_mid_frame", "vnc_client_never_reads", "qmp_garbage", "sighup_during_handshake", "xenstore_lost"])
+    @Test(arguments: ["vnc_killed_mid_frame", "vnc_client_never_reads", "qmp_garbage", "sighup_during_handshake", "xenstore_lost",
+                     "least_privilege"])
     func deviceModelSurvives(_ scenario: String) throws {
         let python = repoRoot + "/.build-tools/venv/bin/python3"
         try #require(access(python, X_OK) == 0, "\(python) missing: run scripts/test-tools.sh")

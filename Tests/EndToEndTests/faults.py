@@ -356,8 +356,71 @@ async def xenstore_lost(m):
         subprocess.run(["rm", "-rf", d])
 
 
+def listeners(port):
+    """Local addresses of the TCP sockets listening on `port` (/proc/net/tcp, tcp6)."""
+    found = []
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = open(name).read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            addr, p = f[1].split(":")
+            if int(p, 16) == port and f[3] == "0A":
+                found.append(addr)
+    return found
+
+
+async def least_privilege(m):
+    """-runas and -chroot take effect; VNC with no host listens on loopback
+    only; no password ever reaches the log."""
+    root = tempfile.mkdtemp(prefix="xenvfb-chroot-")
+    os.chmod(root, 0o755)
+    secrets = ["pw-" + os.urandom(6).hex() for _ in range(4)]
+    try:
+        m.start_dm("--vnc", ":45,to=99,password=on", "-runas", "65534:65534", "-chroot", root)
+        m.wait_for(lambda: "dropped privileges" in m.dm_log(), "the device model to drop privileges")
+        with open(f"/proc/{m.dm.pid}/status") as f:
+            st = dict(l.split(":", 1) for l in f.read().splitlines() if ":" in l)
+        check(st["Uid"].split() == ["65534"] * 4 and st["Gid"].split() == ["65534"] * 4, f"Uid {st['Uid']} Gid {st['Gid']}")
+        check(st["Groups"].strip() == "", f"supplementary groups {st['Groups']}")
+        check(os.readlink(f"/proc/{m.dm.pid}/root") == root, "not chrooted")
+        q = await qmp_connect(m)
+        try:
+            info = await q.execute("query-vnc")
+            check(info["host"] == "127.0.0.1", f"VNC without a host listens on {info['host']}")
+            port = int(info["service"])
+            addrs = listeners(port)
+            loopback = ("0100007F", "00000000000000000000000001000000", "0000000000000000FFFF00000100007F")
+            check(addrs and all(a in loopback for a in addrs), f"port {port} listens on {addrs}")
+            await q.execute("set_password", {"protocol": "vnc", "password": secrets[0]})
+            await q.execute("change-vnc-password", {"password": secrets[1]})
+            for bad in ({"protocol": "vnc", "password": secrets[2], "bogus": 1}, {"protocol": "spice", "password": secrets[3]}):
+                try:
+                    await q.execute("set_password", bad)
+                    check(False, f"set_password {bad} accepted")
+                except Exception:  # noqa: BLE001 - any refusal will do
+                    pass
+        finally:
+            await q.disconnect()
+        vncdo = os.path.join(os.path.dirname(sys.executable), "vncdo")
+        r = subprocess.run([vncdo, "-s", f"127.0.0.1::{port}", "-p", "wrong-" + secrets[1], "capture",
+                            os.path.join(root, "x.png")], capture_output=True, timeout=TIMEOUT)
+        check(r.returncode != 0, "a wrong VNC password was accepted")
+        m.dm.send_signal(signal.SIGHUP)
+        m.dm.wait(TIMEOUT)
+        log = m.dm_log()
+        leaked = [s for s in secrets if s in log]
+        check(not leaked, f"passwords in the log: {leaked}\n{log}")
+        return (f"uid/gid 65534, no groups, root {root}; VNC ':45' listens on {addrs} only; "
+                f"{len(secrets)} passwords set or refused, none in {log.count(chr(10))} log lines")
+    finally:
+        subprocess.run(["rm", "-rf", root])
+
+
 SCENARIOS = {f.__name__: f for f in (vnc_killed_mid_frame, vnc_client_never_reads, qmp_garbage,
-                                     sighup_during_handshake, xenstore_lost)}
+                                     sighup_during_handshake, xenstore_lost, least_privilege)}
 
 
 def main():
