@@ -218,6 +218,9 @@ public final class VNCDisplay: Display {
                       clients: clients.values.map(\.info).sorted { ($0.host, $0.service) < ($1.host, $1.service) })
     }
 
+    /// The server side of each client connection (tests).
+    var clientSocketFDs: [Int32] { clients.values.map(\.fd) }
+
     /// The TCP port the server listens on (nil for unix or none).
     public var port: Int? { listenInfo.family == "unix" ? nil : Int(listenInfo.service) }
 
@@ -300,6 +303,8 @@ public final class VNCDisplay: Display {
             guard fd >= 0 else { continue }
             var one: Int32 = 1
             setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(4))
+            var sndbuf = Self.listenerSendBuffer
+            setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &sndbuf, socklen_t(4)) // inherited by accepted sockets
             if a.pointee.ai_family == AF_INET6 { setsockopt(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &one, socklen_t(4)) }
             if Glibc.bind(fd, a.pointee.ai_addr, a.pointee.ai_addrlen) != 0 || Glibc.listen(fd, 16) != 0 {
                 let e = errno
@@ -454,16 +459,33 @@ public final class VNCDisplay: Display {
     }
 
     /// Room in the kernel for a whole raw frame, so one update never blocks.
+    /// Accepted TCP sockets inherit the listener's buffer (sized while the
+    /// process may still have CAP_NET_ADMIN, before -runas drops it); others
+    /// are enlarged here if they are too small.
     private func sizeSendBuffer(_ fd: Int32) {
-        var size = Int32(clamping: frame.byteCount + 256 * 1024)
+        let needed = frame.byteCount + 256 * 1024
+        if Self.sendBufferSize(fd) >= needed { return }
+        var size = Int32(clamping: needed)
         if setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &size, socklen_t(4)) != 0 {
             setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, socklen_t(4))
-            if !warnedSendBuffer {
-                warnedSendBuffer = true
-                log.warning("cannot enlarge VNC send buffers to a whole frame (needs CAP_NET_ADMIN): a slow client may delay the device model by up to 5 s")
-            }
+        }
+        if Self.sendBufferSize(fd) < needed && !warnedSendBuffer {
+            warnedSendBuffer = true
+            log.warning("cannot enlarge VNC send buffers to a whole frame (needs CAP_NET_ADMIN): a slow client may delay the device model by up to 5 s")
         }
     }
+
+    /// The kernel's send buffer limit (it reports twice what was asked for,
+    /// its bookkeeping overhead included; half of that is what data gets).
+    private static func sendBufferSize(_ fd: Int32) -> Int {
+        var size: Int32 = 0
+        var len = socklen_t(4)
+        guard getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, &len) == 0 else { return 0 }
+        return Int(size) / 2
+    }
+
+    /// The largest framebuffer a vfb backend accepts is 32 MiB.
+    private static let listenerSendBuffer: Int32 = 32 * 1024 * 1024 + 256 * 1024
 
     private func checkPassword(_ cl: rfbClientPtr, _ response: UnsafePointer<CChar>?, _ len: Int32) -> rfbBool {
         guard options.password else { return 1 }

@@ -226,6 +226,14 @@ struct VNCFixture {
         }
         #expect(rc == 0)
         #expect(spin(f.loop, seconds: 10) { f.vnc.info.clients.count == 1 })
+        // The accepted socket inherited the listener's frame-sized send buffer
+        // (set while privileged; a per-client setting would need CAP_NET_ADMIN later).
+        for serverFD in f.vnc.clientSocketFDs {
+            var size: Int32 = 0
+            var len = socklen_t(4)
+            #expect(getsockopt(serverFD, SOL_SOCKET, SO_SNDBUF, &size, &len) == 0)
+            #expect(Int(size) / 2 >= 32 * 1024 * 1024)
+        }
         let client = try #require(f.vnc.info.clients.first)
         #expect(client.host == "127.0.0.1" && client.family == "ipv4" && Int(client.service) != nil)
         // The server greets first.
