@@ -48,11 +48,12 @@ def mark(text):
         pass
 
 
-def run(argv, timeout=60):
+def run(argv, timeout=60, env=None):
     """Runs a command; returns (exit status, combined output). Never raises."""
     try:
         p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           timeout=timeout, stdin=subprocess.DEVNULL)
+                           timeout=timeout, stdin=subprocess.DEVNULL,
+                           env=dict(os.environ, **env) if env else None)
         return p.returncode, p.stdout.decode(errors="replace")
     except subprocess.TimeoutExpired as e:
         return 124, (e.stdout or b"").decode(errors="replace") + "\n[timed out after %ss]" % timeout
@@ -85,7 +86,7 @@ def wait_for(what, timeout, poll, fn):
 class QMP:
     """A minimal QMP client: greeting, qmp_capabilities, then commands."""
 
-    def __init__(self, path, timeout=20):
+    def __init__(self, path, timeout=10):
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
         self.sock.connect(path)
@@ -286,7 +287,8 @@ def one_run(spec, job, images):
     write_config(cfg, name, spec, job)
     mark("%s xl create" % label)
     t0 = time.monotonic()
-    rc, out = run(["xl", "-vvv", "create", cfg], timeout=120)
+    # libxl gives the device model xl's environment (XENVFB_LOG, say).
+    rc, out = run(["xl", "-vvv", "create", cfg], timeout=120, env=spec.get("env"))
     result["create_seconds"] = round(time.monotonic() - t0, 2)
     with open(os.path.join(outdir, "xl-create.log"), "w") as f:
         f.write(out)
@@ -362,8 +364,16 @@ def one_run(spec, job, images):
         last = {"note": "no screenshot taken"}
 
         def screenshot_matches():
+            if last.get("hung"):
+                return False
             try:
                 shot = take_screenshot(spec, domid, shot_path)
+            except socket.timeout:
+                # No answer in 10 s: the device model is hung, asking again
+                # only spends the time budget.
+                last["note"] = "screenshot failed: no QMP answer in 10 s"
+                last["hung"] = True
+                return False
             except Exception as e:  # report whatever went wrong, keep polling
                 last["note"] = "screenshot failed: %s" % e
                 return False
@@ -373,7 +383,8 @@ def one_run(spec, job, images):
             return diff == 0
 
         t_shot = time.monotonic()
-        ok = wait_for(key, 15, 1.0, screenshot_matches)
+        ok = wait_for(key, 15, 1.0, lambda: screenshot_matches() or ("stop" if last.get("hung") else None))
+        ok = ok is True
         result["%s_seconds" % key] = round(time.monotonic() - t_shot, 2)
         return check(key, ok, last["note"])
 
@@ -389,9 +400,10 @@ def one_run(spec, job, images):
                 qmp.close()
         except Exception as e:
             note = "send-key failed: %s; " % e
-        got = wait_for("key", 15, 0.5,
-                       lambda: (30, 1) in guest_key_events(name) and (30, 0) in guest_key_events(name))
+        got = not note and wait_for(
+            "key", 15, 0.5, lambda: (30, 1) in guest_key_events(name) and (30, 0) in guest_key_events(name))
         check("input", got, note + "guest saw EV_KEY events %s" % guest_key_events(name))
+    if spec.get("input") and checks.get("input"):
         # The key press made the guest redraw lines 100-299 with the second
         # pattern: the device model must pass that partial update on.
         drawn2 = wait_for("drawn2", 30, 0.5, lambda: guest_marker(name, "drawn2"))
@@ -402,6 +414,7 @@ def one_run(spec, job, images):
 
     if pid:
         result["dm_stats"] = proc_stats(pid)
+        save_threads(pid, os.path.join(outdir, "dm-threads.txt"))
     mark("%s xl destroy" % label)
     rc, out = run(["xl", "destroy", name], timeout=60)
     gone = wait_for("dm gone", 15, 0.5, lambda: (pid is None or process_gone(pid))
@@ -410,8 +423,41 @@ def one_run(spec, job, images):
           "xl destroy exit %d, dm pid %s %s, device-model node %s" % (
               rc, pid, "gone" if pid and process_gone(pid) else "STILL RUNNING",
               "present" if xs_exists("/local/domain/0/device-model/%d" % domid) else "gone"))
+    if pid and not process_gone(pid):
+        # Leave a clean dom0 for the next run (the failure is recorded).
+        save_threads(pid, os.path.join(outdir, "dm-threads-after-destroy.txt"))
+        try:
+            os.kill(pid, 9)
+        except OSError:
+            pass
     collect_logs(name, outdir)
     return result
+
+
+def save_threads(pid, path):
+    """Where each thread of the device model is (state, kernel wait channel,
+    current system call): what a hang looks like from outside."""
+    lines = []
+    try:
+        for tid in sorted(os.listdir("/proc/%d/task" % pid), key=int):
+            base = "/proc/%d/task/%s/" % (pid, tid)
+            fields = []
+            for name in ("comm", "wchan", "syscall"):
+                try:
+                    with open(base + name) as f:
+                        fields.append("%s=%s" % (name, f.read().strip()))
+                except OSError as e:
+                    fields.append("%s=?(%s)" % (name, e.strerror))
+            try:
+                with open(base + "stat") as f:
+                    fields.insert(0, "state=" + f.read().rsplit(")", 1)[1].split()[0])
+            except OSError:
+                pass
+            lines.append("tid %s %s" % (tid, " ".join(fields)))
+    except OSError as e:
+        lines.append("no threads: %s" % e)
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
 
 
 def collect_logs(name, outdir):
@@ -456,7 +502,13 @@ def main():
         configs[os.path.basename(cfg)] = rc == 0
         mark("config %s %s" % (os.path.basename(cfg), "parses" if rc == 0 else "FAILED: " + out.strip()[-300:]))
     results = []
+    budget_end = T_START + job.get("budget_seconds", 3600)
     for spec in job["runs"]:
+        if time.monotonic() > budget_end - job.get("run_reserve_seconds", 90):
+            mark("%s/%s not run: the time budget is spent" % (spec["dm"], spec["variant"]))
+            results.append({"dm": spec["dm"], "variant": spec["variant"],
+                            "checks": {"harness": False}, "notes": ["harness: not run, time budget spent"]})
+            continue
         try:
             results.append(one_run(spec, job, images))
         except Exception as e:
@@ -466,6 +518,8 @@ def main():
             run(["xl", "destroy", "e2e-%s-%s" % (spec["dm"], spec["variant"])], timeout=60)
         with open(os.path.join(OUT, "results.json"), "w") as f:
             json.dump({"runs": results, "configs": configs}, f, indent=1)
+        # The host may have to stop the VM; what is on disk must be complete.
+        os.sync()
     run_list = run(["xl", "list"], timeout=20)[1]
     with open(os.path.join(OUT, "xl-list-at-end.txt"), "w") as f:
         f.write(run_list)
