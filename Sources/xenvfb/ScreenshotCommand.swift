@@ -95,7 +95,9 @@ enum ScreenshotCommand {
         let file = absolute(output ?? "screenshot.\(fmt)")
         let deadline = EventLoopClock.now() + UInt64(timeoutSeconds) * 1_000_000_000
         do {
-            let client = try QMPClientConnection(path: socketPath, deadline: deadline)
+            // Answers get a little longer than the timeout, so a command sent
+            // just before it can still be answered.
+            let client = try QMPClientConnection(path: socketPath, deadline: deadline + 5_000_000_000)
             defer { client.close() }
             if let stillMs { try waitStill(client, milliseconds: stillMs, deadline: deadline, scratch: file) }
             let temporary = file + ".tmp-\(getpid())"

@@ -379,8 +379,8 @@ async def screenshot(m):
     t = threading.Thread(target=animate)
     t.start()
     try:
-        r = subprocess.run([m.binary, "screenshot", "--qmp", m.qmp_path, "-o", busy, "--wait-still", "600",
-                            "--timeout", "3"], capture_output=True, timeout=TIMEOUT)
+        r = subprocess.run([m.binary, "screenshot", "--qmp", m.qmp_path, "-o", busy, "--wait-still", "1500",
+                            "--timeout", "4"], capture_output=True, timeout=TIMEOUT)
     finally:
         stop.set()
         t.join()
@@ -416,9 +416,19 @@ async def burst(m):
         expected += [f"key {LETTERS[c]} 1", f"key {LETTERS[c]} 0"]
     before = len(m.inputs())
     vncdo = os.path.join(os.path.dirname(sys.executable), "vncdo")
-    r = subprocess.run([vncdo, "-s", f"127.0.0.1::{port}", "type", text], capture_output=True, timeout=300)
+    # --delay 0: no pause between keys (vncdo waits 10 ms by default), a real
+    # burst; the final pause lets vncdo's event loop send what it queued
+    # before it disconnects.
+    r = subprocess.run([vncdo, "-s", f"127.0.0.1::{port}", "--delay", "0", "type", text, "pause", "3"],
+                       capture_output=True, timeout=300)
     check(r.returncode == 0, f"vncdo type failed: {r.stderr.decode()}")
-    m.wait_for(lambda: len(m.inputs()) >= before + len(expected), "all 20,000 key events", timeout=120)
+    try:
+        m.wait_for(lambda: len(m.inputs()) >= before + len(expected), "all 20,000 key events", timeout=120)
+    except AssertionError:
+        got = m.inputs()[before:]
+        first_bad = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), None)
+        raise AssertionError(f"{len(got)} of {len(expected)} key events arrived; first difference at {first_bad}; "
+                             f"vncdo said {r.stderr.decode()[-500:]!r}")
     got = m.inputs()[before:]
     check(len(got) == len(expected), f"{len(got)} events, want {len(expected)}")
     first_bad = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), None)
