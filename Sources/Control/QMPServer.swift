@@ -207,20 +207,40 @@ public final class QMPServer {
             guard unlink(path) == 0 || errno == ENOENT else { throw fail("cannot remove stale socket '\(path)': \(SystemError("unlink"))") }
         }
 
+        // Bind under a temporary name and rename once listening: a client
+        // that sees the path can connect at once (no ECONNREFUSED window
+        // between bind and listen). Paths too long for the suffix bind directly.
+        let tmpPath = path + ".\(getpid()).tmp"
+        let bindPath = tmpPath.utf8.count < capacity ? tmpPath : path
+        var bindAddr = addr
+        let bindBytes = Array(bindPath.utf8)
+        withUnsafeMutableBytes(of: &bindAddr.sun_path) { raw in
+            raw.copyBytes(from: bindBytes)
+            raw[bindBytes.count] = 0
+        }
+        let bindLen = socklen_t(MemoryLayout<sockaddr_un>.offset(of: \.sun_path)! + bindBytes.count + 1)
+        unlink(tmpPath)
+
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue | SOCK_NONBLOCK.rawValue), 0)
         guard fd >= 0 else { throw fail("\(SystemError("socket"))") }
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) }
+        let rc = withUnsafePointer(to: &bindAddr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, bindLen) }
         }
         guard rc == 0 else {
-            let e = SystemError("bind \(path)")
+            let e = SystemError("bind \(bindPath)")
             Glibc.close(fd)
             throw fail("\(e)")
         }
         guard Glibc.listen(fd, 16) == 0 else {
             let e = SystemError("listen")
             Glibc.close(fd)
-            unlink(path)
+            unlink(bindPath)
+            throw fail("\(e)")
+        }
+        if bindPath != path, rename(bindPath, path) != 0 {
+            let e = SystemError("rename \(bindPath) to \(path)")
+            Glibc.close(fd)
+            unlink(bindPath)
             throw fail("\(e)")
         }
         return fd
