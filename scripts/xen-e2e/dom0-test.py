@@ -17,6 +17,8 @@ vfb variant (headless or VNC) — it starts a PV guest with `xl create` and
               reaches the guest's evdev as KEY_A press and release;
   guest-fb-2, on that key the guest redraws lines 100-299 with a second
   update      pattern: its read-back and a new screenshot must show it;
+  png-display (runs that pass --display png:... in device_model_args) the
+              PNG display's latest.ppm shows the guest's last screen;
   destroy     `xl destroy` leaves no device-model process and no
               /local/domain/0/device-model/<domid> node.
 It records time to Connected, the device model's CPU time and peak RSS, and
@@ -248,20 +250,22 @@ def write_config(cfg_path, name, spec, job):
         f.write("\n".join(lines) + "\n")
 
 
-def take_screenshot(spec, domid, dest):
-    """Takes one screenshot through the device model into dest (PPM)."""
-    if spec["screenshot"] == "qmp":
-        qmp = QMP("/var/run/xen/qmp-libxl-%d" % domid)
-        try:
-            qmp.execute("screendump", {"filename": dest})
-        finally:
-            qmp.close()
-    else:  # "ppm-dir:DIR": the PNG display's latest file, in PPM format
-        src = os.path.join(spec["screenshot"].split(":", 1)[1], "latest.ppm")
-        with open(src, "rb") as f:
-            data = f.read()
-        with open(dest, "wb") as f:
-            f.write(data)
+def take_screenshot(domid, dest):
+    """Takes one screenshot through the device model's QMP screendump (PPM)."""
+    qmp = QMP("/var/run/xen/qmp-libxl-%d" % domid)
+    try:
+        qmp.execute("screendump", {"filename": dest})
+    finally:
+        qmp.close()
+    return read_ppm(dest)
+
+
+def copy_latest(directory, dest):
+    """Copies the PNG display's latest.ppm (replaced atomically) to dest."""
+    with open(os.path.join(directory, "latest.ppm"), "rb") as f:
+        data = f.read()
+    with open(dest, "wb") as f:
+        f.write(data)
     return read_ppm(dest)
 
 
@@ -281,8 +285,6 @@ def one_run(spec, job, images):
         mark("%s %s %s%s" % (label, key, "ok" if ok else "FAILED", (" (%s)" % note) if note else ""))
         return ok
 
-    for d in spec.get("mkdirs", []):
-        os.makedirs(d, exist_ok=True)
     cfg = os.path.join(outdir, "xl.cfg")
     write_config(cfg, name, spec, job)
     mark("%s xl create" % label)
@@ -357,7 +359,7 @@ def one_run(spec, job, images):
             banner = repr(e).encode()
         check("vnc", banner.startswith(b"RFB "), "vnc-listen=%s vnc-port=%s banner=%r" % (listen, port, banner))
 
-    def screenshot_check(key, image, filename):
+    def screenshot_check(key, image, filename, take=lambda dest: take_screenshot(domid, dest)):
         # The device model may show an update a little later than the guest's
         # write returned: take screenshots until one matches, for up to 15 s.
         shot_path = os.path.join(outdir, filename)
@@ -367,7 +369,7 @@ def one_run(spec, job, images):
             if last.get("hung"):
                 return False
             try:
-                shot = take_screenshot(spec, domid, shot_path)
+                shot = take(shot_path)
             except socket.timeout:
                 # No answer in 10 s: the device model is hung, asking again
                 # only spends the time budget.
@@ -411,6 +413,12 @@ def one_run(spec, job, images):
         if check("guest-fb-2", md5 == images["second"]["md5"],
                  "guest read back md5 %s, expected %s" % (md5, images["second"]["md5"])):
             screenshot_check("update", images["second"], "screenshot-2.ppm")
+
+    if spec.get("pngdir"):
+        # The PNG display (device_model_args) must have saved the last screen.
+        last_image = images["second"] if checks.get("guest-fb-2") else images["first"]
+        screenshot_check("png-display", last_image, "png-display-latest.ppm",
+                         take=lambda dest: copy_latest(spec["pngdir"], dest))
 
     if pid:
         result["dm_stats"] = proc_stats(pid)

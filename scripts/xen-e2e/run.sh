@@ -6,12 +6,10 @@
 # dom0-test.py; results land in out/xen-e2e/ (results.md, results.json, logs).
 #
 # Usage: scripts/xen-e2e/run.sh [--dm qemu|xenvfb|both] [--xenvfb BINARY]
-#                               [--xenvfb-shot qmp|png] [--xenvfb-input yes|no]
+#                               [--xenvfb-input yes|no]
 #   --dm            device model(s) to test (default: both)
 #   --xenvfb        use this xenvfb binary instead of building one
 #                   (swift build -c release --static-swift-stdlib)
-#   --xenvfb-shot   how to take xenvfb's screenshot: QMP screendump (default)
-#                   or its PNG display's files (--display png:dir=...,format=ppm)
 #   --xenvfb-input  also check QMP send-key with xenvfb (default: yes)
 # XENVFB_LOG=debug (say) in the environment sets xenvfb's log level in dom0.
 # Expensive parts are cached under .build-xen/ (git-ignored): the dom0 tree,
@@ -23,20 +21,17 @@ cd "$root"
 
 dm=both
 xenvfb_bin=
-xenvfb_shot=qmp
 xenvfb_input=yes
 while [ $# -gt 0 ]; do
   case "$1" in
     --dm) dm=$2; shift 2 ;;
     --xenvfb) xenvfb_bin=$2; shift 2 ;;
-    --xenvfb-shot) xenvfb_shot=$2; shift 2 ;;
     --xenvfb-input) xenvfb_input=$2; shift 2 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "xen-e2e: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
 case "$dm" in qemu|xenvfb|both) ;; *) echo "xen-e2e: --dm must be qemu, xenvfb or both" >&2; exit 2 ;; esac
-case "$xenvfb_shot" in qmp|png) ;; *) echo "xen-e2e: --xenvfb-shot must be qmp or png" >&2; exit 2 ;; esac
 
 # Time limits (seconds). A boot normally reaches dom0 userspace in ~14 s under
 # TCG here, with outliers of 30 s; a boot that has not got there in
@@ -117,9 +112,9 @@ if [ "$dm" != qemu ]; then
 fi
 # dom0's test gets what is left of VM_LIMIT after a slow boot (~150 s); it
 # skips runs it has no time left for rather than be cut off mid-run.
-DOM0_BUDGET=$((VM_LIMIT - 150)) python3 - "$build/job/job.json" "$xenvfb_shot" "$xenvfb_input" "${runs[@]}" <<'EOF'
+DOM0_BUDGET=$((VM_LIMIT - 150)) python3 - "$build/job/job.json" "$xenvfb_input" "${runs[@]}" <<'EOF'
 import json, sys
-out, shot, xinput, runs = sys.argv[1], sys.argv[2], sys.argv[3] == "yes", sys.argv[4:]
+out, xinput, runs = sys.argv[1], sys.argv[2] == "yes", sys.argv[3:]
 import glob, os
 budget = int(os.environ["DOM0_BUDGET"])
 job = {"budget_seconds": budget, "run_reserve_seconds": 90, "configs": sorted("/job/configs/" + os.path.basename(c) for c in glob.glob(os.path.join(os.path.dirname(out), "configs", "*.cfg"))),
@@ -128,15 +123,16 @@ job = {"budget_seconds": budget, "run_reserve_seconds": 90, "configs": sorted("/
 for r in runs:
     dm, variant = r.split()
     if dm == "qemu":
-        spec = {"path": "/usr/libexec/xen-qemu-system-i386", "screenshot": "qmp", "input": True}
+        spec = {"path": "/usr/libexec/xen-qemu-system-i386", "input": True}
     else:
-        spec = {"path": "/job/xenvfb", "screenshot": "qmp", "input": xinput}
+        spec = {"path": "/job/xenvfb", "input": xinput}
         if os.environ.get("XENVFB_LOG"):
             spec["env"] = {"XENVFB_LOG": os.environ["XENVFB_LOG"]}
-        if shot == "png":
+        if variant == "vnc0":
+            # The headless run also saves the screen through the PNG display
+            # (in PPM), passed as configs/xenvfb-headless-png.cfg does.
             d = "/tmp/xenvfb-%s-png" % variant
-            spec.update(screenshot="ppm-dir:" + d, mkdirs=[d],
-                        args=["--display", "png:dir=%s,format=ppm,interval=200" % d])
+            spec.update(pngdir=d, args=["--display", "png:dir=%s,format=ppm,interval=200" % d])
     spec.update(dm=dm, variant=variant)
     job["runs"].append(spec)
 json.dump(job, open(out, "w"), indent=1)
