@@ -18,9 +18,30 @@ public final class XenHost: Host {
         fmem = try ForeignMemoryHandle()
     }
 
-    public func openEventChannels() throws(HostError) -> EventChannels {
-        try XenEventChannels()
+    /// Event-channel handles opened ahead of time (`preopenEventChannels`).
+    private var pool: [XenEventChannels] = []
+    private var poolOnly = false
+
+    /// Opens `count` event-channel handles now, for devices that connect
+    /// later, and from then on hands out only those (each comes back when
+    /// its device closes it). A device model that drops privileges
+    /// (`-runas`) can no longer open /dev/xen/evtchn, and
+    /// `xentoolcore_restrict_all` restricts only the handles open when it is
+    /// called: so open them before either.
+    public func preopenEventChannels(_ count: Int) throws(HostError) {
+        for _ in 0..<count { pool.append(try XenEventChannels()) }
+        poolOnly = true
     }
+
+    public func openEventChannels() throws(HostError) -> EventChannels {
+        if let handle = pool.popLast() { return PooledEventChannels(handle, host: self) }
+        if poolOnly {
+            throw .eventChannel("every pre-opened event-channel handle is in use (\(XenHost.self) opens no more after start-up)")
+        }
+        return try XenEventChannels()
+    }
+
+    fileprivate func giveBack(_ handle: XenEventChannels) { pool.append(handle) }
 
     public func mapForeign(domid: UInt32, frames: [UInt64], writable: Bool) throws(HostError) -> GuestMapping {
         try fmem.map(domid: domid, frames: frames, writable: writable)
@@ -137,5 +158,59 @@ final class XenEventChannels: EventChannels {
     func close() {
         if let h = handle { xenevtchn_close(h) }
         handle = nil
+    }
+}
+
+/// A pre-opened handle lent to one user: closing it unbinds its ports and
+/// gives the handle back to the host instead of closing it.
+private final class PooledEventChannels: EventChannels {
+    private var handle: XenEventChannels?
+    private weak var host: XenHost?
+    private var bound: Set<UInt32> = []
+
+    init(_ handle: XenEventChannels, host: XenHost) {
+        self.handle = handle
+        self.host = host
+    }
+
+    deinit { close() }
+
+    private func h() throws(HostError) -> XenEventChannels {
+        guard let handle else { throw .eventChannel("handle closed") }
+        return handle
+    }
+
+    var fd: Int32 { handle?.fd ?? -1 }
+
+    func bindInterdomain(remoteDomain: UInt32, remotePort: UInt32) throws(HostError) -> UInt32 {
+        let port = try h().bindInterdomain(remoteDomain: remoteDomain, remotePort: remotePort)
+        bound.insert(port)
+        return port
+    }
+
+    func bindUnbound(remoteDomain: UInt32) throws(HostError) -> UInt32 {
+        let port = try h().bindUnbound(remoteDomain: remoteDomain)
+        bound.insert(port)
+        return port
+    }
+
+    func notify(port: UInt32) throws(HostError) { try h().notify(port: port) }
+    func pending() throws(HostError) -> UInt32? { try h().pending() }
+    func unmask(port: UInt32) throws(HostError) { try h().unmask(port: port) }
+
+    func unbind(port: UInt32) throws(HostError) {
+        try h().unbind(port: port)
+        bound.remove(port)
+    }
+
+    func close() {
+        guard let handle else { return }
+        self.handle = nil
+        for port in bound { try? handle.unbind(port: port) }
+        bound.removeAll()
+        // Notifications still queued for the old ports are drained, so the
+        // next user does not see them.
+        while (try? handle.pending()) != nil {}
+        if let host { host.giveBack(handle) } else { handle.close() }
     }
 }

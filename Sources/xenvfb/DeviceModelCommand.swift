@@ -255,7 +255,11 @@ extension DeviceModel {
             log.info("acting on the simulated machine in \(dir) (SimHost)")
         } else {
             do throws(HostError) {
-                host = try XenHost(domid: 0)
+                let xen = try XenHost(domid: 0)
+                // Two devices, each reconnecting with a fresh handle: opened
+                // now, before -xen-domid-restrict and -runas.
+                try xen.preopenEventChannels(4)
+                host = xen
             } catch {
                 throw DeviceModelError("cannot open Xen: \(error)")
             }
