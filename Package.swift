@@ -22,8 +22,9 @@ let package = Package(
         .target(name: "CShims"),
         // The write-fault engine's C half: SIGSEGV handler, userfaultfd, PAGEMAP_SCAN.
         .target(name: "CWriteFault"),
-        // The displays' C half: libvncserver log hooks (variadic) and ioctl.
-        .target(name: "CDisplayShims", dependencies: ["CVNCServer"]),
+        // The displays' C half: libvncserver log hooks (variadic), ioctl, and
+        // libSDL2 loaded with dlopen only when an SDL window is asked for.
+        .target(name: "CDisplayShims", dependencies: ["CVNCServer", "CSDL2"]),
 
         .target(name: "Support", dependencies: ["CShims", .product(name: "Logging", package: "swift-log")]),
         .target(name: "EventLoop", dependencies: ["Support", "CShims"]),

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CDisplayShims
 import CSDL2
 import Damage
 import EventLoop
@@ -85,6 +86,11 @@ public final class SDLDisplay: Display {
         self.hub = hub
         self.frame = hub.frame
         self.log = Log.logger("display.sdl")
+        // libSDL2 is loaded on first use, not linked (CDisplayShims/sdl.c).
+        var reason = [CChar](repeating: 0, count: 256)
+        guard xenvfb_sdl_load(&reason, reason.count) == 0 else {
+            throw DisplayError("sdl: cannot load SDL: \(reason.withUnsafeBufferPointer { String(cString: $0.baseAddress!) })")
+        }
         // Our loop handles signals (signalfd); SDL must not install handlers.
         SDL_SetHint(SDL_HINT_NO_SIGNAL_HANDLERS, "1")
         SDL_SetHint(SDL_HINT_QUIT_ON_LAST_WINDOW_CLOSE, "0")

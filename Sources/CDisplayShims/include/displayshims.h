@@ -1,6 +1,7 @@
 #pragma once
 // C helpers for the displays: what Swift cannot do with libvncserver
 // (its log hooks are variadic function pointers) and ioctl (variadic).
+#include <stddef.h>
 #include <rfb/rfb.h>
 
 /// Routes libvncserver's rfbLog/rfbErr lines to `sink` (one call per line,
@@ -18,3 +19,8 @@ int xenvfb_socket_unsent_bytes(int fd);
 /// Whether libvncserver owes `cl` an update: it asked for one and something
 /// changed (FB_UPDATE_PENDING and a non-empty requested region).
 int xenvfb_vnc_update_owed(rfbClientPtr cl);
+
+/// Loads libSDL2 (dlopen) for the SDL_* functions the displays call; until
+/// then calling one crashes. Returns 0, or -1 with the reason in `error`.
+/// Idempotent; call it from one thread (the loop's) before any SDL_* call.
+int xenvfb_sdl_load(char *error, size_t size);
