@@ -214,25 +214,25 @@ final class DeviceModel {
 // MARK: - The parts
 
 extension DeviceModel {
-    /// Where the parts other modules provide are attached, once the control
-    /// plane is up and before privileges are dropped. Each part takes what it
-    /// needs from `options`, runs on `loop`, may add QMP commands to `qmp`,
-    /// and registers its teardown with `shutdown.add` (hooks run in reverse
-    /// order, so register the xenstore connection before the backends that
-    /// use it).
+    /// Attaches the parts, once the control plane is up and before
+    /// privileges are dropped; each registers its teardown with
+    /// `shutdown.add` (hooks run in reverse order: backends, then displays,
+    /// then QMP).
     ///
-    /// The parts, in order:
-    /// - displays: VNC from `options.vnc` (it sets `qmp.vncProvider`), SDL
-    ///   and PNG from `options.displays`, `options.keymap`;
-    /// - when `options.useXenstore`: the xenstore client for
-    ///   `options.domid`, the vfb and vkbd backends (Closing → Closed in
-    ///   their shutdown hook), `options.dirtyTracking`, then the state key
-    ///   `/local/domain/0/device-model/<domid>/state` = `running` that tells
-    ///   libxl the device model is ready; `options.restrictToDomain` applies
-    ///   `xentoolcore_restrict_all` to the Xen handles once they are open.
+    /// - The session (`Session`): the displays from `options` (VNC sets
+    ///   `qmp.vncProvider`), the input queue, and the QMP display and input
+    ///   commands.
+    /// - Unless `--no-xenstore`: the host (XenHost, or SimHost with the
+    ///   hidden `--sim-host DIR`) with its event-channel handles opened now,
+    ///   the xenstore client (`XENSTORED_PATH` or libxenstore's default),
+    ///   `xentoolcore_restrict_all` for `-xen-domid-restrict`, then the vfb
+    ///   and vkbd backends, which register under
+    ///   `/local/domain/0/device-model/<domid>/backends` and then write
+    ///   `state` = `running` for libxl. Their shutdown hook takes the devices
+    ///   to Closing and Closed and removes those device-model nodes again.
     ///
-    /// With no part attached, the device model serves QMP and exits on a
-    /// signal, which is what `--no-xenstore` is for.
+    /// With `--no-xenstore` the device model serves QMP and its displays and
+    /// exits on a signal (for tests of the control plane).
     func attachParts() throws(DeviceModelError) {
         let session = Session(options: options, loop: loop, log: log)
         self.session = session
