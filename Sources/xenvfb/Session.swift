@@ -37,9 +37,19 @@ final class Session {
         self.options = options
         self.loop = loop
         self.log = log
-        input = InputQueue(loop: loop, pace: options.inputPaceMilliseconds.map { .milliseconds(Int64($0)) })
+        let pace = options.inputPaceMilliseconds ?? options.vnc.flatMap(Self.keyDelay(inVNCSpec:))
+        input = InputQueue(loop: loop, pace: pace.map { .milliseconds(Int64($0)) })
         hub.input = input
         hub.add(frameWatch)
+    }
+
+    /// QEMU's `-vnc ...,key-delay-ms=N`, which paces input like
+    /// `--input-pace N` when that is not given.
+    static func keyDelay(inVNCSpec spec: String) -> UInt32? {
+        for item in spec.split(separator: ",") where item.hasPrefix("key-delay-ms=") {
+            return UInt32(item.dropFirst("key-delay-ms=".count)).map { min($0, 10_000) }
+        }
+        return nil
     }
 
     /// What the backends are configured with, from the options.

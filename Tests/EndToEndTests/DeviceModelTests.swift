@@ -10,7 +10,7 @@ import Testing
 /// and a guest process (`xenvfb __sim-guest`) and drives them with clients
 /// this project did not write (xenstore-* tools, qemu.qmp, vncdo, Pillow).
 @Suite struct DeviceModelTests {
-    @Test(arguments: ["lifecycle", "qmp", "vnc", "vnc_password", "screenshot", "burst", "paced"])
+    @Test(arguments: ["lifecycle", "qmp", "vnc", "vnc_password", "screenshot", "burst", "paced", "paced_vnc_option"])
     func deviceModelScenarioHoldsOverSimHost(_ scenario: String) throws {
         let python = repoRoot + "/.build-tools/venv/bin/python3"
         try #require(access(python, X_OK) == 0, "\(python) missing: run scripts/test-tools.sh")

@@ -435,10 +435,10 @@ async def burst(m):
     check(first_bad is None, f"event {first_bad}: got {got[first_bad] if first_bad is not None else ''}, want {expected[first_bad] if first_bad is not None else ''}")
 
 
-async def paced(m):
+async def paced(m, *dm_args):
     """With --input-pace, a burst through QMP arrives complete, in order, and
     no faster than the pace."""
-    m.start_dm("--input-pace", "3")
+    m.start_dm(*(dm_args or ("--input-pace", "3")))
     m.start_guest_when_ready()
     m.wait_connected()
     q = await qmp_connect(m)
@@ -459,7 +459,12 @@ async def paced(m):
         await q.disconnect()
 
 
-SCENARIOS = {f.__name__: f for f in (lifecycle, qmp, vnc, vnc_password, screenshot, burst, paced)}
+async def paced_vnc_option(m):
+    """QEMU's -vnc ...,key-delay-ms=N paces like --input-pace N."""
+    await paced(m, "-vnc", "127.0.0.1:20,to=99,key-delay-ms=3")
+
+
+SCENARIOS = {f.__name__: f for f in (lifecycle, qmp, vnc, vnc_password, screenshot, burst, paced, paced_vnc_option)}
 
 
 def main():
