@@ -15,7 +15,7 @@ let package = Package(
     targets: [
         // C libraries, one module map each; all Xen headers in one module (see Sources/CXen/shim.h).
         .systemLibrary(name: "CXen", pkgConfig: "xencontrol", providers: [.apt(["libxen-dev"])]),
-        .systemLibrary(name: "CVNCServer", pkgConfig: "libvncserver", providers: [.apt(["libvncserver-dev"])]),
+        .systemLibrary(name: "CVNCServer", providers: [.apt(["libvncserver-dev"])]),
         .systemLibrary(name: "CSDL2", providers: [.apt(["libsdl2-dev"])]),
         .systemLibrary(name: "CPNG", pkgConfig: "libpng", providers: [.apt(["libpng-dev"])]),
         // Small C helpers for what Swift cannot do (macros, varargs, setjmp).
@@ -23,7 +23,7 @@ let package = Package(
         // The write-fault engine's C half: SIGSEGV handler, userfaultfd, PAGEMAP_SCAN.
         .target(name: "CWriteFault"),
         // The displays' C half: libvncserver log hooks (variadic), ioctl, and
-        // libSDL2 loaded with dlopen only when an SDL window is asked for.
+        // libSDL2 and libvncserver loaded with dlopen only when asked for (sdl.c, vnc.c).
         .target(name: "CDisplayShims", dependencies: ["CVNCServer", "CSDL2"]),
 
         .target(name: "Support", dependencies: ["CShims", .product(name: "Logging", package: "swift-log")]),

@@ -1,4 +1,5 @@
 #include "displayshims.h"
+#include "vnc.h"
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -32,12 +33,12 @@ static void log_error(const char *format, ...) {
 
 void xenvfb_vnc_set_log_sink(void (*sink)(int, const char *)) {
     log_sink = sink;
-    rfbLog = log_info;
-    rfbErr = log_error;
+    *xenvfb_vnc_log = log_info;
+    *xenvfb_vnc_err = log_error;
 }
 
 void xenvfb_vnc_set_max_client_wait(int milliseconds) {
-    rfbMaxClientWait = milliseconds;
+    *xenvfb_vnc_max_client_wait = milliseconds;
 }
 
 int xenvfb_socket_unsent_bytes(int fd) {

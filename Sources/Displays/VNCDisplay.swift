@@ -97,8 +97,8 @@ public final class VNCDisplay: Display {
         self.keymap = keymap
         self.frame = hub.frame
         self.log = Log.logger("display.vnc")
-        Self.installLibraryHooks()
         guard options.address != .none else { return }
+        try Self.installLibraryHooks()
         try listen()
         log[metadataKey: "listen"] = "\(listenInfo.family == "ipv6" ? "[\(listenInfo.host)]" : listenInfo.host):\(listenInfo.service)"
         try makeScreen(desktopName: desktopName)
@@ -640,7 +640,15 @@ public final class VNCDisplay: Display {
         return true
     }()
 
-    private static func installLibraryHooks() { _ = libraryHooks }
+    /// Loads libvncserver on first use (it is not linked: CDisplayShims/vnc.c),
+    /// then sets it up.
+    private static func installLibraryHooks() throws(DisplayError) {
+        var reason = [CChar](repeating: 0, count: 256)
+        guard xenvfb_vnc_load(&reason, reason.count) == 0 else {
+            throw DisplayError("vnc: cannot load libvncserver: \(reason.withUnsafeBufferPointer { String(cString: $0.baseAddress!) })")
+        }
+        _ = libraryHooks
+    }
 }
 
 /// QEMU's Extended Key Event (pseudo-encoding -258, client message 255/0):

@@ -4,8 +4,13 @@
 #include <stddef.h>
 #include <rfb/rfb.h>
 
+/// Loads libvncserver (dlopen) for the rfb* functions the displays call and
+/// the set-up below; until then calling one crashes. Returns 0, or -1 with
+/// the reason in `error`. Idempotent; call it from the loop's thread.
+int xenvfb_vnc_load(char *error, size_t size);
+
 /// Routes libvncserver's rfbLog/rfbErr lines to `sink` (one call per line,
-/// without the trailing newline). `is_error` is 1 for rfbErr.
+/// without the trailing newline). `is_error` is 1 for rfbErr. After xenvfb_vnc_load.
 void xenvfb_vnc_set_log_sink(void (*sink)(int is_error, const char *line));
 
 /// Sets how long libvncserver waits for a stalled client in a blocking read or

@@ -1,0 +1,71 @@
+// libvncserver, loaded only when a VNC server is asked for.
+//
+// Linked, libvncserver and what it needs (GnuTLS, p11-kit, nettle, gcrypt,
+// libjpeg, lzo...) cost a device model ~2.5 MB of RSS even with -vnc none.
+// As for SDL (sdl.c), this file defines the libvncserver functions the
+// displays call as forwarders to pointers xenvfb_vnc_load fills from
+// dlopen("libvncserver.so.1"); CVNCServer's module map no longer links it.
+#include <dlfcn.h>
+#include <stdio.h>
+#include "displayshims.h"
+#include "vnc.h"
+
+// Every libvncserver function xenvfb calls: X(return type, name, (parameters), (arguments)).
+#define XENVFB_VNC_FUNCTIONS(X) \
+    X(int, rfbCheckFds, (rfbScreenInfoPtr s, long usec), (s, usec)) \
+    X(void, rfbClientConnectionGone, (rfbClientPtr cl), (cl)) \
+    X(void, rfbCloseClient, (rfbClientPtr cl), (cl)) \
+    X(void, rfbEncryptBytes, (unsigned char *bytes, char *passwd), (bytes, passwd)) \
+    X(rfbScreenInfoPtr, rfbGetScreen, (int *argc, char **argv, int w, int h, int bps, int spp, int bpp), \
+      (argc, argv, w, h, bps, spp, bpp)) \
+    X(void, rfbInitServerWithPthreadsAndZRLE, (rfbScreenInfoPtr s), (s)) \
+    X(void, rfbMarkRectAsModified, (rfbScreenInfoPtr s, int x1, int y1, int x2, int y2), (s, x1, y1, x2, y2)) \
+    X(rfbClientPtr, rfbNewClient, (rfbScreenInfoPtr s, rfbSocket sock), (s, sock)) \
+    X(void, rfbNewFramebuffer, (rfbScreenInfoPtr s, char *fb, int w, int h, int bps, int spp, int bpp), \
+      (s, fb, w, h, bps, spp, bpp)) \
+    X(rfbBool, rfbProcessEvents, (rfbScreenInfoPtr s, long usec), (s, usec)) \
+    X(int, rfbReadExact, (rfbClientPtr cl, char *buf, int len), (cl, buf, len)) \
+    X(void, rfbRegisterProtocolExtension, (rfbProtocolExtension *e), (e)) \
+    X(void, rfbScreenCleanup, (rfbScreenInfoPtr s), (s)) \
+    X(rfbBool, rfbSetTranslateFunction, (rfbClientPtr cl), (cl)) \
+    X(rfbBool, rfbUpdateClient, (rfbClientPtr cl), (cl)) \
+    X(int, rfbWriteExact, (rfbClientPtr cl, const char *buf, int len), (cl, buf, len)) \
+    X(rfbBool, sraRgnEmpty, (const sraRegion *r), (r))
+
+#define POINTER(type, name, params, args) static type (*loaded_##name) params;
+XENVFB_VNC_FUNCTIONS(POINTER)
+
+// Forwarders: only called after xenvfb_vnc_load succeeded (VNCDisplay loads first).
+#define FORWARDER(type, name, params, args) type name params { return loaded_##name args; }
+XENVFB_VNC_FUNCTIONS(FORWARDER)
+
+// libvncserver's globals that displayshims.c sets.
+rfbLogProc *xenvfb_vnc_log, *xenvfb_vnc_err;
+int *xenvfb_vnc_max_client_wait;
+
+int xenvfb_vnc_load(char *error, size_t size) {
+    static void *library;
+    if (library) return 0;
+    void *handle = dlopen("libvncserver.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (!handle) {
+        snprintf(error, size, "%s", dlerror());
+        return -1;
+    }
+#define RESOLVE(type, name, params, args) \
+    if (!(loaded_##name = (type (*) params)dlsym(handle, #name))) { \
+        snprintf(error, size, "libvncserver.so.1 has no %s", #name); \
+        dlclose(handle); \
+        return -1; \
+    }
+    XENVFB_VNC_FUNCTIONS(RESOLVE)
+    xenvfb_vnc_log = dlsym(handle, "rfbLog");
+    xenvfb_vnc_err = dlsym(handle, "rfbErr");
+    xenvfb_vnc_max_client_wait = dlsym(handle, "rfbMaxClientWait");
+    if (!xenvfb_vnc_log || !xenvfb_vnc_err || !xenvfb_vnc_max_client_wait) {
+        snprintf(error, size, "libvncserver.so.1 lacks rfbLog, rfbErr or rfbMaxClientWait");
+        dlclose(handle);
+        return -1;
+    }
+    library = handle;
+    return 0;
+}
