@@ -75,7 +75,12 @@ struct VNCFixture {
         f.update(Rect(x: 10, y: 10, width: 40, height: 40), seed: 99)
         let dir = try makeTempDir("vnc")
         defer { removeTree(dir) }
-        let r = try f.runClient(["gvnccapture", "127.0.0.1:\(f.port - 5900)", dir + "/g.png"])
+        var r = try f.runClient(["gvnccapture", "127.0.0.1:\(f.port - 5900)", dir + "/g.png"])
+        if r.status != 0 && r.output.contains("Unable to connect") {
+            // gtk-vnc gives up on a connection that a loaded machine is slow
+            // to set up (seen once in 20+ runs under load 15); one more try.
+            r = try f.runClient(["gvnccapture", "127.0.0.1:\(f.port - 5900)", dir + "/g.png"])
+        }
         #expect(r.status == 0, "\(r.output)")
         let g = try decodeWithPillow(dir + "/g.png")
         #expect(g.width == 256 && g.height == 200)

@@ -210,13 +210,16 @@ import Testing
             if m.type == XSMessageType.transactionStart.rawValue { parts = ["<txid>"] }
             return "\(type) \(parts.joined(separator: "|").debugDescription)"
         }
-        func sync(_ i: Int) {
+        // A server that stops answering ends the transcript at once: each
+        // further step would wait out its timeouts (minutes in all).
+        func sync(_ i: Int) -> Bool {
             let id = conns[i].send(.read, Array("/tool/xenstored\0".utf8), tx: 0, rawType: nil)
             while let m = conns[i].receive(seconds: 5) {
-                if m.reqID == id && m.type != XSMessageType.watchEvent.rawValue { return }
+                if m.reqID == id && m.type != XSMessageType.watchEvent.rawValue { return true }
                 lines.append("  \(i == 0 ? "A" : "B") event \(show(m))")
             }
-            lines.append("  \(i == 0 ? "A" : "B") no reply to sync")
+            lines.append("  \(i == 0 ? "A" : "B") no reply to sync: stopped")
+            return false
         }
         for step in script {
             let tx: UInt32
@@ -242,8 +245,7 @@ import Testing
                 }
             }
             lines.append("\(step.label) -> \(reply)")
-            sync(0)
-            sync(1)
+            guard sync(0), sync(1) else { break }
         }
         return lines
     }
