@@ -333,7 +333,7 @@ def one_run(spec, job, images):
     with open(os.path.join(outdir, "dm-argv.txt"), "w") as f:
         f.write("\n".join(argv) + "\n")
     check("dm-spawned", argv[:1] == [spec["path"]],
-          "pid %s: %s" % (pid, " ".join(argv) if argv else "no such process"))
+          "pid %s runs %s (its argv is in dm-argv.txt)" % (pid, argv[0] if argv else "nothing: no such process"))
 
     drawn = wait_for("drawn", 60, 0.5, lambda: guest_marker(name, "drawn"))
     guest_md5 = None
