@@ -392,8 +392,20 @@ def one_run(spec, job, images):
 
     screenshot_check("screenshot", images["first"], "screenshot.ppm")
 
+    if pid:
+        # CPU the device model uses while the guest shows a still screen.
+        before = proc_stats(pid).get("cpu_seconds")
+        time.sleep(5)
+        after = proc_stats(pid).get("cpu_seconds")
+        if before is not None and after is not None:
+            result["idle_cpu_percent"] = round((after - before) / 5 * 100, 1)
+
     if spec.get("input"):
         note = ""
+        # evdev drops events while no reader has the device open: wait for the
+        # guest to say its readers are listening.
+        if not wait_for("ready", 30, 0.5, lambda: guest_marker(name, "ready") is not None):
+            note = "the guest never reported ready; "
         try:
             qmp = QMP("/var/run/xen/qmp-libxl-%d" % domid)
             try:
@@ -402,7 +414,7 @@ def one_run(spec, job, images):
                 qmp.close()
         except Exception as e:
             note = "send-key failed: %s; " % e
-        got = not note and wait_for(
+        got = "failed" not in note and wait_for(
             "key", 15, 0.5, lambda: (30, 1) in guest_key_events(name) and (30, 0) in guest_key_events(name))
         check("input", got, note + "guest saw EV_KEY events %s" % guest_key_events(name))
     if spec.get("input") and checks.get("input"):

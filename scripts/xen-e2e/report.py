@@ -34,6 +34,7 @@ def main():
     rows.append(["xl create (s)", *[num(r.get("create_seconds"), "%.1f") for r in results]])
     rows.append(["time to Connected (s)", *[num(r.get("connected_seconds"), "%.1f") for r in results]])
     rows.append(["DM CPU time (s)", *[num(r.get("dm_stats", {}).get("cpu_seconds"), "%.2f") for r in results]])
+    rows.append(["DM CPU, guest idle 5 s (%)", *[num(r.get("idle_cpu_percent"), "%.1f") for r in results]])
     rows.append(["DM peak RSS VmHWM (MiB)", *[num(r.get("dm_stats", {}).get("VmHWM", 0) / 1024 if r.get("dm_stats", {}).get("VmHWM") else None, "%.1f") for r in results]])
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in [header, *rows]]
@@ -50,7 +51,8 @@ def main():
     text = "# xenvfb end-to-end on real Xen 4.17 (dom0 under QEMU/TCG)\n\n" + "\n".join(lines) + \
         "\n\nTime to Connected counts from the start of `xl create` until vfb and vkbd are\n" \
         "in state 4 on both ends; CPU time and VmHWM are the device model's, read from\n" \
-        "/proc just before `xl destroy`. All runs share one VM, so they compare fairly\n" \
+        "/proc just before `xl destroy`; idle CPU is its use over 5 s while the guest's\n" \
+        "screen stands still. All runs share one VM, so they compare fairly\n" \
         "with each other; absolute numbers depend on the host's load under TCG.\n\n" + load + \
         "## Details\n\n" + "\n".join(notes) + "\n"
     if configs:

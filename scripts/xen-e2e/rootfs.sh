@@ -29,7 +29,9 @@ work="$tree.tmp"
 rm -rf --one-file-system "$work"
 t0=$(date +%s)
 echo "rootfs: debootstrap bookworm into $work ($(date +%T))" >&2
-debootstrap --variant=minbase bookworm "$work" "$mirror" >"$cache/debootstrap.log" 2>&1 || {
+# Bounded, so a stalled download fails (and run.sh retries once) instead of
+# hanging CI; each normally takes well under 2 minutes.
+timeout 900 debootstrap --variant=minbase bookworm "$work" "$mirror" >"$cache/debootstrap.log" 2>&1 || {
   tail -n 30 "$cache/debootstrap.log" >&2; exit 1; }
 # No daemon may start inside the chroot while packages are configured.
 printf '#!/bin/sh\nexit 101\n' > "$work/usr/sbin/policy-rc.d"
@@ -38,8 +40,8 @@ mount -t proc proc "$work/proc"
 trap 'umount "$work/proc" 2>/dev/null || true' EXIT
 echo "rootfs: apt-get install $(echo "$pkgs" | wc -w) packages ($(date +%T))" >&2
 {
-  chroot "$work" apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive chroot "$work" apt-get install -y -qq --no-install-recommends $pkgs
+  timeout 300 chroot "$work" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive timeout 900 chroot "$work" apt-get install -y -qq --no-install-recommends $pkgs
   chroot "$work" apt-get clean
 } >"$cache/apt.log" 2>&1 || { tail -n 30 "$cache/apt.log" >&2; exit 1; }
 umount "$work/proc"
