@@ -1,4 +1,5 @@
 import Logging
+import Damage  // DirtyTrackingMode (`--dirty-tracking`) is the engine's own enum
 
 /// What the command line asks of a device model: the QEMU-style arguments
 /// libxl passes (`-xen-domid 1 -chardev socket,... -mon ... -vnc ...`) and
@@ -83,18 +84,6 @@ public enum DisplaySpec: Equatable, Sendable {
     /// PNG capture: the `--display png:...` argument as given, for the PNG
     /// display to parse (`PNGDisplay.Options(spec:)`).
     case png(spec: String)
-}
-
-/// How framebuffer writes are detected (`--dirty-tracking`).
-public enum DirtyTrackingMode: String, Equatable, Sendable, CaseIterable {
-    /// The best the host offers.
-    case auto
-    /// userfaultfd write-protect faults.
-    case uffd
-    /// mprotect and SIGSEGV.
-    case mprotect
-    /// Comparing tiles with a shadow copy.
-    case compare
 }
 
 /// One QMP socket to serve.

@@ -28,6 +28,8 @@ public final class DemoGuest {
     /// Find what was drawn with the write-fault engine (as Linux's deferred
     /// I/O does) rather than sending an update per drawing call.
     public var trackWrites = true
+    /// Which fault mechanism tracks them (`--dirty-tracking`).
+    public var trackingMode: DirtyTrackingMode = .auto
 
     public init(domain: GuestDomain) {
         fb = FramebufferFrontend(domain: domain)
@@ -50,8 +52,8 @@ public final class DemoGuest {
         try kbd.start()
         if trackWrites {
             do {
-                try fb.startWriteTracking(delay: tick)
-                Log.logger("demo-guest").info("framebuffer writes tracked by \(fb.writeTracking?.rawValue ?? "nothing") faults, sent as update events")
+                try fb.startWriteTracking(mode: trackingMode, delay: tick)
+                Log.logger("demo-guest").info("framebuffer writes found by \(fb.writeTracking?.rawValue ?? "no") tracking, sent as update events")
             } catch {
                 Log.logger("demo-guest").warning("write tracking unavailable (\(error)); sending explicit updates")
             }

@@ -92,6 +92,7 @@ enum DemoCommand {
         try session.startBackends(host: SimHost(directory: dir, domid: 0), xenstore: dom0Store, domid: guestDomid)
         let guest = try GuestDomain(host: SimHost(directory: dir, domid: guestDomid), store: guestStore, loop: loop)
         let demo = DemoGuest(domain: guest)
+        demo.trackingMode = options.dirtyTracking
         try demo.start()
 
         try loop.handleSignals([SIGINT, SIGTERM, SIGHUP]) { signal in
