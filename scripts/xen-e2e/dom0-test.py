@@ -17,6 +17,10 @@ vfb variant (headless or VNC) — it starts a PV guest with `xl create` and
               reaches the guest's evdev as KEY_A press and release;
   guest-fb-2, on that key the guest redraws lines 100-299 with a second
   update      pattern: its read-back and a new screenshot must show it;
+  vnc-capture (VNC variant) a capture by vncdotool, a VNC client run here,
+              equals what the guest last drew;
+  vnc-input   (VNC variant) vncdotool's `key a` and `click 1` reach the
+              guest's evdev as KEY_A and BTN_LEFT press and release;
   png-display (runs that pass --display png:... in device_model_args) the
               PNG display's latest.ppm shows the guest's last screen;
   destroy     `xl destroy` leaves no device-model process and no
@@ -432,6 +436,12 @@ def one_run(spec, job, images):
         screenshot_check("png-display", last_image, "png-display-latest.ppm",
                          take=lambda dest: copy_latest(spec["pngdir"], dest))
 
+    if variant == "vnc1":
+        # A VNC client the project did not write (vncdotool, from /job/pylib)
+        # must see what the guest drew and deliver key and mouse to its evdev.
+        last_image = images["second"] if checks.get("guest-fb-2") else images["first"]
+        vnc_checks(check, result, job, domid, name, outdir, last_image)
+
     if pid:
         result["dm_stats"] = proc_stats(pid)
         save_threads(pid, os.path.join(outdir, "dm-threads.txt"))
@@ -452,6 +462,87 @@ def one_run(spec, job, images):
             pass
     collect_logs(name, outdir)
     return result
+
+
+def vncdo(job, port, args, timeout=90):
+    """Runs vncdotool (installed on the host into /job/pylib) against the
+    device model's VNC server; returns (exit status, output). Under TCG its
+    start-up (Twisted, Pillow) alone takes seconds, hence the generous limits."""
+    pylib = job.get("pylib")
+    if not pylib or not os.path.isdir(pylib):
+        return 127, "vncdotool missing: no %s on the job disk" % pylib
+    return run(["python3", "-m", "vncdotool.command", "-s", "127.0.0.1::%d" % port,
+                "--timeout", str(timeout - 15)] + args,
+               timeout=timeout, env={"PYTHONPATH": pylib})
+
+
+def vnc_checks(check, result, job, domid, name, outdir, expected):
+    """vnc-capture: a vncdotool capture equals what the guest last drew;
+    vnc-input: a key ("a") and a left click typed through VNC reach the
+    guest's evdev as KEY_A and BTN_LEFT press and release."""
+    port_text = xs_read("/local/domain/%d/console/vnc-port" % domid)
+    if not port_text or not port_text.isdigit():
+        check("vnc-capture", False, "no console/vnc-port (%r)" % port_text)
+        check("vnc-input", False, "no console/vnc-port (%r)" % port_text)
+        return
+    port = int(port_text)
+    # vncdotool saves PNG; Pillow (from the same folder) turns it into the
+    # PPM read_ppm reads.
+    png = os.path.join(outdir, "vnc-capture.png")
+    shot = os.path.join(outdir, "vnc-capture.ppm")
+    to_ppm = "import sys; from PIL import Image; Image.open(sys.argv[1]).convert('RGB').save(sys.argv[2], format='PPM')"
+    note = "no capture taken"
+    t0 = time.monotonic()
+    # An update may reach the VNC server a little after the guest wrote it:
+    # capture again (up to 3 tries, within 60 s) until it matches.
+    for attempt in range(3):
+        for old in (png, shot):
+            try:
+                os.unlink(old)
+            except OSError:
+                pass
+        rc, out = vncdo(job, port, ["capture", png])
+        if rc == 0:
+            rc, out = run(["python3", "-c", to_ppm, png, shot], timeout=60,
+                          env={"PYTHONPATH": job.get("pylib") or ""})
+            if rc != 0:
+                note = "converting vncdotool's PNG to PPM failed: %s" % out.strip()[-300:]
+        else:
+            note = "vncdotool capture exit %d: %s" % (rc, out.strip()[-300:])
+        if rc == 0:
+            try:
+                got = read_ppm(shot)
+                diff, first = compare_rgb(got, expected["rgb"], job["width"], job["height"])
+                note = "%dx%d, %d pixels differ from what the guest drew%s" % (
+                    got[0], got[1], diff, (", first at %s" % (first,)) if first else "")
+                if diff == 0:
+                    break
+            except Exception as e:
+                note = "reading vncdotool's capture failed: %s" % e
+        if time.monotonic() - t0 > 60:
+            break
+        time.sleep(1)
+    result["vnc-capture_seconds"] = round(time.monotonic() - t0, 2)
+    check("vnc-capture", note.startswith("%dx%d, 0 pixels" % (job["width"], job["height"])),
+          "%s (attempt %d)" % (note, attempt + 1))
+
+    note = ""
+    if not wait_for("ready", 30, 0.5, lambda: guest_marker(name, "ready") is not None):
+        note = "the guest never reported ready; "
+    before = len(guest_key_events(name))
+    x, y = job["width"] // 2, job["height"] // 2
+    rc, out = vncdo(job, port, ["key", "a", "move", str(x), str(y), "click", "1"])
+    if rc != 0:
+        note += "vncdotool exit %d: %s; " % (rc, out.strip()[-300:])
+    want = [(30, 1), (30, 0), (272, 1), (272, 0)]
+
+    def arrived():
+        new = guest_key_events(name)[before:]
+        return all(w in new for w in want)
+
+    got = rc == 0 and wait_for("vnc input", 20, 0.5, arrived)
+    check("vnc-input", got, note + "guest saw new EV_KEY events %s, expected %s" % (
+        guest_key_events(name)[before:], want))
 
 
 def save_threads(pid, path):

@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-CHECKS = ["create", "dm-spawned", "connected", "guest-fb", "vnc", "screenshot", "input", "guest-fb-2", "update", "png-display", "destroy", "harness"]
+CHECKS = ["create", "dm-spawned", "connected", "guest-fb", "vnc", "screenshot", "input", "guest-fb-2", "update", "png-display", "vnc-capture", "vnc-input", "destroy", "harness"]
 
 
 def main():

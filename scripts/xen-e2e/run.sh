@@ -78,6 +78,31 @@ if [ -n "$xenvfb_bin" ]; then
   fi
 fi
 
+# vncdotool, the VNC client dom0's test runs against each VNC server, with
+# what it imports (Twisted, Pillow...): wheels for dom0's Python 3.11 (Debian
+# 12), installed on the host with pip into a folder cached under .build-xen/
+# and copied onto the job disk. Without it the vnc-* checks fail.
+pylib_spec="vncdotool==1.4.2"
+pylib=$build/pylib-$(echo "$pylib_spec cp311 manylinux2014_x86_64" | sha256sum | cut -c1-12)
+if [ ! -f "$pylib/.complete" ]; then
+  step "vncdotool for dom0's python3.11 ($pylib_spec, pip)"
+  for old in "$build"/pylib-*; do [ -e "$old" ] && rm -rf "$old"; done
+  pip_target() {
+    rm -rf "$pylib.tmp"
+    PIP_ROOT_USER_ACTION=ignore python3 -m pip install -q --disable-pip-version-check --target "$pylib.tmp" \
+      --only-binary=:all: --python-version 3.11 --implementation cp --abi cp311 \
+      --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 "$pylib_spec"
+  }
+  # A network hiccup should not fail CI: one retry.
+  pip_target || { sleep 5; pip_target; } || echo "xen-e2e: could not install $pylib_spec: the vnc-capture and vnc-input checks will fail" >&2
+  if [ -d "$pylib.tmp/vncdotool" ]; then
+    # Byte-compile here so dom0 (under TCG) does not on every start.
+    python3 -m compileall -q "$pylib.tmp" >/dev/null 2>&1 || true
+    touch "$pylib.tmp/.complete"
+    mv "$pylib.tmp" "$pylib"
+  fi
+fi
+
 step "boot files, guest initramfs, disk images"
 kver=$(basename "$(ls -d "$tree"/lib/modules/* | sort -V | tail -n1)")
 $SUDO install -m 0755 "$here/dom0-init" "$tree/usr/local/sbin/e2e-init"
@@ -99,6 +124,7 @@ cp "$tree/lib/modules/$kver/kernel/drivers/input/evdev.ko" "$build/initramfs/evd
 (cd "$build/initramfs" && find . | cpio -o -H newc --quiet | gzip -1) > "$build/job/guest/initrd.gz"
 cp "$tree/boot/vmlinuz-$kver" "$build/job/guest/vmlinuz"
 cp "$here/dom0-test.py" "$build/job/dom0-test.py"
+[ ! -f "$pylib/.complete" ] || cp -a "$pylib" "$build/job/pylib"
 mkdir -p "$build/job/configs"
 cp "$root"/configs/*.cfg "$build/job/configs/"
 
@@ -119,7 +145,7 @@ import glob, os
 budget = int(os.environ["DOM0_BUDGET"])
 job = {"budget_seconds": budget, "run_reserve_seconds": 90, "configs": sorted("/job/configs/" + os.path.basename(c) for c in glob.glob(os.path.join(os.path.dirname(out), "configs", "*.cfg"))),
        "kernel": "/job/guest/vmlinuz", "ramdisk": "/job/guest/initrd.gz",
-       "pattern": "/job/pattern.raw", "pattern2": "/job/pattern2.raw", "width": 800, "height": 600, "runs": []}
+       "pylib": "/job/pylib", "pattern": "/job/pattern.raw", "pattern2": "/job/pattern2.raw", "width": 800, "height": 600, "runs": []}
 for r in runs:
     dm, variant = r.split()
     if dm == "qemu":
