@@ -13,7 +13,8 @@
 #   --xenvfb-input  also check QMP send-key with xenvfb (default: yes)
 # XENVFB_LOG=debug (say) in the environment sets xenvfb's log level in dom0.
 # Expensive parts are cached under .build-xen/ (git-ignored): the dom0 tree,
-# keyed on scripts/xen-e2e/dom0-packages and rootfs.sh.
+# keyed on scripts/xen-e2e/dom0-packages and rootfs.sh, and the Python packages
+# (vncdotool) that dom0 runs as a VNC client, installed from PyPI with pip.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
