@@ -10,6 +10,8 @@ client connected while it does. Then prints VmHWM/VmRSS from
 Private_Dirty), and exits 1 if VmHWM is above --limit-kb.
 
 Usage: memory.py [--vnc] [--limit-kb N] [--smaps] XENVFB
+With MEMORY_PAUSE=1 in the environment it waits for a line on stdin at the
+peak (printing the device model's pid) so /proc/PID can be inspected.
 Run with .build-tools/venv/bin/python3 (vncdo). Build XENVFB as shipped:
 swift build -c release --static-swift-stdlib.
 
