@@ -5,7 +5,8 @@
 # Debian packages and the test tools the suite needs).
 #
 # Usage: scripts/sanitize.sh [address|thread]...   (default: both)
-#   SANITIZE_SKIP_THREAD="Regex"  extra tests to skip under TSan (swift test --skip)
+#   SANITIZE_SKIP_THREAD="Regex"  tests to skip under TSan (swift test --skip; see below)
+#   SANITIZE_TIMEOUT=SECONDS      bound on each test run (default 1500)
 #
 # Under ASan:
 # - ASAN_OPTIONS=detect_leaks=0: XCTest's own allocations are reported as
@@ -16,6 +17,18 @@
 #   backtracer's memory server reads the crashed stack and ASan reports that
 #   read (dynamic-stack-buffer-overflow in CrashHandlerLinux.cpp), a report
 #   about the runtime, not about xenvfb. They run in the plain and TSan suites.
+# - DifferentialTests' aGuestGetsTheAnswersDebiansXenstoredGivesIt skipped
+#   (under TSan too): under either sanitizer it waits forever on Debian's
+#   xenstored (run with the LD_PRELOAD ring shim); not yet understood. The
+#   plain suite runs it.
+#
+# Under TSan, CrashChainingTests are skipped as well (the Swift backtracer
+# they check trips TSan's own CHECKs), and EndToEndTests and
+# XenStoreTests.ClientTests by default (SANITIZE_SKIP_THREAD overrides): libxenstore's watch thread is
+# cancelled by xs_close while inside an intercepted read, and TSan aborts the
+# whole run ("thread finished with ignores enabled"); with
+# ignore_noninstrumented_modules=0 instead it reports lock inversions inside
+# the Swift runtime's metadata cache. Those tests run under ASan.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 sanitizers=("$@")
@@ -29,9 +42,10 @@ for s in "${sanitizers[@]}"; do
     case $s in
         address)
             export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0:handle_segv=0}
-            skip=(--skip CrashChainingTests) ;;
+            skip=(--skip 'CrashChainingTests|aGuestGetsTheAnswersDebiansXenstoredGivesIt') ;;
         thread)
-            [[ -n ${SANITIZE_SKIP_THREAD:-} ]] && skip=(--skip "$SANITIZE_SKIP_THREAD") ;;
+            t=${SANITIZE_SKIP_THREAD-EndToEndTests|XenStoreTests\.ClientTests|aGuestGetsTheAnswersDebiansXenstoredGivesIt|CrashChainingTests}
+            [[ -n $t ]] && skip=(--skip "$t") ;;
         *) echo "sanitize.sh: unknown sanitizer $s (address or thread)" >&2; exit 2 ;;
     esac
     step "building with --sanitize=$s"
@@ -41,7 +55,9 @@ for s in "${sanitizers[@]}"; do
     t1=$(date +%s)
     step "running the tests under --sanitize=$s ${skip[*]}"
     rc=0
-    swift test --skip-build --scratch-path "$scratch" --sanitize="$s" "${skip[@]}" > "$scratch/sanitize.log" 2>&1 || rc=$?
+    timeout -k 10 "${SANITIZE_TIMEOUT:-1500}" swift test --skip-build --scratch-path "$scratch" --sanitize="$s" "${skip[@]}" \
+        > "$scratch/sanitize.log" 2>&1 || rc=$?
+    [[ $rc -eq 124 ]] && echo "sanitize.sh: the $s run did not finish in ${SANITIZE_TIMEOUT:-1500} s" >&2
     t2=$(date +%s)
     reports=$(grep -cE '^(==[0-9]+==ERROR: AddressSanitizer|WARNING: ThreadSanitizer)' "$scratch/sanitize.log" || true)
     tail -3 "$scratch/sanitize.log"
