@@ -49,6 +49,12 @@ struct VNCFixture {
     }
 }
 
+/// Every in-process VNC server test, one at a time: libvncserver keeps the
+/// list of security types it offers in a process-wide global, so a password
+/// server running beside a test's open server makes that server ask its
+/// clients for a password (seen as "Connection was closed cleanly" from
+/// vncdo). One VNC server per process is all xenvfb ever runs.
+@Suite(.serialized) enum VNCServerTests {
 @Suite struct VNCDisplayTests {
     @Test func vncdoCaptureEqualsTheFrameByteForByteAfterAChange() throws {
         let f = try VNCFixture()
@@ -420,4 +426,5 @@ struct VNCFixture {
         let img = try decodeWithPillow(dir + "/v6.png")
         #expect(firstDifference(img.rgb, rgbBytes(hub.frame), width: 48) == nil)
     }
+}
 }
