@@ -69,9 +69,16 @@ struct pm_scan_arg {
 #endif
 
 size_t wf_page_size(void) {
+    // Relaxed atomics: trackers are created on any thread; every thread
+    // computes the same value, so a race to fill the cache is harmless but
+    // must not be a data race (TSan reported it).
     static size_t cached;
-    if (!cached) cached = (size_t)sysconf(_SC_PAGESIZE);
-    return cached;
+    size_t v = __atomic_load_n(&cached, __ATOMIC_RELAXED);
+    if (!v) {
+        v = (size_t)sysconf(_SC_PAGESIZE);
+        __atomic_store_n(&cached, v, __ATOMIC_RELAXED);
+    }
+    return v;
 }
 
 // MARK: Region table for the SIGSEGV handler
