@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Devices
+import EventLoop
 import Host
 import Support
 import Synchronization
@@ -58,6 +59,11 @@ public final class HostileGuest {
         let f = Flipper(base: base)
         flipper = f
         try spawnThread { f.run() }
+        // Return only once the thread is flipping, so what the caller does
+        // next really races it (on a loaded machine a new thread can wait
+        // a long time for a CPU). Bounded: 10 s.
+        let deadline = EventLoop.now() + 10_000_000_000
+        while f.progress.load(ordering: .acquiring) == 0 && EventLoop.now() < deadline { sched_yield() }
     }
 
     /// Stops the flipping thread; returns how many rounds of flips it made.
@@ -75,6 +81,8 @@ private final class Flipper: @unchecked Sendable {
     let base: UnsafeMutableRawPointer
     private let stopping = Atomic<Bool>(false)
     private let rounds = Atomic<Int>(-1)
+    /// Rounds done so far, for `startFlipping` to see the thread is running.
+    let progress = Atomic<Int>(0)
 
     init(base: UnsafeMutableRawPointer) { self.base = base }
 
@@ -93,6 +101,7 @@ private final class Flipper: @unchecked Sendable {
             let prods: [UInt32] = [cons &+ 1, cons &+ 5000, cons &- 3, cons &+ UInt32(XenfbLayout.outRingLength)]
             base.storeBytes(of: prods[i % prods.count], toByteOffset: XenfbLayout.outProd, as: UInt32.self)
             i += 1
+            progress.store(i, ordering: .releasing)
         }
         rounds.store(i, ordering: .releasing)
     }
