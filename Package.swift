@@ -28,7 +28,10 @@ let package = Package(
 
         .target(name: "Support", dependencies: ["CShims", .product(name: "Logging", package: "swift-log")]),
         .target(name: "EventLoop", dependencies: ["Support", "CShims"]),
-        .target(name: "Damage", dependencies: ["CWriteFault", "CShims", "EventLoop", "Support"], exclude: ["README.md"]),
+        // The damage pipeline (pure Swift): rect algebra, coalescer, shadow confirm, sources.
+        .target(name: "Damage", dependencies: ["EventLoop", "Support"], exclude: ["README.md"]),
+        // The write-fault trackers (userfaultfd, mprotect + SIGSEGV) over CWriteFault.
+        .target(name: "WriteFault", dependencies: ["Damage", "CWriteFault", "CShims", "Support"]),
         .target(name: "XenStore", dependencies: ["CXen", "EventLoop", "Support"]),
         .target(name: "Host", dependencies: ["CXen", "CShims", "EventLoop", "Support", "XenStore"]),
         .target(name: "XenBus", dependencies: ["XenStore", "Host", "EventLoop", "Support"]),
@@ -36,10 +39,10 @@ let package = Package(
                                                 "CDisplayShims", .product(name: "Logging", package: "swift-log")]),
         .target(name: "Devices", dependencies: ["XenBus", "XenStore", "Host", "Damage", "Displays", "EventLoop", "Support", "CXen"]),
         .target(name: "Control", dependencies: ["Damage", "EventLoop", "Support", "CShims", .product(name: "Logging", package: "swift-log")]),
-        .target(name: "GuestKit", dependencies: ["Devices", "XenBus", "Displays", "XenStore", "Host", "Damage", "EventLoop", "Support"]),
+        .target(name: "GuestKit", dependencies: ["Devices", "XenBus", "Displays", "XenStore", "Host", "Damage", "WriteFault", "EventLoop", "Support"]),
         .executableTarget(
             name: "xenvfb",
-            dependencies: ["Support", "EventLoop", "Damage", "XenStore", "Host", "XenBus", "Devices",
+            dependencies: ["Support", "EventLoop", "Damage", "WriteFault", "XenStore", "Host", "XenBus", "Devices",
                            "Displays", "Control", "GuestKit"],
             // RSS (README, Performance: Memory): lld packs the ~27,000 relative
             // relocations of this PIE into DT_RELR (5 KB instead of 630 KB that
@@ -53,7 +56,7 @@ let package = Package(
         .testTarget(name: "DisplaysTests", dependencies: ["Displays", "Damage", "EventLoop", "Support", "CShims", "CPNG", "CSDL2",
                                                          "XenStore"]),
         .testTarget(name: "HostTests", dependencies: ["Host", "EventLoop", "Support"]),
-        .testTarget(name: "DamageTests", dependencies: ["Damage", "CWriteFault", "EventLoop", "Support"]),
+        .testTarget(name: "DamageTests", dependencies: ["Damage", "WriteFault", "CWriteFault", "EventLoop", "Support"]),
         .testTarget(name: "XenStoreTests", dependencies: ["XenStore", "EventLoop", "Support", "CShims"]),
         .testTarget(name: "DevicesTests", dependencies: ["Devices", "XenBus", "Host", "Displays", "Damage", "EventLoop", "Support"]),
         .testTarget(name: "EndToEndTests", dependencies: ["GuestKit", "Devices", "XenBus", "Host", "Displays", "XenStore", "Damage", "EventLoop", "Support"],

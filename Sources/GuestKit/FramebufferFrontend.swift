@@ -1,4 +1,5 @@
 import Damage
+import WriteFault
 import Devices
 import EventLoop
 import Host

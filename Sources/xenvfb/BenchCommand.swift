@@ -3,6 +3,7 @@ import Glibc
 #endif
 import CWriteFault
 import Damage
+import WriteFault
 import EventLoop
 
 /// `xenvfb bench [--frames N] [--workload NAME]`: the write-fault engine's

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Damage
+import WriteFault
 
 /// `xenvfb __write-fault-crash <mode>`: a hidden helper for DamageTests. It
 /// tracks a region with the write-fault handler installed, proves a tracked

@@ -1,6 +1,7 @@
 import Testing
 import Glibc
 import Damage
+import WriteFault
 
 /// The SIGSEGV handler must pass faults outside tracked regions on: a child
 /// process (`xenvfb __write-fault-crash`) tracks a region, writes into it,

@@ -1,6 +1,7 @@
 import Testing
 import Glibc
 import Damage
+import WriteFault
 import EventLoop
 
 /// This thread's voluntary context switches (/proc/thread-self/status).

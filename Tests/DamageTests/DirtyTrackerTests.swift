@@ -2,6 +2,7 @@ import Testing
 import Glibc
 import CShims
 import Damage
+import WriteFault
 import Synchronization
 
 /// Every tracking technique and kind of memory the engine supports.

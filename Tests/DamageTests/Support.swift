@@ -1,6 +1,7 @@
 import Glibc
 import CShims
 import Damage
+import WriteFault
 import CWriteFault
 import Synchronization
 
