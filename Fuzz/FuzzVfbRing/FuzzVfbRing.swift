@@ -9,20 +9,20 @@
 // invariants are checked: the geometry stays inside the mapped framebuffer
 // and every queued rectangle inside the geometry.
 import Devices
-import Displays
+import Console
 import FuzzSupport
 import Host
 
 let fbLimit = 256 << 10
 let fallback = try! VfbGeometry.configure(fbLen: 64 << 10, width: 64, height: 48, depth: 32, stride: 256, offset: 0)
 
-func checkInvariants(_ vfb: VfbDevice, _ hub: DisplayHub, fbLen: Int) {
+func checkInvariants(_ vfb: VfbDevice, _ console: Console, fbLen: Int) {
     guard let g = vfb.geometry else { return require(false, "geometry lost") }
     require([8, 16, 24, 32].contains(g.depth), "depth \(g.depth)")
     require(g.width > 0 && g.height > 0 && g.stride > 0 && g.offset >= 0, "geometry \(g)")
     require(g.width * g.bytesPerPixel <= g.stride, "row \(g) wider than stride")
     require(g.offset + g.height * g.stride <= fbLen, "geometry \(g) leaves the \(fbLen)-byte framebuffer")
-    require(hub.frame.width == g.width && hub.frame.height == g.height, "frame \(hub.frame.width)x\(hub.frame.height) vs \(g)")
+    require(console.frame.width == g.width && console.frame.height == g.height, "frame \(console.frame.width)x\(console.frame.height) vs \(g)")
     for r in vfb.pendingRects {
         require(r.x >= 0 && r.y >= 0 && r.width > 0 && r.height > 0 && r.maxX <= g.width && r.maxY <= g.height,
                 "queued \(r) outside \(g)")
@@ -54,13 +54,13 @@ func fuzzOne(_ raw: UnsafeRawBufferPointer) {
     // Some pixels, so the copy has something to convert.
     for i in stride(from: 0, to: fbLen, by: 97) { fbPointer.storeBytes(of: UInt8(truncatingIfNeeded: i), toByteOffset: i, as: UInt8.self) }
 
-    let hub = DisplayHub(width: 16, height: 16)
+    let console = Console(width: 16, height: 16)
     var config = BackendConfig()
     config.maxFramebufferBytes = fbLimit
-    let vfb = VfbDevice(hub: hub, config: config)
+    let vfb = VfbDevice(console: console, config: config)
     page.store(input.u32(), at: XenfbLayout.outCons)
     vfb.attach(page: page, framebuffer: framebuffer, fbLen: fbLen, geometry: geometry)
-    checkInvariants(vfb, hub, fbLen: fbLen)
+    checkInvariants(vfb, console, fbLen: fbLen)
     var cons = page.load(UInt32.self, at: XenfbLayout.outCons) ?? 0
     for _ in 0..<2 {
         let prod = input.u32()
@@ -73,9 +73,9 @@ func fuzzOne(_ raw: UnsafeRawBufferPointer) {
         }
         page.store(prod, at: XenfbLayout.outProd)
         vfb.processOutRing()
-        checkInvariants(vfb, hub, fbLen: fbLen)
+        checkInvariants(vfb, console, fbLen: fbLen)
         vfb.flush()
-        checkInvariants(vfb, hub, fbLen: fbLen)
+        checkInvariants(vfb, console, fbLen: fbLen)
         cons = page.load(UInt32.self, at: XenfbLayout.outCons) ?? 0
     }
     page.unmap()

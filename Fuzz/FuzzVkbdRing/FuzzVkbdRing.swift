@@ -9,7 +9,7 @@
 // consistent consumer, the waiting queue stays under its cap, and nothing
 // it writes leaves the page (GuestMapping would refuse it).
 import Devices
-import Displays
+import Console
 import FuzzSupport
 import Host
 
@@ -18,10 +18,10 @@ func fuzzOne(_ raw: UnsafeRawBufferPointer) {
     let mode = input.u8()
     let pagePointer = allocateGuestMemory(bytes: 4096)
     let page = GuestMapping(base: pagePointer, byteCount: 4096, writable: true) { p, _ in p.deallocate() }
-    let hub = DisplayHub(width: 64, height: 48)
+    let console = Console(width: 64, height: 48)
     var config = BackendConfig()
     config.inputQueueLimit = 300
-    let vkbd = VkbdDevice(hub: hub, config: config)
+    let vkbd = VkbdDevice(console: console, config: config)
     page.store(input.u32(), at: XenkbdLayout.inProd)
     page.store(page.load(UInt32.self, at: XenkbdLayout.inProd) ?? 0, at: XenkbdLayout.inCons)
     vkbd.attach(page: page, absolutePointer: mode & 1 != 0, rawPointer: mode & 2 != 0)
@@ -47,7 +47,7 @@ func fuzzOne(_ raw: UnsafeRawBufferPointer) {
         case 6: vkbd.send(.relative(dx: input.i32(), dy: input.i32()))
         case 7: vkbd.send(.wheel(input.i32()))
         default:
-            hub.resize(width: Int(input.u8()) + 1, height: Int(input.u8()) + 1)
+            console.resize(width: Int(input.u8()) + 1, height: Int(input.u8()) + 1)
         }
         require(vkbd.queuedEvents <= config.inputQueueLimit, "queue \(vkbd.queuedEvents) past its cap")
     }

@@ -1,4 +1,4 @@
-import Displays
+import Console
 import EventLoop
 import Host
 import Support
@@ -13,7 +13,7 @@ public final class Backends {
     public private(set) var vkbd: XenBusBackend?
     private var started = false
     /// How a new vkbd device is joined to the displays' input; by default it
-    /// becomes `hub.input`. Set before `start` to put it behind a queue of
+    /// becomes `console.input`. Set before `start` to put it behind a queue of
     /// your own (the device model's `InputQueue`).
     public var connectInput: ((VkbdDevice) -> Void)?
 
@@ -24,16 +24,16 @@ public final class Backends {
         (vfb?.devices.values.compactMap { $0.handler as? VfbDevice }) ?? []
     }
 
-    /// Starts both backends; every device they find shows on `hub`, and
-    /// input from `hub`'s displays goes to the vkbd device.
-    public func start(host: Host, xenstore: XenStoreAccess, domid: UInt32, hub: DisplayHub, config: BackendConfig) throws {
+    /// Starts both backends; every device they find shows on `console`, and
+    /// input from `console`'s displays goes to the vkbd device.
+    public func start(host: Host, xenstore: XenStoreAccess, domid: UInt32, console: Console, config: BackendConfig) throws {
         let vfb = XenBusBackend(type: "vfb", domid: domid, host: host, store: xenstore, loop: loop) { _ in
-            VfbDevice(hub: hub, config: config)
+            VfbDevice(console: console, config: config)
         }
         let connectInput = self.connectInput
         let vkbd = XenBusBackend(type: "vkbd", domid: domid, host: host, store: xenstore, loop: loop) { _ in
-            let device = VkbdDevice(hub: hub, config: config)
-            if let connectInput { connectInput(device) } else { hub.input = device }
+            let device = VkbdDevice(console: console, config: config)
+            if let connectInput { connectInput(device) } else { console.input = device }
             return device
         }
         self.vfb = vfb

@@ -2,7 +2,7 @@
 import Glibc
 #endif
 import Damage
-import Displays
+import Console
 import EventLoop
 import Host
 import Logging
@@ -11,11 +11,11 @@ import XenBus
 
 /// The vfb backend for one device: maps the guest's `xenfb_page` and
 /// framebuffer, validates the geometry, consumes UPDATE and RESIZE events and
-/// copies changed pixels into the hub's `Frame` (the shadow copy displays read)
+/// copies changed pixels into the console's `Frame` (the shadow copy displays read)
 /// on a coalescing tick. Frontends without `feature-update` are compared
 /// against the frame periodically instead, while connected.
 public final class VfbDevice: XenBusDeviceHandler {
-    let hub: DisplayHub
+    let console: Console
     let config: BackendConfig
     var log: Logger = Log.logger("vfb")
 
@@ -40,8 +40,8 @@ public final class VfbDevice: XenBusDeviceHandler {
     public private(set) var resizesRefused = 0
     public private(set) var fullScreenFlushes = 0
 
-    public init(hub: DisplayHub, config: BackendConfig) {
-        self.hub = hub
+    public init(console: Console, config: BackendConfig) {
+        self.console = console
         self.config = config
     }
 
@@ -191,8 +191,8 @@ public final class VfbDevice: XenBusDeviceHandler {
 
     private func apply(_ g: VfbGeometry) {
         geometry = g
-        if hub.frame.width != g.width || hub.frame.height != g.height {
-            hub.resize(width: g.width, height: g.height)
+        if console.frame.width != g.width || console.frame.height != g.height {
+            console.resize(width: g.width, height: g.height)
         }
         // Rectangles queued for the old geometry may lie outside the new one;
         // the full-screen update covers them (found by Fuzz/FuzzVfbRing).
@@ -293,11 +293,11 @@ public final class VfbDevice: XenBusDeviceHandler {
         queued.removeAll(keepingCapacity: true)
         guard !rects.isEmpty else { return }
         if g.depth == 32, let changed = withLiveFrame(g, { ShadowCompare.confirm(rects, live: $0, shadow: $1) }) {
-            if !changed.isEmpty { hub.update(changed) }
+            if !changed.isEmpty { console.update(changed) }
             return
         }
         for r in rects { copy(r, geometry: g) }
-        hub.update(rects)
+        console.update(rects)
     }
 
     /// Runs `body` with the guest's 32-bit framebuffer and the frame as pixel
@@ -306,7 +306,7 @@ public final class VfbDevice: XenBusDeviceHandler {
     /// `GuestMapping`'s bounds-checked range.
     private func withLiveFrame<R>(_ g: VfbGeometry, _ body: (PixelBuffer, PixelBuffer) -> R) -> R? {
         guard let fb = framebuffer, g.depth == 32 else { return nil }
-        let frame = hub.frame
+        let frame = console.frame
         let shadow = PixelBuffer(pixels: frame.pixels, width: frame.width, height: frame.height, stride: frame.stride)
         return fb.withBytes(at: g.offset, count: g.height * g.stride) { bytes in
             // ShadowCompare only reads the live side.
@@ -318,7 +318,7 @@ public final class VfbDevice: XenBusDeviceHandler {
     /// Copies one rectangle (inside the geometry) of guest pixels into the frame.
     private func copy(_ r: Rect, geometry g: VfbGeometry) {
         guard let fb = framebuffer else { return }
-        let frame = hub.frame
+        let frame = console.frame
         let rect = r.intersection(Rect(x: 0, y: 0, width: min(g.width, frame.width), height: min(g.height, frame.height)))
         guard !rect.isEmpty else { return }
         let bpp = g.bytesPerPixel
@@ -338,10 +338,10 @@ public final class VfbDevice: XenBusDeviceHandler {
         guard let g = geometry, let fb = framebuffer else { return }
         if g.depth == 32, let tiles = withLiveFrame(g, { ShadowCompare.scanTiles(live: $0, shadow: $1) }) {
             let rects = Coalescer.coalesce(tiles, maxRects: config.maxQueuedRects, mergeSlack: 4096)
-            if !rects.isEmpty { hub.update(rects) }
+            if !rects.isEmpty { console.update(rects) }
             return
         }
-        let frame = hub.frame
+        let frame = console.frame
         let width = min(g.width, frame.width), height = min(g.height, frame.height)
         let band = 16
         var row = [UInt32](repeating: 0, count: width)
@@ -366,7 +366,7 @@ public final class VfbDevice: XenBusDeviceHandler {
             if differs { changed.append(Rect(x: 0, y: y0, width: width, height: y1 - y0)) }
             y0 = y1
         }
-        if !changed.isEmpty { hub.update(changed) }
+        if !changed.isEmpty { console.update(changed) }
     }
 }
 

@@ -1,17 +1,17 @@
-import Displays
+import Console
 import EventLoop
 import Host
 import Logging
 import Support
 import XenBus
 
-/// The vkbd backend for one device, and the hub's `InputSink`: keys, buttons,
+/// The vkbd backend for one device, and the console's `InputSink`: keys, buttons,
 /// wheel and pointer from the displays go into the guest's IN ring as Linux
 /// input codes. When the ring (51 slots) is full, events wait in a large
 /// queue and go out as the guest consumes them (on its notification); none
 /// is dropped unless that queue's cap is hit.
 public final class VkbdDevice: XenBusDeviceHandler, InputSink {
-    let hub: DisplayHub
+    let console: Console
     let config: BackendConfig
     var log: Logger = Log.logger("vkbd")
 
@@ -32,8 +32,8 @@ public final class VkbdDevice: XenBusDeviceHandler, InputSink {
     // Pointer state for translating between absolute and relative.
     private var lastX: Int32 = 0, lastY: Int32 = 0
 
-    public init(hub: DisplayHub, config: BackendConfig) {
-        self.hub = hub
+    public init(console: Console, config: BackendConfig) {
+        self.console = console
         self.config = config
     }
 
@@ -47,8 +47,8 @@ public final class VkbdDevice: XenBusDeviceHandler, InputSink {
         self.device = device
         try device.writeBackend("feature-abs-pointer", "1")
         if config.rawPointer { try device.writeBackend("feature-raw-pointer", "1") }
-        try device.writeBackend("width", String(hub.frame.width))
-        try device.writeBackend("height", String(hub.frame.height))
+        try device.writeBackend("width", String(console.frame.width))
+        try device.writeBackend("height", String(console.frame.height))
     }
 
     public func connect(_ device: XenBusDevice) throws {
@@ -175,7 +175,7 @@ public final class VkbdDevice: XenBusDeviceHandler, InputSink {
             e.set(code, at: 4)
             return e
         case .absolute(let x, let y):
-            let w = Int32(clamping: max(hub.frame.width, 1)), h = Int32(clamping: max(hub.frame.height, 1))
+            let w = Int32(clamping: max(console.frame.width, 1)), h = Int32(clamping: max(console.frame.height, 1))
             let cx = min(max(x, 0), w - 1), cy = min(max(y, 0), h - 1)
             defer { lastX = cx; lastY = cy }
             if absolutePointer { return position(cx, cy, z: 0) }
@@ -187,7 +187,7 @@ public final class VkbdDevice: XenBusDeviceHandler, InputSink {
             var e = RingEvent(type: XenkbdLayout.typeMotion)
             e.set(dx, at: 4)
             e.set(dy, at: 8)
-            let w = Int32(clamping: max(hub.frame.width, 1)), h = Int32(clamping: max(hub.frame.height, 1))
+            let w = Int32(clamping: max(console.frame.width, 1)), h = Int32(clamping: max(console.frame.height, 1))
             lastX = min(max(lastX &+ dx, 0), w - 1)
             lastY = min(max(lastY &+ dy, 0), h - 1)
             return e
@@ -205,7 +205,7 @@ public final class VkbdDevice: XenBusDeviceHandler, InputSink {
         var e = RingEvent(type: XenkbdLayout.typePosition)
         var ax = x, ay = y
         if rawPointer {
-            let w = Int64(max(hub.frame.width - 1, 1)), h = Int64(max(hub.frame.height - 1, 1))
+            let w = Int64(max(console.frame.width - 1, 1)), h = Int64(max(console.frame.height - 1, 1))
             ax = Int32(Int64(x) * Int64(XenkbdLayout.rawMax) / w)
             ay = Int32(Int64(y) * Int64(XenkbdLayout.rawMax) / h)
         }

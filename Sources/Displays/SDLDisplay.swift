@@ -3,6 +3,7 @@ import Glibc
 #endif
 import CDisplayShims
 import CSDL2
+import Console
 import Damage
 import EventLoop
 import Logging
@@ -48,7 +49,7 @@ public final class SDLDisplay: Display {
     public var onQuit: (() -> Void)?
 
     private let loop: EventLoop
-    private weak var hub: DisplayHub?
+    private weak var console: Console?
     private var log: Logger
     private var window: OpaquePointer?
     private var renderer: OpaquePointer?
@@ -75,16 +76,16 @@ public final class SDLDisplay: Display {
     public static let fastPumpMilliseconds = 16   // ≤ 60 Hz
     public static let idlePumpMilliseconds = 50   // 20 Hz
 
-    public convenience init(loop: EventLoop, hub: DisplayHub, title: String) throws(DisplayError) {
-        try self.init(options: Options(title: title), loop: loop, hub: hub)
+    public convenience init(loop: EventLoop, console: Console, title: String) throws(DisplayError) {
+        try self.init(options: Options(title: title), loop: loop, console: console)
     }
 
-    /// Opens the window at the frame's size. Add it to the hub afterwards.
-    public init(options: Options, loop: EventLoop, hub: DisplayHub) throws(DisplayError) {
+    /// Opens the window at the frame's size. Add it to the console afterwards.
+    public init(options: Options, loop: EventLoop, console: Console) throws(DisplayError) {
         self.options = options
         self.loop = loop
-        self.hub = hub
-        self.frame = hub.frame
+        self.console = console
+        self.frame = console.frame
         self.log = Log.logger("display.sdl")
         // libSDL2 is loaded on first use, not linked (CDisplayShims/sdl.c).
         var reason = [CChar](repeating: 0, count: 256)
@@ -362,7 +363,7 @@ public final class SDLDisplay: Display {
     }
 
     private func send(_ event: InputEvent) {
-        hub?.input?.send(event)
+        console?.input?.send(event)
     }
 }
 

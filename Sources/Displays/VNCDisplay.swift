@@ -4,6 +4,7 @@ import Glibc
 import CDisplayShims
 import CShims
 import CVNCServer
+import Console
 import Damage
 import EventLoop
 import Logging
@@ -46,7 +47,7 @@ public struct VNCServerInfo: Equatable, Sendable {
 /// buffer is sized to hold a whole frame, so writing one update does not
 /// block; a client that stalls a read or write for `stallLimit` is dropped.
 ///
-/// Create it, then `hub.add` it. Input goes to `hub.input`.
+/// Create it, then `console.add` it. Input goes to `console.input`.
 public final class VNCDisplay: Display {
     public let name = "vnc"
     public let options: VNCOptions
@@ -55,7 +56,7 @@ public final class VNCDisplay: Display {
     public static let stallLimitMilliseconds: Int32 = 2000
 
     private let loop: EventLoop
-    private weak var hub: DisplayHub?
+    private weak var console: Console?
     private var log: Logger
     private var screen: rfbScreenInfoPtr?
     private var frame: Frame
@@ -86,16 +87,16 @@ public final class VNCDisplay: Display {
 
     /// `spec` is the `-vnc` argument; `keymap` the `-k` layout (default en-us).
     /// Listens at once, so `info` has the port before the frame arrives.
-    public convenience init(spec: String, loop: EventLoop, hub: DisplayHub, keymap: String = "en-us", desktopName: String = "QEMU") throws(DisplayError) {
-        try self.init(options: VNCOptions(spec: spec), loop: loop, hub: hub, keymap: Keymap(name: keymap), desktopName: desktopName)
+    public convenience init(spec: String, loop: EventLoop, console: Console, keymap: String = "en-us", desktopName: String = "QEMU") throws(DisplayError) {
+        try self.init(options: VNCOptions(spec: spec), loop: loop, console: console, keymap: Keymap(name: keymap), desktopName: desktopName)
     }
 
-    public init(options: VNCOptions, loop: EventLoop, hub: DisplayHub, keymap: Keymap, desktopName: String = "QEMU") throws(DisplayError) {
+    public init(options: VNCOptions, loop: EventLoop, console: Console, keymap: Keymap, desktopName: String = "QEMU") throws(DisplayError) {
         self.options = options
         self.loop = loop
-        self.hub = hub
+        self.console = console
         self.keymap = keymap
-        self.frame = hub.frame
+        self.frame = console.frame
         self.log = Log.logger("display.vnc")
         guard options.address != .none else { return }
         try Self.installLibraryHooks()
@@ -563,7 +564,7 @@ public final class VNCDisplay: Display {
     // MARK: Input
 
     private func send(_ event: InputEvent) {
-        hub?.input?.send(event)
+        console?.input?.send(event)
     }
 
     private func keyEvent(down: Bool, keysym: UInt32, cl: rfbClientPtr) {

@@ -6,6 +6,7 @@
 // Usage: SDLProbe WIDTH HEIGHT SEED    (prints "ready" once the window is up)
 import Glibc
 import Damage
+import Console
 import Displays
 import EventLoop
 
@@ -25,23 +26,23 @@ guard args.count == 4, let width = Int(args[1]), let height = Int(args[2]), let 
 }
 do {
     let loop = try EventLoop()
-    let hub = DisplayHub(width: width, height: height)
+    let console = Console(width: width, height: height)
     // The same pattern as Tests/DisplaysTests/TestSupport.swift paint(_:_:seed:).
     for y in 0..<height {
         for x in 0..<width {
             let r = UInt32(truncatingIfNeeded: x &* 7 &+ seed) & 0xff
             let g = UInt32(truncatingIfNeeded: y &* 5 &+ seed &* 3) & 0xff
             let b = UInt32(truncatingIfNeeded: (x ^ y) &+ seed &* 11) & 0xff
-            hub.frame.pixels.storeBytes(of: 0xA5 << 24 | r << 16 | g << 8 | b, toByteOffset: y * hub.frame.stride + x * 4, as: UInt32.self)
+            console.frame.pixels.storeBytes(of: 0xA5 << 24 | r << 16 | g << 8 | b, toByteOffset: y * console.frame.stride + x * 4, as: UInt32.self)
         }
     }
     let printer = Printer()
-    hub.input = printer
-    let sdl = try SDLDisplay(options: .init(title: "xenvfb-sdl-probe"), loop: loop, hub: hub)
-    hub.add(sdl)
-    hub.update([hub.frame.bounds])
+    console.input = printer
+    let sdl = try SDLDisplay(options: .init(title: "xenvfb-sdl-probe"), loop: loop, console: console)
+    console.add(sdl)
+    console.update([console.frame.bounds])
     try loop.handleSignals([SIGTERM, SIGINT]) { _ in
-        hub.closeAll()
+        console.closeAll()
         loop.stop()
     }
     loop.addTimer(after: .milliseconds(300)) { say("ready") }

@@ -4,6 +4,7 @@ import Glibc
 import Control
 import Damage
 import Devices
+import Console
 import Displays
 import EventLoop
 import Host
@@ -11,16 +12,16 @@ import Logging
 import Support
 
 /// The parts every way of running xenvfb shares, built from the options: the
-/// display hub and the displays asked for (VNC, SDL, PNG), the one input
+/// display console and the displays asked for (VNC, SDL, PNG), the one input
 /// queue in front of vkbd, the vfb and vkbd backends, and the QMP commands
 /// over them (screendump, send-key, input-send-event, the VNC queries and
 /// passwords). `xenvfb` (the device model) and `xenvfb demo` both use it.
 final class Session {
     let options: DeviceModelOptions
     let loop: EventLoop
-    let hub = DisplayHub()
+    let console = Console()
     /// Every input event from VNC, SDL and QMP passes through here (it is
-    /// `hub.input`) and then into the vkbd device.
+    /// `console.input`) and then into the vkbd device.
     let input: InputQueue
     private(set) var vnc: VNCDisplay?
     private(set) var sdl: SDLDisplay?
@@ -39,8 +40,8 @@ final class Session {
         self.log = log
         let pace = options.inputPaceMilliseconds ?? options.vnc.flatMap(Self.keyDelay(inVNCSpec:))
         input = InputQueue(loop: loop, pace: pace.map { .milliseconds(Int64($0)) })
-        hub.input = input
-        hub.add(frameWatch)
+        console.input = input
+        console.add(frameWatch)
     }
 
     /// QEMU's `-vnc ...,key-delay-ms=N`, which paces input like
@@ -71,9 +72,9 @@ final class Session {
                 keymap = try Keymap(name: "en-us")
             }
             let desktop = options.name.map { "QEMU (\($0))" } ?? "QEMU"
-            let vnc = try VNCDisplay(options: VNCOptions(spec: spec), loop: loop, hub: hub, keymap: keymap, desktopName: desktop)
+            let vnc = try VNCDisplay(options: VNCOptions(spec: spec), loop: loop, console: console, keymap: keymap, desktopName: desktop)
             self.vnc = vnc
-            hub.add(vnc)
+            console.add(vnc)
             vncProvider = VNCQMPProvider(vnc: vnc)
         }
         for spec in options.displays {
@@ -81,14 +82,14 @@ final class Session {
             case .sdl:
                 guard sdl == nil else { continue }
                 let title = options.name.map { "QEMU (\($0))" } ?? "xenvfb"
-                let window = try SDLDisplay(options: .init(title: title, closeQuits: onWindowClosed != nil), loop: loop, hub: hub)
+                let window = try SDLDisplay(options: .init(title: title, closeQuits: onWindowClosed != nil), loop: loop, console: console)
                 window.onQuit = onWindowClosed
                 sdl = window
-                hub.add(window)
+                console.add(window)
             case .png(let text):
                 let png = try PNGDisplay(spec: text, loop: loop)
                 pngs.append(png)
-                hub.add(png)
+                console.add(png)
             }
         }
     }
@@ -99,7 +100,7 @@ final class Session {
         let backends = Backends(loop: loop)
         backends.connectInput = { [input] device in input.target = device }
         self.backends = backends
-        try backends.start(host: host, xenstore: xenstore, domid: domid, hub: hub, config: backendConfig)
+        try backends.start(host: host, xenstore: xenstore, domid: domid, console: console, config: backendConfig)
     }
 
     /// Takes in every update the guest has announced, now (screendump,
@@ -110,7 +111,7 @@ final class Session {
 
     /// Closes every display.
     func closeDisplays() {
-        hub.closeAll()
+        console.closeAll()
         vnc = nil
         sdl = nil
     }

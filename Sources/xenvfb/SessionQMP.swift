@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Control
+import Console
 import Displays
 import EventLoop
 import Logging
@@ -32,7 +33,7 @@ extension Session {
                 // As QEMU's screendump: refresh first, then write what is current.
                 refresh()
                 do throws(CaptureError) {
-                    try capture(hub.frame, to: filename, format: format)
+                    try capture(console.frame, to: filename, format: format)
                 } catch {
                     throw .generic("\(error)")
                 }
@@ -138,7 +139,7 @@ extension Session {
             let idle = (EventLoop.now() &- frameWatch.lastChange) / 1_000_000
             let connected = !(backends?.vfbDevices.isEmpty ?? true)
             reply.success([
-                "width": .int(Int64(hub.frame.width)), "height": .int(Int64(hub.frame.height)),
+                "width": .int(Int64(console.frame.width)), "height": .int(Int64(console.frame.height)),
                 "changes": .int(frameWatch.changes), "idle-ms": .int(Int64(clamping: idle)),
                 "vfb": .bool(connected),
             ])
@@ -163,7 +164,7 @@ extension Session {
         var dx: Int64 = 0, dy: Int64 = 0
         func syncPointer() {
             if absX != nil || absY != nil {
-                let w = Int64(max(hub.frame.width - 1, 0)), h = Int64(max(hub.frame.height - 1, 0))
+                let w = Int64(max(console.frame.width - 1, 0)), h = Int64(max(console.frame.height - 1, 0))
                 // QEMU's xenfb: value * (size - 1) / 0x7fff.
                 if let x = absX { qmpPointer.x = Int32(min(max(x, 0), 0x7fff) * w / 0x7fff) }
                 if let y = absY { qmpPointer.y = Int32(min(max(y, 0), 0x7fff) * h / 0x7fff) }

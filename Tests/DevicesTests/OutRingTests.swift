@@ -1,6 +1,6 @@
 import Damage
 import Devices
-import Displays
+import Console
 import Host
 import Testing
 
@@ -9,7 +9,7 @@ import Testing
     final class Rig {
         let page: GuestMapping
         let framebuffer: GuestMapping
-        let hub = DisplayHub(width: 16, height: 16)
+        let console = Console(width: 16, height: 16)
         let vfb: VfbDevice
         var prod: UInt32 = 0
 
@@ -21,7 +21,7 @@ import Testing
             }
             page = memory(4096, writable: true)
             framebuffer = memory(fbLen, writable: false)
-            vfb = VfbDevice(hub: hub, config: BackendConfig())
+            vfb = VfbDevice(console: console, config: BackendConfig())
             vfb.attach(page: page, framebuffer: framebuffer, fbLen: fbLen, geometry: geometry)
         }
 

@@ -3,6 +3,7 @@ import Glibc
 import CPNG
 import Damage
 import EventLoop
+import Console
 @testable import Displays
 
 /// Decodes a PNG with libpng's simplified read API into packed RGB.

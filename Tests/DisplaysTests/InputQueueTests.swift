@@ -1,3 +1,4 @@
+import Console
 import Displays
 import EventLoop
 import Testing

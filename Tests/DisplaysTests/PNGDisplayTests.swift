@@ -2,6 +2,7 @@ import Testing
 import Glibc
 import Damage
 import EventLoop
+import Console
 @testable import Displays
 
 @Suite struct PNGDisplayTests {
@@ -39,9 +40,9 @@ import EventLoop
         let dir = try makeTempDir("pngd")
         defer { removeTree(dir) }
         let loop = try EventLoop()
-        let hub = DisplayHub(width: 64, height: 48)
+        let console = Console(width: 64, height: 48)
         let display = try PNGDisplay(spec: "png:dir=\(dir)/shots,interval=300", loop: loop)
-        hub.add(display)
+        console.add(display)
 
         // Adding the display shows the first frame.
         #expect(spin(loop) { display.framesWritten == 1 })
@@ -54,8 +55,8 @@ import EventLoop
 
         // A burst of three updates arms one timer and leads to one write.
         for seed in 1...3 {
-            paint(hub.frame, Rect(x: 0, y: 0, width: 64, height: 10 * seed), seed: UInt32(seed))
-            hub.update([Rect(x: 0, y: 0, width: 64, height: 10 * seed)])
+            paint(console.frame, Rect(x: 0, y: 0, width: 64, height: 10 * seed), seed: UInt32(seed))
+            console.update([Rect(x: 0, y: 0, width: 64, height: 10 * seed)])
             #expect(loop.activeTimers == 1)
             #expect(display.isWritePending)
         }
@@ -67,7 +68,7 @@ import EventLoop
         #expect(display.framesWritten == 2)
 
         // latest.png is the last frame written, and so is frame-000002.png.
-        let expected = rgbBytes(hub.frame)
+        let expected = rgbBytes(console.frame)
         for name in ["latest.png", "frame-000002.png"] {
             let decoded = try decodeWithLibpng(dir + "/shots/" + name)
             #expect(firstDifference(decoded.rgb, expected, width: 64) == nil, "\(name)")
@@ -81,19 +82,19 @@ import EventLoop
         let dir = try makeTempDir("pngd")
         defer { removeTree(dir) }
         let loop = try EventLoop()
-        let hub = DisplayHub(width: 32, height: 16)
+        let console = Console(width: 32, height: 16)
         let display = try PNGDisplay(spec: "png:dir=\(dir),interval=60000,format=ppm,keep=1", loop: loop)
-        hub.add(display)
+        console.add(display)
         #expect(spin(loop) { display.framesWritten == 1 })
-        hub.resize(width: 20, height: 10)
-        paint(hub.frame, hub.frame.bounds, seed: 9)
+        console.resize(width: 20, height: 10)
+        paint(console.frame, console.frame.bounds, seed: 9)
         #expect(display.isWritePending)
-        hub.closeAll()
+        console.closeAll()
         #expect(display.framesWritten == 2)
         #expect(loop.activeTimers == 0)
         #expect(!fileExists(dir + "/frame-000001.ppm"), "keep=1 removes older frames")
         let decoded = try decodeWithPillow(dir + "/latest.ppm")
         #expect(decoded.width == 20 && decoded.height == 10)
-        #expect(firstDifference(decoded.rgb, rgbBytes(hub.frame), width: 20) == nil)
+        #expect(firstDifference(decoded.rgb, rgbBytes(console.frame), width: 20) == nil)
     }
 }

@@ -3,6 +3,7 @@ import Glibc
 import CSDL2
 import Damage
 import EventLoop
+import Console
 @testable import Displays
 
 /// SDL keeps one event queue and one video subsystem per process, so the
@@ -10,16 +11,16 @@ import EventLoop
 @Suite(.serialized) struct SDLDisplayTests {
     struct Fixture {
         let loop: EventLoop
-        let hub: DisplayHub
+        let console: Console
         let sdl: SDLDisplay
         let sink = RecordingSink()
 
         init(width: Int = 160, height: Int = 100, closeQuits: Bool = false) throws {
             loop = try EventLoop()
-            hub = DisplayHub(width: width, height: height)
-            hub.input = sink
-            sdl = try SDLDisplay(options: .init(title: "guest-7", closeQuits: closeQuits, videoDriver: "dummy"), loop: loop, hub: hub)
-            hub.add(sdl)
+            console = Console(width: width, height: height)
+            console.input = sink
+            sdl = try SDLDisplay(options: .init(title: "guest-7", closeQuits: closeQuits, videoDriver: "dummy"), loop: loop, console: console)
+            console.add(sdl)
         }
     }
 
@@ -40,18 +41,18 @@ import EventLoop
 
     @Test func readBackEqualsTheFrameAfterUpdates() throws {
         let f = try Fixture()
-        defer { f.hub.closeAll() }
+        defer { f.console.closeAll() }
         #expect(f.sdl.title == "guest-7")
-        paint(f.hub.frame, f.hub.frame.bounds, seed: 6)
-        f.hub.update([f.hub.frame.bounds])
-        fill(f.hub.frame, Rect(x: 20, y: 30, width: 50, height: 10), rgb: 0x0012_3456)
-        f.hub.update([Rect(x: 20, y: 30, width: 50, height: 10)])
+        paint(f.console.frame, f.console.frame.bounds, seed: 6)
+        f.console.update([f.console.frame.bounds])
+        fill(f.console.frame, Rect(x: 20, y: 30, width: 50, height: 10), rgb: 0x0012_3456)
+        f.console.update([Rect(x: 20, y: 30, width: 50, height: 10)])
         spin(f.loop, seconds: 0.1) { false }
         let shot = try #require(f.sdl.readBack())
         #expect(shot.width == 160 && shot.height == 100)
         var mismatches = 0
         for y in 0..<100 {
-            for x in 0..<160 where shot.pixels[y * 160 + x] & 0xffffff != f.hub.frame.pixel(x: x, y: y) & 0xffffff {
+            for x in 0..<160 where shot.pixels[y * 160 + x] & 0xffffff != f.console.frame.pixel(x: x, y: y) & 0xffffff {
                 mismatches += 1
             }
         }
@@ -60,18 +61,18 @@ import EventLoop
 
     @Test func resizeFollowsTheFrame() throws {
         let f = try Fixture()
-        defer { f.hub.closeAll() }
-        f.hub.resize(width: 96, height: 64)
-        paint(f.hub.frame, f.hub.frame.bounds, seed: 12)
-        f.hub.update([f.hub.frame.bounds])
+        defer { f.console.closeAll() }
+        f.console.resize(width: 96, height: 64)
+        paint(f.console.frame, f.console.frame.bounds, seed: 12)
+        f.console.update([f.console.frame.bounds])
         let shot = try #require(f.sdl.readBack())
         #expect(shot.width == 96 && shot.height == 64)
-        #expect(shot.pixels[63 * 96 + 95] & 0xffffff == f.hub.frame.pixel(x: 95, y: 63) & 0xffffff)
+        #expect(shot.pixels[63 * 96 + 95] & 0xffffff == f.console.frame.pixel(x: 95, y: 63) & 0xffffff)
     }
 
     @Test func keysMouseAndWheelBecomeLinuxInputEvents() throws {
         let f = try Fixture()
-        defer { f.hub.closeAll() }
+        defer { f.console.closeAll() }
         Self.key(SDL_SCANCODE_A, down: true)
         Self.key(SDL_SCANCODE_A, down: false)
         Self.push { e in e.type = SDL_MOUSEMOTION.rawValue; e.motion.x = 40; e.motion.y = 50 }
@@ -90,13 +91,13 @@ import EventLoop
         ])
         // Closing releases what is still held.
         f.sink.events.removeAll()
-        f.hub.closeAll()
+        f.console.closeAll()
         #expect(f.sink.events == [.key(code: LinuxInput.BTN_RIGHT, pressed: false)])
     }
 
     @Test func ctrlAltTogglesGrabAndCtrlAltFTogglesFullScreenWithoutReachingTheGuest() throws {
         let f = try Fixture()
-        defer { f.hub.closeAll() }
+        defer { f.console.closeAll() }
         let ctrlAlt = SDL_Keymod(KMOD_LCTRL.rawValue | KMOD_LALT.rawValue)
         Self.key(SDL_SCANCODE_LCTRL, down: true, mod: KMOD_LCTRL)
         Self.key(SDL_SCANCODE_LALT, down: true, mod: ctrlAlt)
@@ -132,8 +133,8 @@ import EventLoop
         #expect(spin(f.loop, seconds: 5) { !f.sdl.isOpen })
         #expect(quits == 0)
         #expect(f.loop.activeTimers == 0, "no pumping once the window is gone")
-        f.hub.update([f.hub.frame.bounds]) // harmless after close
-        f.hub.closeAll()
+        f.console.update([f.console.frame.bounds]) // harmless after close
+        f.console.closeAll()
 
         let g = try Fixture(closeQuits: true)
         var asked = 0
@@ -141,12 +142,12 @@ import EventLoop
         Self.push { e in e.type = SDL_QUIT.rawValue }
         #expect(spin(g.loop, seconds: 5) { !g.sdl.isOpen })
         #expect(asked == 1)
-        g.hub.closeAll()
+        g.console.closeAll()
     }
 
     @Test func pumpSlowsDownWhenIdle() throws {
         let f = try Fixture()
-        defer { f.hub.closeAll() }
+        defer { f.console.closeAll() }
         #expect(spin(f.loop, seconds: 5) { f.sdl.pumpIntervalMilliseconds == SDLDisplay.idlePumpMilliseconds })
         Self.key(SDL_SCANCODE_B, down: true)
         #expect(spin(f.loop, seconds: 2) { f.sdl.pumpIntervalMilliseconds == SDLDisplay.fastPumpMilliseconds })

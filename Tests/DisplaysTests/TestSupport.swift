@@ -3,6 +3,7 @@ import CShims
 import Damage
 import EventLoop
 import XenStore
+import Console
 @testable import Displays
 
 /// Helpers shared by the display tests: temp dirs, synthetic frames, and

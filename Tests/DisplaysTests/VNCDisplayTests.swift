@@ -2,6 +2,7 @@ import Testing
 import Glibc
 import Damage
 import EventLoop
+import Console
 @testable import Displays
 
 final class RecordingSink: InputSink {
@@ -12,18 +13,18 @@ final class RecordingSink: InputSink {
 /// A VNC server on a private loop, driven by the test's thread.
 struct VNCFixture {
     let loop: EventLoop
-    let hub: DisplayHub
+    let console: Console
     let vnc: VNCDisplay
     let sink = RecordingSink()
 
     init(width: Int = 320, height: Int = 240, options: String = "", keymap: String = "en-us") throws {
         loop = try EventLoop()
-        hub = DisplayHub(width: width, height: height)
-        hub.input = sink
+        console = Console(width: width, height: height)
+        console.input = sink
         // A random start and to= keep parallel tests (and other users of the machine) apart.
         let base = Int.random(in: 200...4000)
-        vnc = try VNCDisplay(spec: "127.0.0.1:\(base),to=\(base + 500)\(options)", loop: loop, hub: hub, keymap: keymap)
-        hub.add(vnc)
+        vnc = try VNCDisplay(spec: "127.0.0.1:\(base),to=\(base + 500)\(options)", loop: loop, console: console, keymap: keymap)
+        console.add(vnc)
         spin(loop, seconds: 0.05) { false }
     }
 
@@ -44,8 +45,8 @@ struct VNCFixture {
     }
 
     func update(_ rect: Rect, seed: UInt32) {
-        paint(hub.frame, rect, seed: seed)
-        hub.update([rect])
+        paint(console.frame, rect, seed: seed)
+        console.update([rect])
     }
 }
 
@@ -58,26 +59,26 @@ struct VNCFixture {
 @Suite struct VNCDisplayTests {
     @Test func vncdoCaptureEqualsTheFrameByteForByteAfterAChange() throws {
         let f = try VNCFixture()
-        f.update(f.hub.frame.bounds, seed: 1)
+        f.update(f.console.frame.bounds, seed: 1)
         let dir = try makeTempDir("vnc")
         defer { removeTree(dir) }
         let r1 = try f.vncdo(["capture", dir + "/a.png"])
         #expect(r1.status == 0, "\(r1.output)")
         let a = try decodeWithPillow(dir + "/a.png")
         #expect(a.width == 320 && a.height == 240)
-        #expect(firstDifference(a.rgb, rgbBytes(f.hub.frame), width: 320) == nil)
+        #expect(firstDifference(a.rgb, rgbBytes(f.console.frame), width: 320) == nil)
 
         f.update(Rect(x: 50, y: 60, width: 100, height: 30), seed: 77)
         let r2 = try f.vncdo(["capture", dir + "/b.png"])
         #expect(r2.status == 0, "\(r2.output)")
         let b = try decodeWithPillow(dir + "/b.png")
-        #expect(firstDifference(b.rgb, rgbBytes(f.hub.frame), width: 320) == nil)
+        #expect(firstDifference(b.rgb, rgbBytes(f.console.frame), width: 320) == nil)
         #expect(a.rgb != b.rgb)
     }
 
     @Test func gvnccaptureEqualsTheFrameByteForByte() throws {
         let f = try VNCFixture(width: 256, height: 200)
-        f.update(f.hub.frame.bounds, seed: 5)
+        f.update(f.console.frame.bounds, seed: 5)
         f.update(Rect(x: 10, y: 10, width: 40, height: 40), seed: 99)
         let dir = try makeTempDir("vnc")
         defer { removeTree(dir) }
@@ -90,7 +91,7 @@ struct VNCFixture {
         #expect(r.status == 0, "\(r.output)")
         let g = try decodeWithPillow(dir + "/g.png")
         #expect(g.width == 256 && g.height == 200)
-        #expect(firstDifference(g.rgb, rgbBytes(f.hub.frame), width: 256) == nil)
+        #expect(firstDifference(g.rgb, rgbBytes(f.console.frame), width: 256) == nil)
     }
 
     @Test func keyAndMouseFromVncdoArriveInOrder() throws {
@@ -132,7 +133,7 @@ struct VNCFixture {
 
     @Test func desktopResizeReachesAConnectedClient() throws {
         let f = try VNCFixture(width: 320, height: 240)
-        f.update(f.hub.frame.bounds, seed: 2)
+        f.update(f.console.frame.bounds, seed: 2)
         let dir = try makeTempDir("vnc")
         defer { removeTree(dir) }
         // One vncdotool connection: capture, wait for the test to resize, capture again.
@@ -150,9 +151,9 @@ struct VNCFixture {
         """
         let child = try Child([venvBin + "/python", "-c", script, String(f.port), dir], captureOutput: true)
         #expect(spin(f.loop, seconds: 30) { fileExists(dir + "/ready") || child.poll() != nil }, "\(child.outputText)")
-        f.hub.resize(width: 200, height: 120)
-        paint(f.hub.frame, f.hub.frame.bounds, seed: 8)
-        f.hub.update([f.hub.frame.bounds])
+        f.console.resize(width: 200, height: 120)
+        paint(f.console.frame, f.console.frame.bounds, seed: 8)
+        f.console.update([f.console.frame.bounds])
         _ = creat(dir + "/resized", 0o644)
         #expect(spin(f.loop, seconds: 30) { child.poll() != nil })
         #expect(child.poll() == 0, "\(child.outputText)")
@@ -160,7 +161,7 @@ struct VNCFixture {
         #expect(before.width == 320 && before.height == 240)
         let after = try decodeWithPillow(dir + "/after.png")
         #expect(after.width == 200 && after.height == 120)
-        #expect(firstDifference(after.rgb, rgbBytes(f.hub.frame), width: 200) == nil)
+        #expect(firstDifference(after.rgb, rgbBytes(f.console.frame), width: 200) == nil)
     }
 
     @Test func passwordIsRequiredAndCheckedAndNeverAcceptedUnset() throws {
@@ -195,17 +196,17 @@ struct VNCFixture {
         let dir = try makeTempDir("vnc")
         defer { removeTree(dir) }
         let loop = try EventLoop()
-        let hub = DisplayHub(width: 64, height: 32)
-        paint(hub.frame, hub.frame.bounds, seed: 4)
-        let vnc = try VNCDisplay(spec: "unix:\(dir)/vnc.sock", loop: loop, hub: hub)
-        hub.add(vnc)
+        let console = Console(width: 64, height: 32)
+        paint(console.frame, console.frame.bounds, seed: 4)
+        let vnc = try VNCDisplay(spec: "unix:\(dir)/vnc.sock", loop: loop, console: console)
+        console.add(vnc)
         #expect(vnc.info == VNCServerInfo(enabled: true, host: dir + "/vnc.sock", service: dir + "/vnc.sock",
                                           family: "unix", auth: "none", clients: []))
         let child = try Child([venvBin + "/vncdo", "-s", dir + "/vnc.sock", "capture", dir + "/u.png"], captureOutput: true)
         #expect(spin(loop, seconds: 60) { child.poll() != nil })
         #expect(child.poll() == 0, "\(child.outputText)")
         let u = try decodeWithPillow(dir + "/u.png")
-        #expect(firstDifference(u.rgb, rgbBytes(hub.frame), width: 64) == nil)
+        #expect(firstDifference(u.rgb, rgbBytes(console.frame), width: 64) == nil)
         vnc.close()
         #expect(!fileExists(dir + "/vnc.sock"))
     }
@@ -214,12 +215,12 @@ struct VNCFixture {
         let f = try VNCFixture()
         let first = f.port - 5900
         let loop2 = try EventLoop()
-        let hub2 = DisplayHub(width: 8, height: 8)
-        let second = try VNCDisplay(spec: "127.0.0.1:\(first),to=\(first + 50)", loop: loop2, hub: hub2)
+        let hub2 = Console(width: 8, height: 8)
+        let second = try VNCDisplay(spec: "127.0.0.1:\(first),to=\(first + 50)", loop: loop2, console: hub2)
         #expect(second.port! > f.port)
         #expect(second.info.host == "127.0.0.1" && second.info.family == "ipv4" && second.info.service == String(second.port!))
         // Without to= the busy display is an error.
-        #expect(throws: DisplayError.self) { _ = try VNCDisplay(spec: "127.0.0.1:\(first)", loop: loop2, hub: hub2) }
+        #expect(throws: DisplayError.self) { _ = try VNCDisplay(spec: "127.0.0.1:\(first)", loop: loop2, console: hub2) }
     }
 
     @Test func queryInfoListsConnectedClients() throws {
@@ -258,12 +259,12 @@ struct VNCFixture {
 
     @Test func noneOpensNothing() throws {
         let loop = try EventLoop()
-        let hub = DisplayHub(width: 8, height: 8)
-        let vnc = try VNCDisplay(spec: "none", loop: loop, hub: hub)
-        hub.add(vnc)
+        let console = Console(width: 8, height: 8)
+        let vnc = try VNCDisplay(spec: "none", loop: loop, console: console)
+        console.add(vnc)
         #expect(!vnc.info.enabled)
         #expect(vnc.port == nil)
-        hub.update([hub.frame.bounds])
+        console.update([console.frame.bounds])
         #expect(loop.activeTimers == 0)
     }
 }
@@ -370,7 +371,7 @@ struct VNCFixture {
         let r = try f.vncdo(["capture", dir + "/other.png"])
         #expect(r.status == 0, "\(r.output)")
         let other = try decodeWithPillow(dir + "/other.png")
-        #expect(firstDifference(other.rgb, rgbBytes(f.hub.frame), width: 1920) == nil)
+        #expect(firstDifference(other.rgb, rgbBytes(f.console.frame), width: 1920) == nil)
     }
 }
 
@@ -412,11 +413,11 @@ struct VNCFixture {
 @Suite struct VNCIPv6Tests {
     @Test func ipv6LoopbackServesVncdoAndReportsTheFamily() throws {
         let loop = try EventLoop()
-        let hub = DisplayHub(width: 48, height: 24)
-        paint(hub.frame, hub.frame.bounds, seed: 21)
+        let console = Console(width: 48, height: 24)
+        paint(console.frame, console.frame.bounds, seed: 21)
         let base = Int.random(in: 200...4000)
-        let vnc = try VNCDisplay(spec: "[::1]:\(base),to=\(base + 500)", loop: loop, hub: hub)
-        hub.add(vnc)
+        let vnc = try VNCDisplay(spec: "[::1]:\(base),to=\(base + 500)", loop: loop, console: console)
+        console.add(vnc)
         #expect(vnc.info.family == "ipv6" && vnc.info.host == "::1")
         let dir = try makeTempDir("vnc6")
         defer { removeTree(dir) }
@@ -424,7 +425,7 @@ struct VNCFixture {
         #expect(spin(loop, seconds: 60) { child.poll() != nil })
         #expect(child.poll() == 0, "\(child.outputText)")
         let img = try decodeWithPillow(dir + "/v6.png")
-        #expect(firstDifference(img.rgb, rgbBytes(hub.frame), width: 48) == nil)
+        #expect(firstDifference(img.rgb, rgbBytes(console.frame), width: 48) == nil)
     }
 }
 }

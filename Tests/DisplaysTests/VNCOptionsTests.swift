@@ -1,4 +1,5 @@
 import Testing
+import Console
 @testable import Displays
 
 @Suite struct VNCOptionsTests {

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Damage
 import Devices
+import Console
 import Displays
 import EventLoop
 import GuestKit
@@ -18,7 +19,7 @@ import XenStore
         let out = try makeTempDir()
         defer { removeTree(out) }
         let png = try PNGDisplay(spec: "png:dir=\(out),interval=0", loop: m.loop)
-        m.hub.add(png)
+        m.console.add(png)
         try m.start()
         let guestStore = try XenStoreConnection(socketPath: m.guestSocket, loop: m.loop)
         let guest = try GuestDomain(host: SimHost(directory: m.dir, domid: 3), store: guestStore, loop: m.loop)
@@ -40,7 +41,7 @@ import XenStore
         fb.fill(Rect(x: 333, y: 222, width: 17, height: 9), color: 0xfedcba)
         fb.update(Rect(x: 333, y: 222, width: 17, height: 9))
         let before = png.framesWritten
-        #expect(m.run { m.hub.frame.pixel(x: 340, y: 225) == 0xfedcba && png.framesWritten > before })
+        #expect(m.run { m.console.frame.pixel(x: 340, y: 225) == 0xfedcba && png.framesWritten > before })
         m.run(seconds: 0.3) { false } // let the last capture settle
         png.close()
 
@@ -68,25 +69,25 @@ import XenStore
         defer { child.terminate() }
         #expect(m.run { child.lines.contains("drawn") && m.backendState("vfb") == .connected }, "guest output: \(child.lines)")
         #expect(m.run {
-            m.hub.frame.pixel(x: 799, y: 599) & 0xffffff == ((799 * 7) & 0xff) << 16 | ((599 * 3) & 0xff) << 8 | ((799 ^ 599) & 0xff)
+            m.console.frame.pixel(x: 799, y: 599) & 0xffffff == ((799 * 7) & 0xff) << 16 | ((599 * 3) & 0xff) << 8 | ((799 ^ 599) & 0xff)
         })
         var mismatches = 0
         for y in stride(from: 0, to: 600, by: 7) {
             for x in stride(from: 0, to: 800, by: 3) {
                 let want = UInt32((x * 7) & 0xff) << 16 | UInt32((y * 3) & 0xff) << 8 | UInt32((x ^ y) & 0xff)
-                if m.hub.frame.pixel(x: x, y: y) & 0xffffff != want { mismatches += 1 }
+                if m.console.frame.pixel(x: x, y: y) & 0xffffff != want { mismatches += 1 }
             }
         }
         #expect(mismatches == 0)
 
-        #expect(m.run { (m.hub.input as? VkbdDevice)?.ready == true })
+        #expect(m.run { (m.console.input as? VkbdDevice)?.ready == true })
         var expected: [String] = []
         for i in 0..<2000 {
             if i % 2 == 0 {
-                m.hub.input?.send(.key(code: UInt32(1 + i % 100), pressed: i % 4 == 0))
+                m.console.input?.send(.key(code: UInt32(1 + i % 100), pressed: i % 4 == 0))
                 expected.append("key \(1 + i % 100) \(i % 4 == 0 ? 1 : 0)")
             } else {
-                m.hub.input?.send(.absolute(x: Int32(i % 800), y: Int32(i % 600)))
+                m.console.input?.send(.absolute(x: Int32(i % 800), y: Int32(i % 600)))
                 expected.append("pos \(i % 800) \(i % 600) 0")
             }
         }

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Devices
+import Console
 import Displays
 import EventLoop
 import GuestKit
@@ -42,7 +43,7 @@ final class XenstoreMachine {
     let dom0Socket: String
     let domid: UInt32
     let dom0: XenStoreConnection
-    let hub = DisplayHub()
+    let console = Console()
     let backends: Backends
 
     init(domid: UInt32) throws {
@@ -63,7 +64,7 @@ final class XenstoreMachine {
 
     func start() throws {
         try Toolstack.addFramebuffer(store: dom0, domid: domid)
-        try backends.start(host: SimHost(directory: dir, domid: 0), xenstore: dom0, domid: domid, hub: hub, config: BackendConfig())
+        try backends.start(host: SimHost(directory: dir, domid: 0), xenstore: dom0, domid: domid, console: console, config: BackendConfig())
     }
 
     func stop() {

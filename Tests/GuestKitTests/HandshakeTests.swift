@@ -1,5 +1,6 @@
 import Damage
 import Devices
+import Console
 import Displays
 import GuestKit
 import Host
@@ -38,7 +39,7 @@ import XenBus
     @Test func anUpdateReachesTheFrameAndTheDisplays() throws {
         let m = try Machine()
         let rec = RecordingDisplay()
-        m.hub.add(rec)
+        m.console.add(rec)
         let (fb, _) = try m.connectAll()
         m.settle()
         rec.updates.removeAll()
@@ -46,10 +47,10 @@ import XenBus
         fb.update(Rect(x: 10, y: 20, width: 30, height: 40))
         #expect(m.run { !rec.updates.isEmpty })
         #expect(rec.updates.first == [Rect(x: 10, y: 20, width: 30, height: 40)])
-        #expect(m.hub.frame.pixel(x: 10, y: 20) & 0xffffff == 0xff8000)
-        #expect(m.hub.frame.pixel(x: 39, y: 59) & 0xffffff == 0xff8000)
-        #expect(m.hub.frame.pixel(x: 40, y: 60) & 0xffffff == 0)
-        #expect(frameMatchesGuest(m.hub.frame, fb))
+        #expect(m.console.frame.pixel(x: 10, y: 20) & 0xffffff == 0xff8000)
+        #expect(m.console.frame.pixel(x: 39, y: 59) & 0xffffff == 0xff8000)
+        #expect(m.console.frame.pixel(x: 40, y: 60) & 0xffffff == 0)
+        #expect(frameMatchesGuest(m.console.frame, fb))
     }
 
     @Test func manyRectanglesBecomeOneFullScreenUpdate() throws {
@@ -57,7 +58,7 @@ import XenBus
         config.updateDelay = .milliseconds(200)
         let m = try Machine(config: config)
         let rec = RecordingDisplay()
-        m.hub.add(rec)
+        m.console.add(rec)
         let (fb, _) = try m.connectAll()
         m.settle()
         rec.updates.removeAll()
@@ -72,13 +73,13 @@ import XenBus
         #expect(m.run { !rec.updates.isEmpty })
         #expect(m.vfbDevice?.fullScreenFlushes == before + 1, "the ninth rectangle turned the batch into one full-screen update")
         #expect(rec.updates.count == 1)
-        #expect(frameMatchesGuest(m.hub.frame, fb))
+        #expect(frameMatchesGuest(m.console.frame, fb))
     }
 
     @Test func bogusRectanglesAreClippedOrDropped() throws {
         let m = try Machine()
         let rec = RecordingDisplay()
-        m.hub.add(rec)
+        m.console.add(rec)
         let (fb, _) = try m.connectAll()
         m.settle()
         rec.updates.removeAll()
@@ -97,7 +98,7 @@ import XenBus
         fb.send(unknown)
         #expect(m.run { !rec.updates.isEmpty })
         #expect(rec.updates.first == [Rect(x: 0, y: 0, width: 10, height: 1), Rect(x: 790, y: 590, width: 10, height: 10)])
-        #expect(m.hub.frame.pixel(x: 10, y: 0) == 0, "only the clipped rectangles were copied")
+        #expect(m.console.frame.pixel(x: 10, y: 0) == 0, "only the clipped rectangles were copied")
         #expect(m.vfbDevice?.updatesReceived == 4)
     }
 
@@ -111,7 +112,7 @@ import XenBus
             fb.update(Rect(x: i, y: i, width: 1, height: 1))
         }
         #expect(fb.stashes == 9, "51 slots, the other 9 updates merged into the stash")
-        #expect(m.run { frameMatchesGuest(m.hub.frame, fb) }, "the stash was flushed after the backend consumed")
+        #expect(m.run { frameMatchesGuest(m.console.frame, fb) }, "the stash was flushed after the backend consumed")
     }
 }
 
@@ -120,7 +121,7 @@ import XenBus
     func writesToTheGuestFramebufferReachTheFrameWithoutExplicitUpdates(mode: DirtyTrackingMode) throws {
         let m = try Machine()
         let rec = RecordingDisplay()
-        m.hub.add(rec)
+        m.console.add(rec)
         let (fb, kbd) = try m.connectAll()
         defer { withExtendedLifetime(kbd) {} }
         try fb.startWriteTracking(mode: mode, delay: .milliseconds(5))
@@ -128,9 +129,9 @@ import XenBus
         m.settle()
         let sent = fb.updatesSent
         fb.fill(Rect(x: 200, y: 300, width: 40, height: 3), color: 0x00abcdef)
-        #expect(m.run { m.hub.frame.pixel(x: 239, y: 302) == 0xabcdef })
+        #expect(m.run { m.console.frame.pixel(x: 239, y: 302) == 0xabcdef })
         #expect(fb.updatesSent > sent, "the engine sent the update")
-        #expect(frameMatchesGuest(m.hub.frame, fb))
+        #expect(frameMatchesGuest(m.console.frame, fb))
         fb.stopWriteTracking()
     }
 }
@@ -139,7 +140,7 @@ import XenBus
     @Test func aFrontendWithoutFeatureUpdateIsPolledWhileConnectedOnly() throws {
         let m = try Machine()
         let rec = RecordingDisplay()
-        m.hub.add(rec)
+        m.console.add(rec)
         let (fb, kbd) = try m.connectAll(featureUpdate: false)
         defer { withExtendedLifetime(kbd) {} }
         #expect(try m.store.read("/local/domain/0/backend/vfb/1/0/request-update") == nil)
@@ -147,8 +148,8 @@ import XenBus
         fb.fill(Rect(x: 5, y: 500, width: 100, height: 70), color: 0x00c0ffee)
         fb.update(Rect(x: 5, y: 500, width: 100, height: 70)) // not wanted: nothing is sent
         #expect(fb.updatesSent == 0)
-        #expect(m.run { m.hub.frame.pixel(x: 104, y: 569) == 0xc0ffee }, "the backend's compare found the change")
-        #expect(frameMatchesGuest(m.hub.frame, fb))
+        #expect(m.run { m.console.frame.pixel(x: 104, y: 569) == 0xc0ffee }, "the backend's compare found the change")
+        #expect(frameMatchesGuest(m.console.frame, fb))
         fb.disconnect()
         #expect(m.run { m.backendState("vfb") == .closed })
         let updates = rec.updates.count

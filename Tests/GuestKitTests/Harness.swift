@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Damage
 import Devices
+import Console
 import Displays
 import EventLoop
 import GuestKit
@@ -16,7 +17,7 @@ final class Machine {
     let loop: EventLoop
     let store: InMemoryXenStore
     let dir: String
-    let hub = DisplayHub()
+    let console = Console()
     let backends: Backends
     let guest: GuestDomain
     let domid: UInt32
@@ -38,7 +39,7 @@ final class Machine {
 
     func startBackends() throws {
         let sim = SimHost(directory: dir, domid: 0)
-        try backends.start(host: strictEventChannels ? StrictHost(sim) : sim, xenstore: store, domid: domid, hub: hub, config: config)
+        try backends.start(host: strictEventChannels ? StrictHost(sim) : sim, xenstore: store, domid: domid, console: console, config: config)
     }
 
     /// Toolstack + backends + both frontends, run until both ends are Connected.
@@ -56,7 +57,7 @@ final class Machine {
         try fb.start()
         try kbd.start()
         run { fb.state == .connected && kbd.state == .connected && self.backendState("vfb") == .connected
-            && self.backendState("vkbd") == .connected && (self.hub.input as? VkbdDevice)?.ready == true }
+            && self.backendState("vkbd") == .connected && (self.console.input as? VkbdDevice)?.ready == true }
         return (fb, kbd)
     }
 
@@ -101,7 +102,7 @@ final class RecordingDisplay: Display {
     func close() {}
 }
 
-/// Whether the hub's frame equals the guest's framebuffer, pixel by pixel (RGB).
+/// Whether the console's frame equals the guest's framebuffer, pixel by pixel (RGB).
 func frameMatchesGuest(_ frame: Frame, _ fb: FramebufferFrontend) -> Bool {
     guard frame.width == fb.width, frame.height == fb.height else { return false }
     for y in 0..<fb.height {

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Damage
 import Devices
+import Console
 import Displays
 import GuestKit
 import Host
@@ -21,13 +22,13 @@ import XenBus
         guard let g = m.vfbDevice?.geometry else { return }
         #expect(g.width > 0 && g.height > 0 && g.width * g.bytesPerPixel <= g.stride)
         #expect(g.offset >= 0 && g.offset + g.height * g.stride <= 2 << 20, "\(g)")
-        #expect(m.hub.frame.width == g.width && m.hub.frame.height == g.height)
+        #expect(m.console.frame.width == g.width && m.console.frame.height == g.height)
     }
 
     /// Keys still reach the guest's keyboard (the other device keeps working).
     func checkKeyboard(_ m: Machine, _ kbd: KeyboardFrontend, code: UInt32) {
         let before = kbd.received.count
-        m.hub.input?.send(.key(code: code, pressed: true))
+        m.console.input?.send(.key(code: code, pressed: true))
         #expect(m.run { kbd.received.count > before })
         #expect(kbd.received.last == .key(code: code, pressed: true))
     }
@@ -56,7 +57,7 @@ import XenBus
         if m.vfbDevice?.geometry?.width == 800 {
             fb.fill(Rect(x: 0, y: 0, width: 800, height: 600), color: 0x123456)
             fb.update(Rect(x: 0, y: 0, width: 800, height: 600))
-            #expect(m.run { m.hub.frame.pixel(x: 5, y: 5) == 0x123456 })
+            #expect(m.run { m.console.frame.pixel(x: 5, y: 5) == 0x123456 })
         }
     }
 
@@ -84,7 +85,7 @@ import XenBus
                 sent += 1
             }
             m.loop.runOnce(timeoutMilliseconds: 5)
-            maxFrameBytes = max(maxFrameBytes, m.hub.frame.byteCount)
+            maxFrameBytes = max(maxFrameBytes, m.console.frame.byteCount)
             if round % 25 == 0 { checkGeometry(m) }
         }
         m.idle(ms: 30)
@@ -120,7 +121,7 @@ import XenBus
     @Test func ringIndicesFarAheadOrBehindAreIgnoredUntilRepaired() throws {
         let m = try Machine()
         let rec = RecordingDisplay()
-        m.hub.add(rec)
+        m.console.add(rec)
         let (fb, kbd) = try m.connectAll()
         m.settle()
         let hostile = HostileGuest(fb: fb)
@@ -137,6 +138,6 @@ import XenBus
         checkKeyboard(m, kbd, code: 33)
         fb.fill(Rect(x: 0, y: 0, width: 10, height: 10), color: 0xabcdef)
         fb.update(Rect(x: 0, y: 0, width: 10, height: 10))
-        #expect(m.run { m.hub.frame.pixel(x: 3, y: 3) == 0xabcdef })
+        #expect(m.run { m.console.frame.pixel(x: 3, y: 3) == 0xabcdef })
     }
 }

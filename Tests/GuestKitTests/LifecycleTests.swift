@@ -1,5 +1,6 @@
 import Damage
 import Devices
+import Console
 import Displays
 import GuestKit
 import Host
@@ -10,13 +11,13 @@ import XenBus
     @Test func anAllowedResizeChangesTheFrameAndARefusedOneKeepsIt() throws {
         let m = try Machine()
         let rec = RecordingDisplay()
-        m.hub.add(rec)
+        m.console.add(rec)
         let (fb, _) = try m.connectAll()
         #expect(fb.resize(width: 640, height: 480))
-        #expect(m.run { m.hub.frame.width == 640 && m.hub.frame.height == 480 })
+        #expect(m.run { m.console.frame.width == 640 && m.console.frame.height == 480 })
         fb.fill(Rect(x: 0, y: 0, width: 640, height: 480), color: 0x123456)
         fb.update(Rect(x: 0, y: 0, width: 640, height: 480))
-        #expect(m.run { frameMatchesGuest(m.hub.frame, fb) })
+        #expect(m.run { frameMatchesGuest(m.console.frame, fb) })
         #expect(!fb.resize(width: 1024, height: 768), "fbfront never grows past its initial mode")
         // A hostile guest sends what fbfront would not; each is refused and the geometry stays.
         let refused: [(Int, Int, Int, Int, Int)] = [
@@ -30,10 +31,10 @@ import XenBus
         for (w, h, s, d, o) in refused { fb.sendResize(width: w, height: h, stride: s, depth: d, offset: o) }
         #expect(m.run { m.vfbDevice?.resizesRefused == refused.count })
         #expect(m.vfbDevice?.geometry == VfbGeometry(width: 640, height: 480, depth: 32, stride: 2560, offset: 0))
-        #expect(m.hub.frame.width == 640)
+        #expect(m.console.frame.width == 640)
         // Growing past the mapping is clamped, never remapped: 2 MiB / 3200 = 655 rows.
         fb.sendResize(width: 800, height: 100_000, stride: 3200, depth: 32, offset: 0)
-        #expect(m.run { m.hub.frame.height == 655 })
+        #expect(m.run { m.console.frame.height == 655 })
         #expect(m.backendState("vfb") == .connected)
     }
 
@@ -46,24 +47,24 @@ import XenBus
             p16[0] = 0xf800; p16[1] = 0x07e0; p16[2] = 0x001f; p16[3] = 0xffff
         }
         fb.sendResize(width: 4, height: 1, stride: 8, depth: 16, offset: 0)
-        #expect(m.run { m.hub.frame.width == 4 && m.hub.frame.pixel(x: 3, y: 0) == 0xffffff })
-        #expect([0, 1, 2].map { m.hub.frame.pixel(x: $0, y: 0) } == [0xff0000, 0x00ff00, 0x0000ff])
+        #expect(m.run { m.console.frame.width == 4 && m.console.frame.pixel(x: 3, y: 0) == 0xffffff })
+        #expect([0, 1, 2].map { m.console.frame.pixel(x: $0, y: 0) } == [0xff0000, 0x00ff00, 0x0000ff])
 
         _ = fb.withPixels { px in
             let b = px.baseAddress!.assumingMemoryBound(to: UInt8.self)
             b[0] = 0xe0; b[1] = 0x1c; b[2] = 0x03; b[3] = 0x00
         }
         fb.sendResize(width: 4, height: 2, stride: 4, depth: 8, offset: 0)
-        #expect(m.run { m.hub.frame.height == 2 && m.hub.frame.pixel(x: 0, y: 0) == 0xff0000 })
-        #expect([1, 2, 3].map { m.hub.frame.pixel(x: $0, y: 0) } == [0x00ff00, 0x0000ff, 0])
+        #expect(m.run { m.console.frame.height == 2 && m.console.frame.pixel(x: 0, y: 0) == 0xff0000 })
+        #expect([1, 2, 3].map { m.console.frame.pixel(x: $0, y: 0) } == [0x00ff00, 0x0000ff, 0])
 
         _ = fb.withPixels { px in
             let b = px.baseAddress!.assumingMemoryBound(to: UInt8.self)
             for (i, v) in [0x33, 0x22, 0x11, 0xcc, 0xbb, 0xaa].enumerated() { b[16 + i] = UInt8(v) }
         }
         fb.sendResize(width: 2, height: 1, stride: 6, depth: 24, offset: 16)
-        #expect(m.run { m.hub.frame.width == 2 && m.hub.frame.height == 1 && m.hub.frame.pixel(x: 0, y: 0) == 0x112233 })
-        #expect(m.hub.frame.pixel(x: 1, y: 0) == 0xaabbcc)
+        #expect(m.run { m.console.frame.width == 2 && m.console.frame.height == 1 && m.console.frame.pixel(x: 0, y: 0) == 0x112233 })
+        #expect(m.console.frame.pixel(x: 1, y: 0) == 0xaabbcc)
     }
 }
 
@@ -76,13 +77,13 @@ import XenBus
         for i in 0..<10_000 {
             switch i % 4 {
             case 0:
-                m.hub.input?.send(.key(code: UInt32(1 + i % 200), pressed: true)); expected.append(.key(code: UInt32(1 + i % 200), pressed: true))
+                m.console.input?.send(.key(code: UInt32(1 + i % 200), pressed: true)); expected.append(.key(code: UInt32(1 + i % 200), pressed: true))
             case 1:
-                m.hub.input?.send(.key(code: UInt32(1 + (i - 1) % 200), pressed: false)); expected.append(.key(code: UInt32(1 + (i - 1) % 200), pressed: false))
+                m.console.input?.send(.key(code: UInt32(1 + (i - 1) % 200), pressed: false)); expected.append(.key(code: UInt32(1 + (i - 1) % 200), pressed: false))
             case 2:
-                m.hub.input?.send(.absolute(x: Int32(i % 800), y: Int32(i % 600))); expected.append(.position(x: Int32(i % 800), y: Int32(i % 600), dz: 0))
+                m.console.input?.send(.absolute(x: Int32(i % 800), y: Int32(i % 600))); expected.append(.position(x: Int32(i % 800), y: Int32(i % 600), dz: 0))
             default:
-                m.hub.input?.send(.key(code: 0x110, pressed: i % 8 == 3)); expected.append(.key(code: 0x110, pressed: i % 8 == 3))
+                m.console.input?.send(.key(code: 0x110, pressed: i % 8 == 3)); expected.append(.key(code: 0x110, pressed: i % 8 == 3))
             }
         }
         m.idle(ms: 20)
@@ -98,10 +99,10 @@ import XenBus
         let m = try Machine()
         let (_, kbd) = try m.connectAll(requestRaw: true)
         #expect(m.vkbdDevice?.rawPointer == true)
-        m.hub.input?.send(.absolute(x: 799, y: 0))
-        m.hub.input?.send(.absolute(x: 0, y: 599))
-        m.hub.input?.send(.wheel(-1))
-        m.hub.input?.send(.relative(dx: 3, dy: -2))
+        m.console.input?.send(.absolute(x: 799, y: 0))
+        m.console.input?.send(.absolute(x: 0, y: 599))
+        m.console.input?.send(.wheel(-1))
+        m.console.input?.send(.relative(dx: 3, dy: -2))
         #expect(m.run { kbd.received.count == 4 })
         #expect(kbd.received == [.position(x: 0x7fff, y: 0, dz: 0), .position(x: 0, y: 0x7fff, dz: 0),
                                  .position(x: 0, y: 0x7fff, dz: -1), .motion(dx: 3, dy: -2, dz: 0)])
@@ -112,7 +113,7 @@ import XenBus
         try Toolstack.addFramebuffer(store: m.store, domid: 1)
         try m.startBackends()
         m.run { m.backendState("vkbd") == .initWait }
-        m.hub.input?.send(.key(code: 30, pressed: true))
+        m.console.input?.send(.key(code: 30, pressed: true))
         #expect(m.vkbdDevice?.queuedEvents == 0)
     }
 }
@@ -128,14 +129,14 @@ import XenBus
         #expect(m.run { m.backendState("vfb") == .connected && fb.state == .connected })
         fb.fill(Rect(x: 100, y: 100, width: 50, height: 50), color: 0x00ff00)
         fb.update(Rect(x: 100, y: 100, width: 50, height: 50))
-        #expect(m.run { m.hub.frame.pixel(x: 120, y: 120) == 0x00ff00 })
-        #expect(frameMatchesGuest(m.hub.frame, fb))
+        #expect(m.run { m.console.frame.pixel(x: 120, y: 120) == 0x00ff00 })
+        #expect(frameMatchesGuest(m.console.frame, fb))
 
         kbd.disconnect()
         #expect(m.run { m.backendState("vkbd") == .closed })
         try kbd.reconnect()
         #expect(m.run { m.backendState("vkbd") == .connected && m.vkbdDevice?.ready == true })
-        m.hub.input?.send(.key(code: 30, pressed: true))
+        m.console.input?.send(.key(code: 30, pressed: true))
         #expect(m.run { kbd.received.last == .key(code: 30, pressed: true) })
     }
 
@@ -245,7 +246,7 @@ import XenBus
     @Test func aCorruptedOutRingIsIgnoredNotSpunOn() throws {
         let m = try Machine()
         let rec = RecordingDisplay()
-        m.hub.add(rec)
+        m.console.add(rec)
         let (fb, _) = try m.connectAll()
         m.settle()
         rec.updates.removeAll()
@@ -267,14 +268,14 @@ import XenBus
         let page = kbd.pageMappingForTests()
         let prod = page.load(UInt32.self, at: XenkbdLayout.inProd)!
         page.store(prod &+ 1000, at: XenkbdLayout.inCons) // consumer far ahead of the producer
-        for code in UInt32(1)...100 { m.hub.input?.send(.key(code: code, pressed: true)) }
+        for code in UInt32(1)...100 { m.console.input?.send(.key(code: code, pressed: true)) }
         m.idle(ms: 20)
         #expect(page.load(UInt32.self, at: XenkbdLayout.inProd) == prod, "nothing was written into a ring that looks inconsistent")
         #expect(m.vkbdDevice?.queuedEvents == 100)
         page.store(prod, at: XenkbdLayout.inCons)
         kbd.resume()
         // The next input makes the backend look at the ring again; everything goes, in order.
-        m.hub.input?.send(.key(code: 101, pressed: true))
+        m.console.input?.send(.key(code: 101, pressed: true))
         #expect(m.run { kbd.received.count == 101 })
         #expect(kbd.received == (UInt32(1)...101).map { .key(code: $0, pressed: true) })
     }

@@ -1,21 +1,27 @@
 import Damage
+import Support
 
 /// The picture every display reads: XRGB8888, little-endian 32-bit words
 /// 0x00RRGGBB (the Xen PV framebuffer's layout), rows `stride` bytes apart.
 ///
-/// The vfb backend owns it as its shadow copy of the guest framebuffer: it
-/// copies confirmed changes in, then tells the displays which rects changed.
-/// Displays read it between those calls only, so they never see a frame that
-/// the guest is half-way through writing.
-public final class Frame {
+/// The console owns it. Devices write confirmed changes into it on the loop's
+/// thread, inside `Console.withFrame`, and then publish the changed rects;
+/// displays read it inside `withFrame` (from any thread) or, on the loop's
+/// thread, between two loop handlers. Either way a reader never sees a frame
+/// half-way through a device's update, and never a freed one.
+public final class Frame: @unchecked Sendable {
     public private(set) var width: Int
     public private(set) var height: Int
     public private(set) var stride: Int
     public private(set) var pixels: UnsafeMutableRawPointer
 
-    /// A black frame of the given size. Sizes are validated by the caller.
+    /// Largest width or height a frame may have.
+    public static let maxDimension = 16384
+
+    /// A black frame of the given size. Sizes are validated by the caller
+    /// (1 ... `maxDimension` a side).
     public init(width: Int, height: Int) {
-        precondition(width > 0 && height > 0 && width <= 16384 && height <= 16384)
+        precondition(width > 0 && height > 0 && width <= Self.maxDimension && height <= Self.maxDimension)
         self.width = width
         self.height = height
         self.stride = width * 4
@@ -29,8 +35,8 @@ public final class Frame {
     public var byteCount: Int { stride * height }
 
     /// Reallocates for a new geometry; the content becomes black.
-    public func resize(width: Int, height: Int) {
-        precondition(width > 0 && height > 0 && width <= 16384 && height <= 16384)
+    fileprivate func resize(width: Int, height: Int) {
+        precondition(width > 0 && height > 0 && width <= Self.maxDimension && height <= Self.maxDimension)
         pixels.deallocate()
         self.width = width
         self.height = height
@@ -58,15 +64,19 @@ public enum InputEvent: Equatable, Sendable {
     case wheel(Int32)
 }
 
-/// Where displays send input: the one queue in front of vkbd.
+/// Where input goes: the console's one queue, and behind it the vkbd device.
+/// Called on the loop's thread.
 public protocol InputSink: AnyObject {
     func send(_ event: InputEvent)
 }
 
-/// A place the guest's screen is shown: VNC, SDL, PNG capture.
+/// A place the guest's screen is shown: VNC, SDL, PNG capture (QEMU's
+/// `DisplayChangeListener`).
 ///
-/// The hub calls these on the event loop's thread. A display reads the frame
-/// inside the call or later on the loop, never from another thread.
+/// The console calls these on the loop's thread. They must return at once:
+/// a display that does real work (encoding, network or file I/O) records
+/// what changed and does the work elsewhere, reading the frame through
+/// `Console.withFrame`.
 public protocol Display: AnyObject {
     /// A short name for logs and QMP (`vnc`, `sdl`, `png`).
     var name: String { get }
@@ -78,14 +88,36 @@ public protocol Display: AnyObject {
     func close()
 }
 
-/// Fans frame changes out to every display and input back to the sink.
-public final class DisplayHub {
+/// The console: one frame, the displays that show it, and the input path
+/// back to the guest (QEMU's `QemuConsole`).
+///
+/// Devices publish into it (`withFrame` to write, then `update` or
+/// `resize`); displays subscribe (`add`). A device never sees a display and a
+/// display never sees a device. Everything but `withFrame` and `size` runs on
+/// the loop's thread.
+public final class Console: @unchecked Sendable {
+    private let lock = Lock()
+    /// The frame, for use on the loop's thread only; other threads use `withFrame`.
     public private(set) var frame: Frame
     public private(set) var displays: [Display] = []
+    /// The one input queue displays send to (`InputQueue`), set by the owner.
     public weak var input: InputSink?
+    private var sizeSnapshot: (width: Int, height: Int)
 
     public init(width: Int = 800, height: Int = 600) {
         frame = Frame(width: width, height: height)
+        sizeSnapshot = (width, height)
+    }
+
+    /// The frame's size, from any thread.
+    public var size: (width: Int, height: Int) { lock.withLock { sizeSnapshot } }
+
+    /// Runs `body` with the frame, holding the console's lock: from any
+    /// thread, to read it; on the loop's thread, to write into it. Keep
+    /// `body` short (a copy or a compare of some rows): the guest's loop may
+    /// be waiting for it.
+    public func withFrame<R, E: Error>(_ body: (Frame) throws(E) -> R) throws(E) -> R {
+        try lock.withLock { () throws(E) -> R in try body(frame) }
     }
 
     public func add(_ display: Display) {
@@ -97,8 +129,12 @@ public final class DisplayHub {
         displays.removeAll { $0 === display }
     }
 
+    /// Reallocates the frame (black) and tells every display.
     public func resize(width: Int, height: Int) {
-        frame.resize(width: width, height: height)
+        lock.withLock {
+            frame.resize(width: width, height: height)
+            sizeSnapshot = (width, height)
+        }
         for d in displays { d.frameDidResize(frame) }
     }
 
