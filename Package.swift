@@ -34,18 +34,21 @@ let package = Package(
         .target(name: "WriteFault", dependencies: ["Damage", "CWriteFault", "CShims", "Support"]),
         .target(name: "XenStore", dependencies: ["CXen", "EventLoop", "Support"]),
         .target(name: "Host", dependencies: ["CXen", "CShims", "EventLoop", "Support", "XenStore"]),
-        .target(name: "XenBus", dependencies: ["XenStore", "Host", "EventLoop", "Support"]),
+        // The Xen PV protocols as wire types: vfb/vkbd pages and rings, xenbus states.
+        // Shared by the backends and GuestKit's frontends.
+        .target(name: "XenProtocol", dependencies: ["Host", "Support"]),
+        .target(name: "XenBus", dependencies: ["XenProtocol", "XenStore", "Host", "EventLoop", "Support"]),
         // The console: frame, display protocol, the one input queue (no C dependencies).
         // Devices publish into it; displays subscribe to it.
         .target(name: "Console", dependencies: ["Damage", "EventLoop", "Support", .product(name: "Logging", package: "swift-log")]),
         .target(name: "Displays", dependencies: ["Console", "Damage", "EventLoop", "Support", "CShims", "CVNCServer", "CSDL2", "CPNG",
                                                 "CDisplayShims", .product(name: "Logging", package: "swift-log")]),
-        .target(name: "Devices", dependencies: ["XenBus", "XenStore", "Host", "Damage", "Console", "EventLoop", "Support", "CXen"]),
+        .target(name: "Devices", dependencies: ["XenBus", "XenProtocol", "XenStore", "Host", "Damage", "Console", "EventLoop", "Support", "CXen"]),
         .target(name: "Control", dependencies: ["Damage", "EventLoop", "Support", "CShims", .product(name: "Logging", package: "swift-log")]),
-        .target(name: "GuestKit", dependencies: ["Devices", "XenBus", "Displays", "XenStore", "Host", "Damage", "WriteFault", "EventLoop", "Support"]),
+        .target(name: "GuestKit", dependencies: ["XenBus", "XenProtocol", "XenStore", "Host", "Damage", "WriteFault", "EventLoop", "Support"]),
         .executableTarget(
             name: "xenvfb",
-            dependencies: ["Support", "EventLoop", "Damage", "WriteFault", "XenStore", "Host", "XenBus", "Devices",
+            dependencies: ["Support", "EventLoop", "Damage", "WriteFault", "XenStore", "Host", "XenProtocol", "XenBus", "Devices",
                            "Console", "Displays", "Control", "GuestKit"],
             // RSS (README, Performance: Memory): lld packs the ~27,000 relative
             // relocations of this PIE into DT_RELR (5 KB instead of 630 KB that
@@ -61,10 +64,10 @@ let package = Package(
         .testTarget(name: "HostTests", dependencies: ["Host", "EventLoop", "Support"]),
         .testTarget(name: "DamageTests", dependencies: ["Damage", "WriteFault", "CWriteFault", "EventLoop", "Support"]),
         .testTarget(name: "XenStoreTests", dependencies: ["XenStore", "EventLoop", "Support", "CShims"]),
-        .testTarget(name: "DevicesTests", dependencies: ["Devices", "XenBus", "Host", "Console", "Damage", "EventLoop", "Support"]),
-        .testTarget(name: "EndToEndTests", dependencies: ["GuestKit", "Devices", "XenBus", "Host", "Console", "Displays", "XenStore", "Damage", "EventLoop", "Support"],
+        .testTarget(name: "DevicesTests", dependencies: ["XenProtocol", "Devices", "XenBus", "Host", "Console", "Damage", "EventLoop", "Support"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["XenProtocol", "GuestKit", "Devices", "XenBus", "Host", "Console", "Displays", "XenStore", "Damage", "EventLoop", "Support"],
                     exclude: ["device_model.py", "faults.py", "convergence.py"]),
-        .testTarget(name: "GuestKitTests", dependencies: ["GuestKit", "Devices", "XenBus", "Host", "Console", "Displays", "Damage", "EventLoop", "Support"]),
+        .testTarget(name: "GuestKitTests", dependencies: ["XenProtocol", "GuestKit", "Devices", "XenBus", "Host", "Console", "Displays", "Damage", "EventLoop", "Support"]),
         .testTarget(name: "ControlTests", dependencies: ["Control", "EventLoop", "Support", "CShims"],
                     exclude: ["qmp_client.py"]),
     ]
@@ -75,9 +78,9 @@ let package = Package(
 if Context.environment["XENVFB_FUZZ"] == "1" {
     package.targets.append(.target(name: "FuzzSupport", path: "Fuzz/FuzzSupport"))
     let fuzzTargets: [(String, [Target.Dependency])] = [
-        ("FuzzVfbRing", ["Devices", "Console", "Host"]),
-        ("FuzzVkbdRing", ["Devices", "Console", "Host"]),
-        ("FuzzGeometry", ["Devices"]),
+        ("FuzzVfbRing", ["Devices", "XenProtocol", "Console", "Host"]),
+        ("FuzzVkbdRing", ["Devices", "XenProtocol", "Console", "Host"]),
+        ("FuzzGeometry", ["Devices", "XenProtocol"]),
         ("FuzzXenstored", ["XenStore", "EventLoop", "CShims"]),
         ("FuzzJSON", ["Control"]),
         ("FuzzQMPStream", ["Control"]),

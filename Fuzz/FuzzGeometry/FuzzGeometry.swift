@@ -3,6 +3,7 @@
 // them, against framebuffer lengths up to the 512 MiB ceiling.
 import Devices
 import FuzzSupport
+import XenProtocol
 
 func fuzzOne(_ raw: UnsafeRawBufferPointer) {
     var input = FuzzInput(raw)

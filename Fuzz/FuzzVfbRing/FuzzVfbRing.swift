@@ -12,6 +12,7 @@ import Devices
 import Console
 import FuzzSupport
 import Host
+import XenProtocol
 
 let fbLimit = 256 << 10
 let fallback = try! VfbGeometry.configure(fbLen: 64 << 10, width: 64, height: 48, depth: 32, stride: 256, offset: 0)

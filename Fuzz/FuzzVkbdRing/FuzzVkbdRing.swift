@@ -12,6 +12,7 @@ import Devices
 import Console
 import FuzzSupport
 import Host
+import XenProtocol
 
 func fuzzOne(_ raw: UnsafeRawBufferPointer) {
     var input = FuzzInput(raw)

@@ -8,6 +8,7 @@ import Host
 import Logging
 import Support
 import XenBus
+import XenProtocol
 
 /// The vfb backend for one device: maps the guest's `xenfb_page` and
 /// framebuffer, validates the geometry, consumes UPDATE and RESIZE events and
@@ -77,14 +78,13 @@ public final class VfbDevice: XenBusDeviceHandler {
         guard let header = page.bytes(at: 0, count: XenfbLayout.inRingOffset) else { throw XenBusError("shared page too small") }
         let (fb, frames, geometry) = try Self.describeFramebuffer(header: header, protocol: proto, limit: config.framebufferLimit)
         let dirs = try device.host.mapForeign(domid: device.domid, frames: frames, writable: false)
-        let entry = fb.entrySize
-        guard let list = dirs.bytes(at: 0, count: fb.pages * entry) else { throw XenBusError("page directory too small") }
-        dirs.unmap()
-        let fbFrames: [UInt64] = (0..<fb.pages).map { i in
-            var v: UInt64 = 0
-            for b in 0..<entry { v |= UInt64(list[i * entry + b]) << (8 * UInt64(b)) }
-            return v
+        // One copy of the directory pages; the frame list is decoded from the copy.
+        guard let list = dirs.bytes(at: 0, count: fb.pages * fb.entrySize),
+              let fbFrames = list.withUnsafeBytes({ XenfbPageHeader.frameList(in: $0, entrySize: fb.entrySize, count: fb.pages) }) else {
+            dirs.unmap()
+            throw XenBusError("page directory too small")
         }
+        dirs.unmap()
         framebuffer = try device.host.mapForeign(domid: device.domid, frames: fbFrames, writable: false)
         fbLen = fb.length
 
@@ -157,36 +157,32 @@ public final class VfbDevice: XenBusDeviceHandler {
     /// Checks the description in the shared page copy and returns the
     /// framebuffer's size, the directory frames to map, and the geometry.
     public static func describeFramebuffer(header: [UInt8], protocol proto: String?, limit: Int) throws -> (FramebufferLayout, [UInt64], VfbGeometry) {
-        func u32(_ o: Int) -> UInt32 { RingEvent(bytes: header).u32(at: o) }
-        // Never mix the 32- and 64-bit layouts: decide once (reference §1 "Guest ABI").
-        let wide: Bool
-        switch proto {
-        case "x86_32-abi": wide = false
-        case nil: wide = u32(XenfbLayout.pd64) != 0
-        default: wide = true // x86_64-abi, arm-abi, or unknown: native
+        try header.withUnsafeBytes { bytes in
+            guard let h = XenfbPageHeader(bytes) else { throw XenBusError("shared page too small") }
+            // Never mix the 32- and 64-bit layouts: decide once (xen/io/protocols.h names).
+            let wide: Bool
+            switch proto {
+            case "x86_32-abi": wide = false
+            case nil: wide = h.firstDirectory64 != 0
+            default: wide = true // x86_64-abi, arm-abi, or unknown: native
+            }
+            let memLength = Int(h.memLength)
+            guard memLength > 0 else { throw GeometryError.emptyFramebuffer }
+            guard memLength <= limit else { throw GeometryError.memLengthOverLimit(memLength, limit: limit) }
+            let entry = wide ? 8 : 4
+            let pages = (memLength + guestPageSize - 1) / guestPageSize
+            let perDirectory = guestPageSize / entry
+            let dirCount = (pages + perDirectory - 1) / perDirectory
+            let maxDirs = wide ? XenfbLayout.maxDirectories64 : XenfbLayout.maxDirectories32
+            guard dirCount <= maxDirs else { throw GeometryError.tooManyDirectories(dirCount, max: maxDirs) }
+            let geometry = try VfbGeometry.configure(
+                fbLen: memLength, width: Int(h.width), height: Int(h.height), depth: Int(h.depth),
+                stride: Int(h.lineLength), offset: 0)
+            guard let dirs = XenfbPageHeader.directories(in: bytes, wide: wide, count: dirCount) else {
+                throw GeometryError.tooManyDirectories(dirCount, max: maxDirs)
+            }
+            return (FramebufferLayout(length: memLength, pages: pages, entrySize: entry), dirs, geometry)
         }
-        let memLength = Int(u32(XenfbLayout.memLength))
-        guard memLength > 0 else { throw GeometryError.emptyFramebuffer }
-        guard memLength <= limit else { throw GeometryError.memLengthOverLimit(memLength, limit: limit) }
-        let entry = wide ? 8 : 4
-        let pages = (memLength + guestPageSize - 1) / guestPageSize
-        let perDirectory = guestPageSize / entry
-        let dirCount = (pages + perDirectory - 1) / perDirectory
-        let maxDirs = wide ? XenfbLayout.maxDirectories64 : XenfbLayout.maxDirectories32
-        guard dirCount <= maxDirs else { throw GeometryError.tooManyDirectories(dirCount, max: maxDirs) }
-        let geometry = try VfbGeometry.configure(
-            fbLen: memLength,
-            width: Int(Int32(bitPattern: u32(XenfbLayout.width))),
-            height: Int(Int32(bitPattern: u32(XenfbLayout.height))),
-            depth: Int(header[XenfbLayout.depth]),
-            stride: Int(u32(XenfbLayout.lineLength)),
-            offset: 0)
-        let pdBase = wide ? XenfbLayout.pd64 : XenfbLayout.pd32
-        let dirs: [UInt64] = (0..<dirCount).map { i in
-            let o = pdBase + i * entry
-            return wide ? UInt64(u32(o)) | UInt64(u32(o + 4)) << 32 : UInt64(u32(o))
-        }
-        return (FramebufferLayout(length: memLength, pages: pages, entrySize: entry), dirs, geometry)
     }
 
     private func apply(_ g: VfbGeometry) {
@@ -215,8 +211,7 @@ public final class VfbDevice: XenBusDeviceHandler {
     /// the copy (XSA-155); the private consumer index is the only one trusted.
     public func processOutRing() {
         guard let page else { return }
-        let ring = SharedRing(page: page, consOffset: XenfbLayout.outCons, prodOffset: XenfbLayout.outProd,
-                              ringOffset: XenfbLayout.outRingOffset, length: XenfbLayout.outRingLength)
+        let ring = SharedRing.vfbOut(page)
         let prod = ring.loadProd()
         Barrier.read()
         guard prod &- outCons <= UInt32(XenfbLayout.outRingLength) else {
@@ -226,7 +221,7 @@ public final class VfbDevice: XenBusDeviceHandler {
         guard prod != outCons else { return }
         var cons = outCons
         while cons != prod {
-            if let event = ring.copyEvent(cons) { handle(event) }
+            if let slot = ring.copySlot(cons) { handle(XenfbOutEvent(slot)) }
             cons &+= 1
         }
         Barrier.full()
@@ -236,14 +231,13 @@ public final class VfbDevice: XenBusDeviceHandler {
         if let ev = evtchn { try? ev.notify(port: localPort) }
     }
 
-    private func handle(_ event: RingEvent) {
-        switch event.type {
-        case XenfbLayout.typeUpdate:
+    private func handle(_ event: XenfbOutEvent) {
+        switch event {
+        case .update(let x, let y, let width, let height):
             updatesReceived += 1
             guard let g = geometry else { return }
             // Int arithmetic on i32 inputs: x + w cannot overflow.
-            let r = Rect(x: Int(event.i32(at: 4)), y: Int(event.i32(at: 8)),
-                         width: Int(event.i32(at: 12)), height: Int(event.i32(at: 16)))
+            let r = Rect(x: Int(x), y: Int(y), width: Int(width), height: Int(height))
             let clipped = r.intersection(Rect(x: 0, y: 0, width: g.width, height: g.height))
             guard !clipped.isEmpty else { return } // bogus or empty: dropped
             if queued.count >= config.maxQueuedRects {
@@ -254,9 +248,8 @@ public final class VfbDevice: XenBusDeviceHandler {
                 queued.append(clipped)
             }
             scheduleFlush()
-        case XenfbLayout.typeResize:
-            let w = Int(event.i32(at: 4)), h = Int(event.i32(at: 8)), stride = Int(event.i32(at: 12))
-            let depth = Int(event.i32(at: 16)), offset = Int(event.i32(at: 20))
+        case .resize(let width, let height, let lineLength, let bpp, let start):
+            let w = Int(width), h = Int(height), stride = Int(lineLength), depth = Int(bpp), offset = Int(start)
             do {
                 let g = try VfbGeometry.configure(fbLen: fbLen, width: w, height: h, depth: depth, stride: stride, offset: offset)
                 log.info("resize to \(g)")
@@ -265,7 +258,7 @@ public final class VfbDevice: XenBusDeviceHandler {
                 resizesRefused += 1
                 warn("refused resize to \(w)x\(h)x\(depth) stride \(stride) offset \(offset): \(error)")
             }
-        default:
+        case .unknown:
             break // unknown types are ignored
         }
     }

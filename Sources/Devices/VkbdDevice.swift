@@ -4,6 +4,7 @@ import Host
 import Logging
 import Support
 import XenBus
+import XenProtocol
 
 /// The vkbd backend for one device, and the console's `InputSink`: keys, buttons,
 /// wheel and pointer from the displays go into the guest's IN ring as Linux
@@ -137,8 +138,7 @@ public final class VkbdDevice: XenBusDeviceHandler, InputSink {
     /// Puts as many queued events into the IN ring as fit, then notifies.
     public func flush() {
         guard ready, let page, queuedEvents > 0 else { return }
-        let ring = SharedRing(page: page, consOffset: XenkbdLayout.inCons, prodOffset: XenkbdLayout.inProd,
-                              ringOffset: XenkbdLayout.inRingOffset, length: XenkbdLayout.inRingLength)
+        let ring = SharedRing.vkbdIn(page)
         let cons = ring.loadCons()
         Barrier.full()
         let used = inProd &- cons
@@ -153,7 +153,7 @@ public final class VkbdDevice: XenBusDeviceHandler, InputSink {
             let wire = translate(queue[head])
             head += 1
             guard let wire else { continue }
-            ring.putEvent(wire, at: inProd &+ UInt32(sent))
+            ring.put(wire.slot, at: inProd &+ UInt32(sent))
             sent += 1
             free -= 1
         }
@@ -167,51 +167,33 @@ public final class VkbdDevice: XenBusDeviceHandler, InputSink {
     }
 
     /// One display event as a kbdif event, in the mode the frontend asked for.
-    func translate(_ event: InputEvent) -> RingEvent? {
+    func translate(_ event: InputEvent) -> XenkbdInEvent? {
+        let size = console.size
+        let w = Int32(clamping: max(size.width, 1)), h = Int32(clamping: max(size.height, 1))
         switch event {
         case .key(let code, let pressed):
-            var e = RingEvent(type: XenkbdLayout.typeKey)
-            e.set(UInt8(pressed ? 1 : 0), at: 1)
-            e.set(code, at: 4)
-            return e
+            return .key(code: code, pressed: pressed)
         case .absolute(let x, let y):
-            let w = Int32(clamping: max(console.frame.width, 1)), h = Int32(clamping: max(console.frame.height, 1))
             let cx = min(max(x, 0), w - 1), cy = min(max(y, 0), h - 1)
             defer { lastX = cx; lastY = cy }
-            if absolutePointer { return position(cx, cy, z: 0) }
-            var e = RingEvent(type: XenkbdLayout.typeMotion)
-            e.set(cx &- lastX, at: 4)
-            e.set(cy &- lastY, at: 8)
-            return e
+            if absolutePointer { return position(cx, cy, z: 0, width: w, height: h) }
+            return .motion(dx: cx &- lastX, dy: cy &- lastY, dz: 0)
         case .relative(let dx, let dy):
-            var e = RingEvent(type: XenkbdLayout.typeMotion)
-            e.set(dx, at: 4)
-            e.set(dy, at: 8)
-            let w = Int32(clamping: max(console.frame.width, 1)), h = Int32(clamping: max(console.frame.height, 1))
             lastX = min(max(lastX &+ dx, 0), w - 1)
             lastY = min(max(lastY &+ dy, 0), h - 1)
-            return e
+            return .motion(dx: dx, dy: dy, dz: 0)
         case .wheel(let z):
-            if absolutePointer { return position(lastX, lastY, z: z) }
-            var e = RingEvent(type: XenkbdLayout.typeMotion)
-            e.set(z, at: 12)
-            return e
+            if absolutePointer { return position(lastX, lastY, z: z, width: w, height: h) }
+            return .motion(dx: 0, dy: 0, dz: z)
         }
     }
 
     /// A POS event at pixel (x, y): pixels, or scaled to 0..0x7fff when raw
     /// (the inverse of QEMU's `v*(surface_w-1)/0x7fff`).
-    private func position(_ x: Int32, _ y: Int32, z: Int32) -> RingEvent {
-        var e = RingEvent(type: XenkbdLayout.typePosition)
-        var ax = x, ay = y
-        if rawPointer {
-            let w = Int64(max(console.frame.width - 1, 1)), h = Int64(max(console.frame.height - 1, 1))
-            ax = Int32(Int64(x) * Int64(XenkbdLayout.rawMax) / w)
-            ay = Int32(Int64(y) * Int64(XenkbdLayout.rawMax) / h)
-        }
-        e.set(ax, at: 4)
-        e.set(ay, at: 8)
-        e.set(z, at: 12)
-        return e
+    private func position(_ x: Int32, _ y: Int32, z: Int32, width: Int32, height: Int32) -> XenkbdInEvent {
+        guard rawPointer else { return .position(x: x, y: y, dz: z) }
+        let w = Int64(max(width - 1, 1)), h = Int64(max(height - 1, 1))
+        return .position(x: Int32(Int64(x) * Int64(XenkbdLayout.rawMax) / w),
+                         y: Int32(Int64(y) * Int64(XenkbdLayout.rawMax) / h), dz: z)
     }
 }

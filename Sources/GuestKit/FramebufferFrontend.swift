@@ -1,10 +1,10 @@
 import Damage
 import WriteFault
-import Devices
 import EventLoop
 import Host
 import Support
 import XenBus
+import XenProtocol
 
 /// A frontend that behaves like Linux's xen-fbfront (reference §8): 32 bpp,
 /// 800×600 in 2 MiB unless the backend's `videoram`/`width`/`height` say
@@ -209,10 +209,7 @@ public final class FramebufferFrontend: FrontendBase {
             return
         }
         dirty = nil
-        var e = RingEvent(type: XenfbLayout.typeUpdate)
-        e.set(Int32(box.x), at: 4); e.set(Int32(box.y), at: 8)
-        e.set(Int32(box.width), at: 12); e.set(Int32(box.height), at: 16)
-        send(e)
+        send(XenfbOutEvent.update(x: Int32(box.x), y: Int32(box.y), width: Int32(box.width), height: Int32(box.height)).slot)
         updatesSent += 1
     }
 
@@ -224,11 +221,10 @@ public final class FramebufferFrontend: FrontendBase {
     }
 
     /// Puts any event into the OUT ring, even a hostile one (no checks).
-    public func send(_ event: RingEvent) {
-        let ring = SharedRing(page: pageMapping(), consOffset: XenfbLayout.outCons, prodOffset: XenfbLayout.outProd,
-                              ringOffset: XenfbLayout.outRingOffset, length: XenfbLayout.outRingLength)
+    public func send(_ slot: RingSlot) {
+        let ring = SharedRing.vfbOut(pageMapping())
         let prod = ring.loadProd()
-        ring.putEvent(event, at: prod)
+        ring.put(slot, at: prod)
         Barrier.write()
         ring.storeProd(prod &+ 1)
         notify()
@@ -257,10 +253,8 @@ public final class FramebufferFrontend: FrontendBase {
 
     /// Sends any RESIZE event (a hostile guest's too); the local geometry is unchanged.
     public func sendResize(width w: Int, height h: Int, stride s: Int, depth: Int, offset: Int) {
-        var e = RingEvent(type: XenfbLayout.typeResize)
-        e.set(Int32(truncatingIfNeeded: w), at: 4); e.set(Int32(truncatingIfNeeded: h), at: 8)
-        e.set(Int32(truncatingIfNeeded: s), at: 12); e.set(Int32(truncatingIfNeeded: depth), at: 16)
-        e.set(Int32(truncatingIfNeeded: offset), at: 20)
-        send(e)
+        send(XenfbOutEvent.resize(width: Int32(truncatingIfNeeded: w), height: Int32(truncatingIfNeeded: h),
+                                  stride: Int32(truncatingIfNeeded: s), depth: Int32(truncatingIfNeeded: depth),
+                                  offset: Int32(truncatingIfNeeded: offset)).slot)
     }
 }

@@ -3,6 +3,7 @@ import Host
 import Logging
 import Support
 import XenBus
+import XenProtocol
 
 /// What the two frontends share: the device directory, the watch on the
 /// backend (`otherend`), the state switch and the event channel.

@@ -1,7 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import Devices
+import XenProtocol
 import EventLoop
 import Host
 import Support
@@ -36,17 +36,13 @@ public final class HostileGuest {
     public func repairOutRing() { setOutProd(outIndices.cons) }
 
     /// A RESIZE event with any values.
-    public static func resize(width: Int32, height: Int32, stride: Int32, depth: Int32, offset: Int32) -> RingEvent {
-        var e = RingEvent(type: XenfbLayout.typeResize)
-        e.set(width, at: 4); e.set(height, at: 8); e.set(stride, at: 12); e.set(depth, at: 16); e.set(offset, at: 20)
-        return e
+    public static func resize(width: Int32, height: Int32, stride: Int32, depth: Int32, offset: Int32) -> RingSlot {
+        XenfbOutEvent.resize(width: width, height: height, stride: stride, depth: depth, offset: offset).slot
     }
 
     /// An UPDATE event with any values.
-    public static func update(x: Int32, y: Int32, width: Int32, height: Int32) -> RingEvent {
-        var e = RingEvent(type: XenfbLayout.typeUpdate)
-        e.set(x, at: 4); e.set(y, at: 8); e.set(width, at: 12); e.set(height, at: 16)
-        return e
+    public static func update(x: Int32, y: Int32, width: Int32, height: Int32) -> RingSlot {
+        XenfbOutEvent.update(x: x, y: y, width: width, height: height).slot
     }
 
     /// Starts a thread that rewrites every OUT ring slot and `out_prod`
@@ -96,7 +92,7 @@ private final class Flipper: @unchecked Sendable {
             let cons = base.loadUnaligned(fromByteOffset: XenfbLayout.outCons, as: UInt32.self)
             for slot in 0..<XenfbLayout.outRingLength {
                 let e = (slot + i) % 2 == 0 ? good : bad[(slot + i) % bad.count]
-                e.bytes.withUnsafeBytes { (base + XenfbLayout.outRingOffset + slot * XenfbLayout.eventSize).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+                e.withUnsafeBytes { (base + XenfbLayout.outRingOffset + slot * XenfbLayout.eventSize).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
             }
             let prods: [UInt32] = [cons &+ 1, cons &+ 5000, cons &- 3, cons &+ UInt32(XenfbLayout.outRingLength)]
             base.storeBytes(of: prods[i % prods.count], toByteOffset: XenfbLayout.outProd, as: UInt32.self)

@@ -1,8 +1,8 @@
-import Devices
 import EventLoop
 import Host
 import Support
 import XenBus
+import XenProtocol
 
 /// An event the guest's keyboard/pointer frontend received, decoded.
 public enum ReceivedInput: Equatable, Sendable {
@@ -71,16 +71,15 @@ public final class KeyboardFrontend: FrontendBase {
         guard let prod = mapping.load(UInt32.self, at: p + XenkbdLayout.inProd),
               var cons = mapping.load(UInt32.self, at: p + XenkbdLayout.inCons), prod != cons else { return }
         Barrier.read()
+        let ring = SharedRing.vkbdIn(mapping, at: p)
         while cons != prod {
-            let slot = p + XenkbdLayout.inRingOffset + Int(cons % UInt32(XenkbdLayout.inRingLength)) * XenkbdLayout.eventSize
-            if let bytes = mapping.bytes(at: slot, count: XenkbdLayout.eventSize) {
-                let e = RingEvent(bytes: bytes)
+            if let slot = ring.copySlot(cons) {
                 let input: ReceivedInput
-                switch e.type {
-                case XenkbdLayout.typeKey: input = .key(code: e.u32(at: 4), pressed: e.u8(at: 1) != 0)
-                case XenkbdLayout.typeMotion: input = .motion(dx: e.i32(at: 4), dy: e.i32(at: 8), dz: e.i32(at: 12))
-                case XenkbdLayout.typePosition: input = .position(x: e.i32(at: 4), y: e.i32(at: 8), dz: e.i32(at: 12))
-                default: input = .other(type: e.type)
+                switch XenkbdInEvent(slot) {
+                case .key(let code, let pressed): input = .key(code: code, pressed: pressed)
+                case .motion(let dx, let dy, let dz): input = .motion(dx: dx, dy: dy, dz: dz)
+                case .position(let x, let y, let dz): input = .position(x: x, y: y, dz: dz)
+                case .unknown(let type): input = .other(type: type)
                 }
                 received.append(input)
                 onInput?(input)

@@ -2,6 +2,7 @@ import EventLoop
 import Host
 import Logging
 import Support
+import XenProtocol
 
 /// What a device kind (vfb, vkbd) implements; `XenBusDevice` runs the state
 /// machine and calls these at the steps of QEMU's legacy backend (reference §3).

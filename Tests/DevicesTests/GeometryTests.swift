@@ -1,5 +1,6 @@
 import Testing
 @testable import Devices
+import XenProtocol
 
 @Suite struct GeometryTests {
     let mib = 1 << 20
@@ -49,19 +50,17 @@ import Testing
     /// A page header as a frontend writes it.
     func header(width: Int32 = 800, height: Int32 = 600, lineLength: UInt32 = 3200, memLength: UInt32,
                 depth: UInt8 = 32, pd: [UInt64] = [5], wide: Bool = true) -> [UInt8] {
-        var e = RingEvent(bytes: [UInt8](repeating: 0, count: 1024))
-        e.set(width, at: XenfbLayout.width); e.set(height, at: XenfbLayout.height)
-        e.set(lineLength, at: XenfbLayout.lineLength); e.set(memLength, at: XenfbLayout.memLength)
-        e.set(depth, at: XenfbLayout.depth)
-        for (i, f) in pd.enumerated() {
-            if wide {
-                e.set(UInt32(truncatingIfNeeded: f), at: XenfbLayout.pd64 + 8 * i)
-                e.set(UInt32(truncatingIfNeeded: f >> 32), at: XenfbLayout.pd64 + 8 * i + 4)
-            } else {
-                e.set(UInt32(truncatingIfNeeded: f), at: XenfbLayout.pd32 + 4 * i)
-            }
+        var bytes = [UInt8](repeating: 0, count: 1024)
+        func set<T: FixedWidthInteger>(_ v: T, at o: Int) {
+            bytes.withUnsafeMutableBytes { $0.storeBytes(of: v.littleEndian, toByteOffset: o, as: T.self) }
         }
-        return e.bytes
+        set(width, at: XenfbLayout.width); set(height, at: XenfbLayout.height)
+        set(lineLength, at: XenfbLayout.lineLength); set(memLength, at: XenfbLayout.memLength)
+        set(depth, at: XenfbLayout.depth)
+        for (i, f) in pd.enumerated() {
+            if wide { set(f, at: XenfbLayout.pd64 + 8 * i) } else { set(UInt32(truncatingIfNeeded: f), at: XenfbLayout.pd32 + 4 * i) }
+        }
+        return bytes
     }
 
     @Test func theDirectoryListComesFromTheChosenLayout() throws {

@@ -3,6 +3,7 @@ import Devices
 import Console
 import Host
 import Testing
+import XenProtocol
 
 /// The vfb OUT ring driven directly (`VfbDevice.attach`), as Fuzz/FuzzVfbRing does.
 @Suite struct OutRingTests {
@@ -26,11 +27,10 @@ import Testing
         }
 
         func push(_ type: UInt8, _ values: [Int32]) {
-            var e = RingEvent(type: type)
+            var e = RingSlot(type: type)
             for (i, v) in values.enumerated() { e.set(v, at: 4 + 4 * i) }
-            let ring = SharedRing(page: page, consOffset: XenfbLayout.outCons, prodOffset: XenfbLayout.outProd,
-                                  ringOffset: XenfbLayout.outRingOffset, length: XenfbLayout.outRingLength)
-            ring.putEvent(e, at: prod)
+            let ring = SharedRing.vfbOut(page)
+            ring.put(e, at: prod)
             prod &+= 1
             ring.storeProd(prod)
         }

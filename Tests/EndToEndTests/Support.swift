@@ -10,6 +10,7 @@ import Host
 import Testing
 import XenBus
 import XenStore
+import XenProtocol
 
 struct TestFailure: Error, CustomStringConvertible {
     let description: String

@@ -6,6 +6,7 @@ import GuestKit
 import Host
 import Testing
 import XenBus
+import XenProtocol
 
 @Suite struct HandshakeTests {
     @Test func bothEndsReachConnectedAndTheModelSaysRunning() throws {
@@ -66,9 +67,7 @@ import XenBus
         // Separate events (fbfront merges only while the ring is full): send them raw.
         for i in 0..<20 {
             fb.fill(Rect(x: i * 10, y: i * 10, width: 5, height: 5), color: 0xffffff)
-            var e = RingEvent(type: XenfbLayout.typeUpdate)
-            e.set(Int32(i * 10), at: 4); e.set(Int32(i * 10), at: 8); e.set(Int32(5), at: 12); e.set(Int32(5), at: 16)
-            fb.send(e)
+            fb.send(XenfbOutEvent.update(x: Int32(i * 10), y: Int32(i * 10), width: 5, height: 5).slot)
         }
         #expect(m.run { !rec.updates.isEmpty })
         #expect(m.vfbDevice?.fullScreenFlushes == before + 1, "the ninth rectangle turned the batch into one full-screen update")
@@ -85,15 +84,13 @@ import XenBus
         rec.updates.removeAll()
         fb.fill(Rect(x: 0, y: 0, width: 800, height: 600), color: 0xffffff) // no update sent for this
         func send(_ x: Int32, _ y: Int32, _ w: Int32, _ h: Int32) {
-            var e = RingEvent(type: XenfbLayout.typeUpdate)
-            e.set(x, at: 4); e.set(y, at: 8); e.set(w, at: 12); e.set(h, at: 16)
-            fb.send(e)
+            fb.send(XenfbOutEvent.update(x: x, y: y, width: w, height: h).slot)
         }
         send(Int32.max, Int32.max, Int32.max, Int32.max)   // off screen: dropped
         send(-5, -5, -10, 20)                                // negative size: dropped
         send(790, 590, Int32.max, Int32.max)                 // clipped to 10x10, no overflow
         send(-100, 0, 110, 1)                                // clipped to 10x1 at 0,0
-        var unknown = RingEvent(type: 77)                    // ignored
+        var unknown = RingSlot(type: 77)                    // ignored
         unknown.set(Int32(-1), at: 4)
         fb.send(unknown)
         #expect(m.run { !rec.updates.isEmpty })

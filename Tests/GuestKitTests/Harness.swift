@@ -10,6 +10,7 @@ import GuestKit
 import Host
 import Testing
 import XenBus
+import XenProtocol
 
 /// One simulated machine in this process: a loop, an in-memory xenstore, a
 /// SimHost directory, the device model's backends (dom0) and a guest domain.

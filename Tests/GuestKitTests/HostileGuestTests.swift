@@ -9,6 +9,7 @@ import GuestKit
 import Host
 import Testing
 import XenBus
+import XenProtocol
 
 /// A hostile guest (GuestKit's HostileGuest) against the backends, beyond
 /// the single bad values LifecycleTests covers: values that change while the
@@ -66,7 +67,7 @@ import XenBus
         let (fb, kbd) = try m.connectAll()
         m.settle()
         let hostile = HostileGuest(fb: fb)
-        let absurd: [RingEvent] = [
+        let absurd: [RingSlot] = [
             HostileGuest.resize(width: .max, height: .max, stride: .max, depth: 32, offset: 0),
             HostileGuest.resize(width: 0x4000_0000, height: 0x4000_0000, stride: 0x10_0000, depth: 8, offset: 0),
             HostileGuest.resize(width: 800, height: 600, stride: -3200, depth: 32, offset: 0),

@@ -6,6 +6,7 @@ import GuestKit
 import Host
 import Testing
 import XenBus
+import XenProtocol
 
 @Suite struct ResizeTests {
     @Test func anAllowedResizeChangesTheFrameAndARefusedOneKeepsIt() throws {
