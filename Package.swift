@@ -78,7 +78,7 @@ let package = Package(
 if Context.environment["XENVFB_FUZZ"] == "1" {
     package.targets.append(.target(name: "FuzzSupport", path: "Fuzz/FuzzSupport"))
     let fuzzTargets: [(String, [Target.Dependency])] = [
-        ("FuzzVfbRing", ["Devices", "XenProtocol", "Console", "Host"]),
+        ("FuzzVfbRing", ["Devices", "XenProtocol", "Console", "EventLoop", "Host"]),
         ("FuzzVkbdRing", ["Devices", "XenProtocol", "Console", "Host"]),
         ("FuzzGeometry", ["Devices", "XenProtocol"]),
         ("FuzzXenstored", ["XenStore", "EventLoop", "CShims"]),

@@ -14,6 +14,11 @@ public final class Frame: @unchecked Sendable {
     public private(set) var height: Int
     public private(set) var stride: Int
     public private(set) var pixels: UnsafeMutableRawPointer
+    /// Bytes allocated: the largest frame so far. A resize within it reuses
+    /// the memory, so a guest that storms RESIZE between sizes costs no
+    /// allocation per resize (and memory stays at its high-water mark, which
+    /// the devices bound).
+    public private(set) var capacity: Int
 
     /// Largest width or height a frame may have.
     public static let maxDimension = 16384
@@ -25,8 +30,9 @@ public final class Frame: @unchecked Sendable {
         self.width = width
         self.height = height
         self.stride = width * 4
-        self.pixels = UnsafeMutableRawPointer.allocate(byteCount: stride * height, alignment: 64)
-        pixels.initializeMemory(as: UInt8.self, repeating: 0, count: stride * height)
+        self.capacity = stride * height
+        self.pixels = UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: 64)
+        pixels.initializeMemory(as: UInt8.self, repeating: 0, count: capacity)
     }
 
     deinit { pixels.deallocate() }
@@ -37,12 +43,16 @@ public final class Frame: @unchecked Sendable {
     /// Reallocates for a new geometry; the content becomes black.
     fileprivate func resize(width: Int, height: Int) {
         precondition(width > 0 && height > 0 && width <= Self.maxDimension && height <= Self.maxDimension)
-        pixels.deallocate()
+        let bytes = width * 4 * height
+        if bytes > capacity {
+            pixels.deallocate()
+            pixels = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
+            capacity = bytes
+        }
         self.width = width
         self.height = height
         self.stride = width * 4
-        self.pixels = UnsafeMutableRawPointer.allocate(byteCount: stride * height, alignment: 64)
-        pixels.initializeMemory(as: UInt8.self, repeating: 0, count: stride * height)
+        pixels.initializeMemory(as: UInt8.self, repeating: 0, count: bytes)
     }
 
     public func pixel(x: Int, y: Int) -> UInt32 {

@@ -75,7 +75,8 @@ public struct Coalescer: Sendable {
     /// Extra pixels one merge may add before two rects are worth sending
     /// apart: the per-rectangle overhead, in pixels.
     public var mergeSlack: Int
-    private var pending: [Rect] = []
+    /// Damage added since the last `take()`, not yet coalesced.
+    public private(set) var pending: [Rect] = []
 
     public init(geometry: FramebufferGeometry, maxRects: Int = 16, mergeSlack: Int = 4096) {
         self.geometry = geometry

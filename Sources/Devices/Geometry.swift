@@ -28,7 +28,11 @@ public struct VfbGeometry: Equatable, Sendable, CustomStringConvertible {
     /// to stride/Bpp and height to (fbLen-offset)/stride. Values come straight
     /// from the guest, so everything is done in Int (64-bit) from 32-bit inputs
     /// and cannot overflow. An empty or oversized result is refused as well.
-    public static func configure(fbLen: Int, width: Int, height: Int, depth: Int, stride: Int, offset: Int) throws(GeometryError) -> VfbGeometry {
+    /// `maxFrameBytes` bounds the XRGB frame the geometry needs (width ×
+    /// height × 4): at depth 8 a guest's framebuffer describes a frame four
+    /// times its own size.
+    public static func configure(fbLen: Int, width: Int, height: Int, depth: Int, stride: Int, offset: Int,
+                                 maxFrameBytes: Int = .max) throws(GeometryError) -> VfbGeometry {
         guard fbLen > 0 else { throw .emptyFramebuffer }
         guard [8, 16, 24, 32].contains(depth) else { throw .badDepth(depth) }
         guard stride > 0, stride <= fbLen else { throw .badStride(stride, fbLen: fbLen) }
@@ -37,6 +41,7 @@ public struct VfbGeometry: Equatable, Sendable, CustomStringConvertible {
         let h = min(max(height, 0), (fbLen - offset) / stride)
         guard w > 0, h > 0 else { throw .empty(width: w, height: h) }
         guard w <= maxDimension, h <= maxDimension else { throw .tooLarge(width: w, height: h) }
+        guard w * h * 4 <= maxFrameBytes else { throw .frameOverLimit(width: w, height: h, limit: maxFrameBytes) }
         return VfbGeometry(width: w, height: h, depth: depth, stride: stride, offset: offset)
     }
 }
@@ -52,6 +57,7 @@ public enum GeometryError: Error, Equatable, CustomStringConvertible {
     case memLengthOverLimit(Int, limit: Int)
     case tooManyDirectories(Int, max: Int)
     case wouldGrow(Int, mapped: Int)
+    case frameOverLimit(width: Int, height: Int, limit: Int)
 
     public var description: String {
         switch self {
@@ -64,6 +70,7 @@ public enum GeometryError: Error, Equatable, CustomStringConvertible {
         case .memLengthOverLimit(let m, let limit): return "mem_length \(m) exceeds the configured limit of \(limit) bytes"
         case .tooManyDirectories(let n, let max): return "framebuffer needs \(n) page directories; at most \(max) fit before the ring"
         case .wouldGrow(let n, let mapped): return "resize needs \(n) bytes but \(mapped) are mapped"
+        case .frameOverLimit(let w, let h, let limit): return "a \(w)x\(h) frame needs \(w * h * 4) bytes, over the limit of \(limit)"
         }
     }
 }

@@ -12,9 +12,18 @@ import XenProtocol
 
 /// The vfb backend for one device: maps the guest's `xenfb_page` and
 /// framebuffer, validates the geometry, consumes UPDATE and RESIZE events and
-/// copies changed pixels into the console's `Frame` (the shadow copy displays read)
-/// on a coalescing tick. Frontends without `feature-update` are compared
-/// against the frame periodically instead, while connected.
+/// publishes the picture into the console.
+///
+/// Its damage takes the one `DamagePipeline`: the guest's UPDATE rectangles
+/// are the source (Linux's xen-fbfront tracks its writes with deferred I/O
+/// and batches them already, so the pipeline publishes at once when idle and
+/// coalesces only under load), and the confirm stage copies what really
+/// changed from guest memory into the console's frame (a shadow compare at 32
+/// bpp, a convert-and-compare at 8/16/24). A frontend without
+/// `feature-update` has the periodic source instead: the whole frame is a
+/// candidate every `pollInterval`, and the confirm stage finds the changes.
+/// A RESIZE takes effect at the next tick, so a storm of them reallocates the
+/// frame at most once per tick.
 public final class VfbDevice: XenBusDeviceHandler {
     let console: Console
     let config: BackendConfig
@@ -30,16 +39,18 @@ public final class VfbDevice: XenBusDeviceHandler {
     private var fbLen = 0
     public private(set) var geometry: VfbGeometry?
     public private(set) var featureUpdate = false
-    private var queued: [Rect] = []
-    private var fullScreen = false
-    private var flushTimer: EventLoop.TimerID?
-    private var pollTimer: EventLoop.TimerID?
+    private var pipeline: DamagePipeline?
+    /// A RESIZE was accepted: the console's frame changes at the next tick.
+    private var resizePending = false
     private var rewroteState = false
     private var warnings = 0
     /// Counters for tests and logs.
     public private(set) var updatesReceived = 0
     public private(set) var resizesRefused = 0
-    public private(set) var fullScreenFlushes = 0
+    /// RESIZEs that reached the console (at most one per tick).
+    public private(set) var resizesApplied = 0
+    /// The damage pipeline's counters (ticks, batches published...).
+    public var statistics: DamagePipeline.Statistics? { pipeline?.statistics }
 
     public init(console: Console, config: BackendConfig) {
         self.console = console
@@ -94,12 +105,8 @@ public final class VfbDevice: XenBusDeviceHandler {
         try device.loop.watch(fd: ev.fd) { [weak self] _ in self?.eventChannelFired() }
 
         outCons = page.load(UInt32.self, at: XenfbLayout.outCons) ?? 0
-        apply(geometry)
-        if featureUpdate {
-            try device.writeBackend("request-update", "1")
-        } else {
-            pollTimer = device.loop.addTimer(after: config.pollInterval, repeating: config.pollInterval) { [weak self] in self?.poll() }
-        }
+        try start(geometry, loop: device.loop)
+        if featureUpdate { try device.writeBackend("request-update", "1") }
         rewroteState = false
         log.info("connected: \(geometry), \(fb.length) bytes in \(fb.pages) pages, protocol \(proto ?? "(none)"), feature-update \(featureUpdate)")
     }
@@ -113,8 +120,9 @@ public final class VfbDevice: XenBusDeviceHandler {
     }
 
     public func disconnect(_ device: XenBusDevice) {
-        if let t = flushTimer { device.loop.cancelTimer(t); flushTimer = nil }
-        if let t = pollTimer { device.loop.cancelTimer(t); pollTimer = nil }
+        pipeline?.stop()
+        pipeline = nil
+        resizePending = false
         if let ev = evtchn {
             device.loop.unwatch(fd: ev.fd)
             try? ev.unbind(port: localPort)
@@ -126,25 +134,25 @@ public final class VfbDevice: XenBusDeviceHandler {
         framebuffer?.unmap()
         framebuffer = nil
         geometry = nil
-        queued.removeAll()
-        fullScreen = false
     }
 
     /// Takes an already mapped shared page and framebuffer as `connect` does
     /// once it has mapped them, without a XenBus device or event channel, so
     /// the OUT-ring parser and the copy into the frame can be driven directly
     /// (the fuzz targets in Fuzz/). `geometry` must come from
-    /// `describeFramebuffer` for a framebuffer of `fbLen` bytes.
-    public func attach(page: GuestMapping, framebuffer: GuestMapping, fbLen: Int, geometry: VfbGeometry) {
+    /// `describeFramebuffer` for a framebuffer of `fbLen` bytes. The pipeline
+    /// is not started: nothing runs until `flush`.
+    public func attach(page: GuestMapping, framebuffer: GuestMapping, fbLen: Int, geometry: VfbGeometry, loop: EventLoop) {
         self.page = page
         self.framebuffer = framebuffer
         self.fbLen = fbLen
+        featureUpdate = true
         outCons = page.load(UInt32.self, at: XenfbLayout.outCons) ?? 0
-        apply(geometry)
+        try? start(geometry, loop: loop, run: false)
     }
 
-    /// Update rectangles waiting for the next flush (within the geometry).
-    public var pendingRects: [Rect] { queued }
+    /// Update rectangles waiting for the next tick (within the geometry).
+    public var pendingRects: [Rect] { pipeline?.pendingDamage ?? [] }
 
     // MARK: Framebuffer description
 
@@ -177,7 +185,7 @@ public final class VfbDevice: XenBusDeviceHandler {
             guard dirCount <= maxDirs else { throw GeometryError.tooManyDirectories(dirCount, max: maxDirs) }
             let geometry = try VfbGeometry.configure(
                 fbLen: memLength, width: Int(h.width), height: Int(h.height), depth: Int(h.depth),
-                stride: Int(h.lineLength), offset: 0)
+                stride: Int(h.lineLength), offset: 0, maxFrameBytes: limit)
             guard let dirs = XenfbPageHeader.directories(in: bytes, wide: wide, count: dirCount) else {
                 throw GeometryError.tooManyDirectories(dirCount, max: maxDirs)
             }
@@ -185,16 +193,25 @@ public final class VfbDevice: XenBusDeviceHandler {
         }
     }
 
-    private func apply(_ g: VfbGeometry) {
+    /// The pipeline's view of a validated geometry.
+    private static func pipelineGeometry(_ g: VfbGeometry) -> FramebufferGeometry? {
+        FramebufferGeometry(width: g.width, height: g.height, lineLength: g.stride, depth: g.depth, offset: g.offset)
+    }
+
+    /// Sets up the damage pipeline for the connected geometry; the whole
+    /// frame is its first damage.
+    private func start(_ g: VfbGeometry, loop: EventLoop, run: Bool = true) throws {
+        guard let fg = Self.pipelineGeometry(g) else { throw XenBusError("inconsistent geometry \(g)") }
         geometry = g
-        if console.frame.width != g.width || console.frame.height != g.height {
-            console.resize(width: g.width, height: g.height)
-        }
-        // Rectangles queued for the old geometry may lie outside the new one;
-        // the full-screen update covers them (found by Fuzz/FuzzVfbRing).
-        queued.removeAll()
-        fullScreen = true
-        scheduleFlush()
+        resizePending = true
+        let pipeline = DamagePipeline(
+            loop: loop, tracker: nil, geometry: fg, delay: config.updateDelay, maxRects: config.maxQueuedRects,
+            scheduling: .leading, pollInterval: featureUpdate ? nil : config.pollInterval,
+            confirm: { [unowned self] rects in self.confirm(rects) },
+            onUpdate: { [unowned self] rects in self.console.update(rects) })
+        self.pipeline = pipeline
+        if run { try pipeline.start() }
+        pipeline.add([fg.bounds])
     }
 
     // MARK: OUT ring
@@ -235,25 +252,21 @@ public final class VfbDevice: XenBusDeviceHandler {
         switch event {
         case .update(let x, let y, let width, let height):
             updatesReceived += 1
-            guard let g = geometry else { return }
-            // Int arithmetic on i32 inputs: x + w cannot overflow.
-            let r = Rect(x: Int(x), y: Int(y), width: Int(width), height: Int(height))
-            let clipped = r.intersection(Rect(x: 0, y: 0, width: g.width, height: g.height))
-            guard !clipped.isEmpty else { return } // bogus or empty: dropped
-            if queued.count >= config.maxQueuedRects {
-                fullScreen = true
-            } else if clipped.width == g.width && clipped.height > g.height / 2 {
-                fullScreen = true // scroll detector
-            } else {
-                queued.append(clipped)
-            }
-            scheduleFlush()
+            // Int arithmetic on i32 inputs: x + w cannot overflow. The
+            // pipeline clips to the geometry; bogus or empty rects vanish.
+            pipeline?.add([Rect(x: Int(x), y: Int(y), width: Int(width), height: Int(height))])
         case .resize(let width, let height, let lineLength, let bpp, let start):
             let w = Int(width), h = Int(height), stride = Int(lineLength), depth = Int(bpp), offset = Int(start)
             do {
-                let g = try VfbGeometry.configure(fbLen: fbLen, width: w, height: h, depth: depth, stride: stride, offset: offset)
-                log.info("resize to \(g)")
-                apply(g)
+                let g = try VfbGeometry.configure(fbLen: fbLen, width: w, height: h, depth: depth, stride: stride, offset: offset,
+                                                  maxFrameBytes: config.framebufferLimit)
+                guard let fg = Self.pipelineGeometry(g) else { throw GeometryError.empty(width: g.width, height: g.height) }
+                if g != geometry { log.info("resize to \(g)") }
+                // The device reads the new layout from now on; the console's
+                // frame follows at the next tick, once however many came.
+                geometry = g
+                resizePending = true
+                pipeline?.setGeometry(fg)
             } catch {
                 resizesRefused += 1
                 warn("refused resize to \(w)x\(h)x\(depth) stride \(stride) offset \(offset): \(error)")
@@ -263,119 +276,89 @@ public final class VfbDevice: XenBusDeviceHandler {
         }
     }
 
-    // MARK: Copying into the frame
+    // MARK: The confirm stage
 
-    private func scheduleFlush() {
-        guard flushTimer == nil, let loop = device?.loop else { return }
-        flushTimer = loop.addTimer(after: config.updateDelay) { [weak self] in
-            self?.flushTimer = nil
-            self?.flush()
-        }
-    }
-
-    /// The coalescing tick: merges the queued rectangles (or takes the whole
-    /// screen), copies what really changed from guest memory into the frame,
-    /// then tells the displays. 32-bit frames go through the shadow compare,
-    /// so an over-reported rectangle costs a compare, not a repaint.
-    public func flush() {
-        guard let g = geometry else { return }
-        let screen = Rect(x: 0, y: 0, width: g.width, height: g.height)
-        if fullScreen { fullScreenFlushes += 1 }
-        let rects = fullScreen ? [screen] : Coalescer.coalesce(queued, maxRects: config.maxQueuedRects, mergeSlack: 4096)
-        fullScreen = false
-        queued.removeAll(keepingCapacity: true)
-        guard !rects.isEmpty else { return }
-        if g.depth == 32, let changed = withLiveFrame(g, { ShadowCompare.confirm(rects, live: $0, shadow: $1) }) {
-            if !changed.isEmpty { console.update(changed) }
-            return
-        }
-        for r in rects { copy(r, geometry: g) }
-        console.update(rects)
-    }
-
-    /// Runs `body` with the guest's 32-bit framebuffer and the frame as pixel
-    /// buffers. The guest side covers exactly the validated geometry
-    /// (offset + height × stride ≤ fb_len, width × 4 ≤ stride), through
-    /// `GuestMapping`'s bounds-checked range.
-    private func withLiveFrame<R>(_ g: VfbGeometry, _ body: (PixelBuffer, PixelBuffer) -> R) -> R? {
-        guard let fb = framebuffer, g.depth == 32 else { return nil }
-        let frame = console.frame
-        let shadow = PixelBuffer(pixels: frame.pixels, width: frame.width, height: frame.height, stride: frame.stride)
-        return fb.withBytes(at: g.offset, count: g.height * g.stride) { bytes in
-            // ShadowCompare only reads the live side.
-            let live = PixelBuffer(pixels: UnsafeMutableRawPointer(mutating: bytes.baseAddress!), width: g.width, height: g.height, stride: g.stride)
-            return body(live, shadow)
-        }
-    }
-
-    /// Copies one rectangle (inside the geometry) of guest pixels into the frame.
-    private func copy(_ r: Rect, geometry g: VfbGeometry) {
-        guard let fb = framebuffer else { return }
-        let frame = console.frame
-        let rect = r.intersection(Rect(x: 0, y: 0, width: min(g.width, frame.width), height: min(g.height, frame.height)))
-        guard !rect.isEmpty else { return }
-        let bpp = g.bytesPerPixel
-        for row in rect.y..<rect.maxY {
-            let src = g.offset + row * g.stride + rect.x * bpp
-            let dst = frame.pixels + row * frame.stride + rect.x * 4
-            _ = fb.withBytes(at: src, count: rect.width * bpp) { bytes in
-                PixelConversion.convert(depth: g.depth, source: bytes, count: rect.width, dest: dst)
+    /// Publishes a pending resize, then copies what really changed inside
+    /// `rects` from guest memory into the console's frame and returns it.
+    private func confirm(_ candidates: [Rect]) -> [Rect] {
+        guard let g = geometry, let fb = framebuffer else { return [] }
+        var rects = candidates
+        if resizePending {
+            resizePending = false
+            if console.frame.width != g.width || console.frame.height != g.height {
+                console.resize(width: g.width, height: g.height)
+                resizesApplied += 1
             }
+            rects = [Rect(x: 0, y: 0, width: g.width, height: g.height)]
+        }
+        let maxRects = config.maxQueuedRects
+        return console.withFrame { frame in
+            if g.depth == 32 {
+                let shadow = PixelBuffer(pixels: frame.pixels, width: frame.width, height: frame.height, stride: frame.stride)
+                // The guest side covers exactly the validated geometry
+                // (offset + height × stride ≤ fb_len, width × 4 ≤ stride),
+                // through GuestMapping's bounds-checked range; ShadowCompare
+                // only reads the live side.
+                return fb.withBytes(at: g.offset, count: g.height * g.stride) { bytes in
+                    let live = PixelBuffer(pixels: UnsafeMutableRawPointer(mutating: bytes.baseAddress!),
+                                           width: g.width, height: g.height, stride: g.stride)
+                    return ShadowCompare.confirm(rects, live: live, shadow: shadow, maxRects: maxRects)
+                } ?? []
+            }
+            return Self.convertAndConfirm(rects, geometry: g, framebuffer: fb, frame: frame, maxRects: maxRects)
         }
     }
 
-    /// For frontends without `feature-update`: compares the guest framebuffer
-    /// with the frame (64×64 tiles at 32 bpp, bands of rows otherwise) and
-    /// copies what differs.
-    private func poll() {
-        guard let g = geometry, let fb = framebuffer else { return }
-        if g.depth == 32, let tiles = withLiveFrame(g, { ShadowCompare.scanTiles(live: $0, shadow: $1) }) {
-            let rects = Coalescer.coalesce(tiles, maxRects: config.maxQueuedRects, mergeSlack: 4096)
-            if !rects.isEmpty { console.update(rects) }
-            return
-        }
-        let frame = console.frame
-        let width = min(g.width, frame.width), height = min(g.height, frame.height)
-        let band = 16
-        var row = [UInt32](repeating: 0, count: width)
+    /// The confirm stage at 8, 16 and 24 bpp: converts each candidate row to
+    /// XRGB, compares it with the frame's row, copies it if it differs, and
+    /// returns bands of the rows that changed.
+    static func convertAndConfirm(_ rects: [Rect], geometry g: VfbGeometry, framebuffer fb: GuestMapping,
+                                  frame: Frame, maxRects: Int) -> [Rect] {
+        let clip = Rect(x: 0, y: 0, width: min(g.width, frame.width), height: min(g.height, frame.height))
+        var row = [UInt32](repeating: 0, count: clip.width)
         var changed: [Rect] = []
-        var y0 = 0
-        while y0 < height {
-            let y1 = min(y0 + band, height)
-            var differs = false
-            for y in y0..<y1 {
-                let dst = frame.pixels + y * frame.stride
-                let converted: Bool? = row.withUnsafeMutableBytes { tmp in
-                    fb.withBytes(at: g.offset + y * g.stride, count: width * g.bytesPerPixel) { bytes in
-                        PixelConversion.convert(depth: g.depth, source: bytes, count: width, dest: tmp.baseAddress!)
-                    }.map { true }
+        for candidate in rects {
+            let r = candidate.intersection(clip)
+            guard !r.isEmpty else { continue }
+            var runStart = -1
+            for y in r.y ..< r.maxY {
+                let dst = frame.pixels + y * frame.stride + r.x * 4
+                let differs: Bool = row.withUnsafeMutableBytes { tmp in
+                    let converted = fb.withBytes(at: g.offset + y * g.stride + r.x * g.bytesPerPixel, count: r.width * g.bytesPerPixel) {
+                        PixelConversion.convert(depth: g.depth, source: $0, count: r.width, dest: tmp.baseAddress!)
+                    }
+                    guard converted != nil, memcmp(tmp.baseAddress!, dst, r.width * 4) != 0 else { return false }
+                    dst.copyMemory(from: tmp.baseAddress!, byteCount: r.width * 4)
+                    return true
                 }
-                guard converted == true else { continue }
-                if row.withUnsafeBytes({ memcmp($0.baseAddress!, dst, width * 4) }) != 0 {
-                    differs = true
-                    row.withUnsafeBytes { dst.copyMemory(from: $0.baseAddress!, byteCount: width * 4) }
+                if differs {
+                    if runStart < 0 { runStart = y }
+                } else if runStart >= 0 {
+                    changed.append(Rect(x: r.x, y: runStart, width: r.width, height: y - runStart))
+                    runStart = -1
                 }
             }
-            if differs { changed.append(Rect(x: 0, y: y0, width: width, height: y1 - y0)) }
-            y0 = y1
+            if runStart >= 0 { changed.append(Rect(x: r.x, y: runStart, width: r.width, height: r.maxY - runStart)) }
         }
-        if !changed.isEmpty { console.update(changed) }
+        return Coalescer.coalesce(changed, maxRects: maxRects, mergeSlack: 4096)
+    }
+
+    /// Runs the pipeline's tick now (tests, fuzzing, `refreshNow`).
+    public func flush() {
+        pipeline?.flush()
     }
 }
 
 extension VfbDevice {
     /// Takes in, now, everything the guest has announced: drains the OUT
-    /// ring and runs the coalescing tick at once (or, for a frontend without
-    /// `feature-update`, compares the framebuffer). QMP `screendump` calls it
-    /// so the file shows the guest's current frame, as QEMU's screendump
-    /// forces a display refresh first.
+    /// ring and runs the pipeline's tick at once (for a frontend without
+    /// `feature-update`, a compare of the whole frame). QMP `screendump`
+    /// calls it so the file shows the guest's current frame, as QEMU's
+    /// screendump forces a display refresh first.
     public func refreshNow() {
-        guard geometry != nil else { return }
+        guard let g = geometry else { return }
         processOutRing()
-        if let t = flushTimer, let loop = device?.loop {
-            loop.cancelTimer(t)
-            flushTimer = nil
-        }
-        if featureUpdate { flush() } else { poll() }
+        if !featureUpdate { pipeline?.add([Rect(x: 0, y: 0, width: g.width, height: g.height)]) }
+        pipeline?.flush()
     }
 }

@@ -39,7 +39,7 @@ public final class FramebufferFrontend: FrontendBase {
     public private(set) var updatesSent = 0
     public private(set) var stashes = 0
     /// Write tracking (see `startWriteTracking`).
-    private var engine: DamageEngine?
+    private var engine: DamagePipeline?
     private var tracker: (any DirtyTracker)?
     private var wantsTracking = false
     private var trackingMode: DirtyTrackingMode = .auto
@@ -130,7 +130,7 @@ public final class FramebufferFrontend: FrontendBase {
         guard pages > 0, let base = mapping.baseAddress, let geometry = FramebufferGeometry(width: width, height: height, lineLength: stride)
         else { throw XenBusError("vfb frontend: no framebuffer to track yet") }
         let t = try makeDirtyTracker(base: base + fbOffset, byteCount: pages * guestPageSize, mode: trackingMode)
-        let e = DamageEngine(loop: domain.loop, tracker: t, geometry: geometry, delay: trackingDelay) { [weak self] rects in
+        let e = DamagePipeline(loop: domain.loop, tracker: t, geometry: geometry, delay: trackingDelay) { [weak self] rects in
             for r in rects { self?.update(r) }
         }
         try e.start()

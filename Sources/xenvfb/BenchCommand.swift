@@ -206,7 +206,7 @@ final class Bench {
 
     /// Mean per-frame cost of writes + tracking, minus the writes alone.
     /// Without `engine`: the tracker's collect and the coalescer only. With
-    /// it: a DamageEngine tick (adaptive flood included).
+    /// it: a DamagePipeline tick (adaptive flood included).
     func measure(_ w: BenchCommand.Workload, mode: DirtyTrackingMode, engine useEngine: Bool = false,
                  plainCost: Double, stats: inout Result) -> Double {
         reset(w)
@@ -217,7 +217,7 @@ final class Bench {
         defer { tracker.close() }
         let loop = try! EventLoop()
         var last: [Rect] = []
-        let engine = DamageEngine(loop: loop, tracker: tracker, geometry: BenchCommand.geometry) { last = $0 }
+        let engine = DamagePipeline(loop: loop, tracker: tracker, geometry: BenchCommand.geometry) { last = $0 }
         var coalescer = Coalescer(geometry: BenchCommand.geometry)
         if useEngine { try! engine.start() }
         var costs: [Double] = []
@@ -276,7 +276,7 @@ final class Bench {
                 guard let tracker = try? makeDirtyTracker(base: base, byteCount: byteCount, mode: mode) else { cells.append("n/a"); continue }
                 let loop = try! EventLoop()
                 var last: [Rect] = []
-                let engine = DamageEngine(loop: loop, tracker: tracker, geometry: BenchCommand.geometry) { last = $0 }
+                let engine = DamagePipeline(loop: loop, tracker: tracker, geometry: BenchCommand.geometry) { last = $0 }
                 engine.floodEnabled = flood > 0
                 if flood == 1 { engine.floodEnter = 0; engine.floodExit = 0 }
                 try! engine.start()
@@ -378,7 +378,7 @@ final class Bench {
         guard let tracker = try? makeDirtyTracker(base: base, byteCount: byteCount, mode: .auto) else { return }
         defer { tracker.close() }
         let loop = try! EventLoop()
-        let engine = DamageEngine(loop: loop, tracker: tracker, geometry: BenchCommand.geometry) { _ in }
+        let engine = DamagePipeline(loop: loop, tracker: tracker, geometry: BenchCommand.geometry) { _ in }
         try! engine.start()
         let before = contextSwitches()
         let wakeups = loop.wakeups

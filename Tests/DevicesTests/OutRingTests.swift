@@ -1,5 +1,6 @@
 import Damage
 import Devices
+import EventLoop
 import Console
 import Host
 import Testing
@@ -11,6 +12,7 @@ import XenProtocol
         let page: GuestMapping
         let framebuffer: GuestMapping
         let console = Console(width: 16, height: 16)
+        let loop = try! EventLoop()
         let vfb: VfbDevice
         var prod: UInt32 = 0
 
@@ -23,7 +25,7 @@ import XenProtocol
             page = memory(4096, writable: true)
             framebuffer = memory(fbLen, writable: false)
             vfb = VfbDevice(console: console, config: BackendConfig())
-            vfb.attach(page: page, framebuffer: framebuffer, fbLen: fbLen, geometry: geometry)
+            vfb.attach(page: page, framebuffer: framebuffer, fbLen: fbLen, geometry: geometry, loop: loop)
         }
 
         func push(_ type: UInt8, _ values: [Int32]) {

@@ -54,24 +54,26 @@ import XenProtocol
         #expect(frameMatchesGuest(m.console.frame, fb))
     }
 
-    @Test func manyRectanglesBecomeOneFullScreenUpdate() throws {
-        var config = BackendConfig()
-        config.updateDelay = .milliseconds(200)
-        let m = try Machine(config: config)
+    @Test func manyRectanglesOfOneNotificationBecomeOneBoundedBatch() throws {
+        let m = try Machine()
         let rec = RecordingDisplay()
         m.console.add(rec)
         let (fb, _) = try m.connectAll()
         m.settle()
         rec.updates.removeAll()
-        let before = m.vfbDevice?.fullScreenFlushes ?? 0
         // Separate events (fbfront merges only while the ring is full): send them raw.
         for i in 0..<20 {
             fb.fill(Rect(x: i * 10, y: i * 10, width: 5, height: 5), color: 0xffffff)
             fb.send(XenfbOutEvent.update(x: Int32(i * 10), y: Int32(i * 10), width: 5, height: 5).slot)
         }
         #expect(m.run { !rec.updates.isEmpty })
-        #expect(m.vfbDevice?.fullScreenFlushes == before + 1, "the ninth rectangle turned the batch into one full-screen update")
-        #expect(rec.updates.count == 1)
+        m.idle(ms: 50)
+        #expect(rec.updates.count == 1, "one batch for the events of one notification")
+        let batch = rec.updates.first ?? []
+        #expect(batch.count <= BackendConfig().maxQueuedRects, "\(batch.count) rects in one batch")
+        for i in 0..<20 {
+            #expect(batch.contains { $0.contains(x: i * 10 + 4, y: i * 10 + 4) }, "square \(i) is in the batch")
+        }
         #expect(frameMatchesGuest(m.console.frame, fb))
     }
 

@@ -83,7 +83,7 @@ final class Machine {
     /// Runs the loop until the vfb backend has done its first (full-screen)
     /// copy after connecting, so later updates are the test's own.
     func settle() {
-        #expect(run { (vfbDevice?.fullScreenFlushes ?? 0) >= 1 })
+        #expect(run { (vfbDevice?.statistics?.ticks ?? 0) >= 1 })
     }
 
     /// Runs the loop for `ms` milliseconds regardless.

@@ -18,8 +18,10 @@ import XenProtocol
 /// stays inside the mapped framebuffer, the guest's other device keeps
 /// working, and memory stays bounded.
 @Suite struct HostileGuestTests {
-    /// The geometry lies inside the 2 MiB framebuffer the frontend mapped.
+    /// The geometry lies inside the 2 MiB framebuffer the frontend mapped,
+    /// and the frame follows it at the next tick.
     func checkGeometry(_ m: Machine) {
+        m.vfbDevice?.flush()
         guard let g = m.vfbDevice?.geometry else { return }
         #expect(g.width > 0 && g.height > 0 && g.width * g.bytesPerPixel <= g.stride)
         #expect(g.offset >= 0 && g.offset + g.height * g.stride <= 2 << 20, "\(g)")
@@ -93,6 +95,9 @@ import XenProtocol
         checkGeometry(m)
         #expect(sent > 5000)
         #expect((m.vfbDevice?.resizesRefused ?? 0) >= sent / 2 - 60)
+        // The frame was reallocated at most once per tick, not once per RESIZE.
+        let applied = m.vfbDevice?.resizesApplied ?? .max
+        #expect(applied <= (m.vfbDevice?.statistics?.ticks ?? 0) && applied < sent / 4, "\(applied) resizes applied of \(sent / 2) valid")
         // Nothing grows past what the framebuffer can describe: 2 MiB of 8 bpp is at most 8 MiB of frame.
         #expect(maxFrameBytes <= 4 * (2 << 20))
         #expect(m.backendState("vfb") == .connected)

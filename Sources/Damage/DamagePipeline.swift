@@ -4,15 +4,28 @@ import Glibc
 import EventLoop
 import Support
 
-/// Turns writes to a framebuffer into batches of update rectangles, on an
-/// event loop, with no timer and no wake-up while nothing changes.
+/// The one path every kind of damage takes to the displays: sources →
+/// coalescer → confirm → publish, on an event loop, with no timer and no
+/// wake-up while nothing changes.
 ///
-/// Damage comes from a `DirtyTracker` over the framebuffer's memory, from
-/// `add(_:)` (e.g. a frontend's XENFB_TYPE_UPDATE rectangles), or both. The
-/// first damage after idle arms a one-shot timer of `delay`; when it fires the
-/// engine collects, coalesces and calls `onUpdate` with at most `maxRects`
-/// rectangles, then ticks again after `delay` while damage keeps coming. A
-/// tick that finds nothing goes idle: the tracker is armed to notify on the
+/// **Sources.** A `DirtyTracker` over the framebuffer's memory (the
+/// write-fault engine: GuestKit's frontends, the demo, the benchmark); `add`
+/// for rectangles someone reports (a frontend's XENFB_TYPE_UPDATE events, a
+/// resize); and `pollInterval` for a frontend that reports nothing (the whole
+/// frame is damage every interval, and the confirm stage finds what changed).
+/// **Coalescer.** At most `maxRects` rectangles per batch (`Coalescer`).
+/// **Confirm.** An optional stage that turns candidate rects into what really
+/// changed, copying it on the way (the vfb backend's shadow compare into the
+/// console's frame); an empty result publishes nothing. **Publish.** `onUpdate`.
+///
+/// **Scheduling.** With `.trailing` (a write-fault source, which plays the
+/// part of Linux's fb_deferred_io) the first damage after idle arms a
+/// one-shot timer of `delay`, so a burst of writes is collected once. With
+/// `.leading` (damage that the guest already batched, such as UPDATE events)
+/// damage that arrives while idle is published at once — after the current
+/// loop handler, so every event of one notification is in the batch — and
+/// under load at most once per `delay`: the device adds no fixed latency.
+/// A tick that finds nothing goes idle: the tracker is armed to notify on the
 /// next write and no timer is left running.
 ///
 /// **Arming on a uffd tracker.** userfaultfd's async write-protect resolves
@@ -42,7 +55,7 @@ import Support
 /// with mprotect at under a tenth.
 ///
 /// Runs on the loop's thread; not thread-safe.
-public final class DamageEngine {
+public final class DamagePipeline {
     public enum Phase: Equatable, Sendable {
         /// Collecting and re-protecting each tick (or idle).
         case tracking
@@ -64,9 +77,20 @@ public final class DamageEngine {
         public var floodTicks = 0
     }
 
-    public let geometry: FramebufferGeometry
+    /// When a tick runs after damage arrives (see the type's doc comment).
+    public enum Scheduling: Sendable {
+        /// `delay` after the first damage: lets a burst of writes finish.
+        case trailing
+        /// At once when idle, then at most once per `delay`.
+        case leading
+    }
+
+    public private(set) var geometry: FramebufferGeometry
     public let tracker: (any DirtyTracker)?
     public let delay: Duration
+    public let scheduling: Scheduling
+    /// With no other source of damage: the whole frame is damage this often.
+    public let pollInterval: Duration?
     /// Share of pages dirty per tick that counts as heavy (default by
     /// technique: 0.25 for uffd, 0.1 for mprotect).
     public var floodEnter: Double
@@ -84,8 +108,12 @@ public final class DamageEngine {
 
     private let loop: EventLoop
     private var coalescer: Coalescer
+    private let confirm: (([Rect]) -> [Rect])?
     private let onUpdate: ([Rect]) -> Void
     private var timer: EventLoop.TimerID?
+    private var pollTimer: EventLoop.TimerID?
+    /// When the last tick ran (`EventLoop.now()`), for `.leading`.
+    private var lastTick: UInt64?
     private var busyTicks = 0
     private var started = false
     private var sampleInterval = 8
@@ -96,16 +124,26 @@ public final class DamageEngine {
     ///     comes through `add(_:)`.
     ///   - delay: coalescing delay; defaults to one 60 Hz frame.
     ///   - maxRects: the most rectangles per batch.
+    ///   - scheduling: `.trailing` (default) or `.leading`.
+    ///   - pollInterval: for a source that reports nothing: the whole frame
+    ///     is damage this often while started (needs `confirm`).
+    ///   - confirm: narrows a batch to what really changed (and copies it);
+    ///     nil publishes the coalesced batch as it is.
     ///   - onUpdate: called on the loop with each non-empty batch.
     public init(loop: EventLoop, tracker: (any DirtyTracker)?, geometry: FramebufferGeometry,
                 delay: Duration = .nanoseconds(16_666_667), maxRects: Int = 16,
+                scheduling: Scheduling = .trailing, pollInterval: Duration? = nil,
+                confirm: (([Rect]) -> [Rect])? = nil,
                 onUpdate: @escaping ([Rect]) -> Void) {
         if let t = tracker { precondition(geometry.byteCount <= t.byteCount, "framebuffer exceeds tracked region") }
         self.loop = loop
         self.tracker = tracker
         self.geometry = geometry
         self.delay = delay
+        self.scheduling = scheduling
+        self.pollInterval = pollInterval.flatMap { $0 > .zero ? $0 : nil }
         self.coalescer = Coalescer(geometry: geometry, maxRects: maxRects)
+        self.confirm = confirm
         self.onUpdate = onUpdate
         floodEnter = tracker?.mode == .mprotect ? 0.05 : 0.2
         floodExit = floodEnter / 2
@@ -127,16 +165,24 @@ public final class DamageEngine {
                 try loop.watch(fd: fd) { [weak self] _ in self?.notified() }
             }
         }
+        if let interval = pollInterval {
+            pollTimer = loop.addTimer(after: interval, repeating: interval) { [weak self] in
+                guard let self else { return }
+                self.add([self.geometry.bounds])
+            }
+        }
         goIdle()
     }
 
-    /// Stops the timer and the notification watch; the tracker stays open
-    /// (its owner closes it).
+    /// Stops the timers and the notification watch; the tracker stays open
+    /// (its owner closes it). Pending damage is kept for a later `flush`.
     public func stop() {
         guard started else { return }
         started = false
         if let id = timer { loop.cancelTimer(id) }
         timer = nil
+        if let id = pollTimer { loop.cancelTimer(id) }
+        pollTimer = nil
         if let fd = tracker?.notificationFD { loop.unwatch(fd: fd) }
     }
 
@@ -144,6 +190,20 @@ public final class DamageEngine {
     public func add(_ rects: [Rect]) {
         for r in rects { coalescer.add(r) }
         if !coalescer.isEmpty { schedule() }
+    }
+
+    /// Damage waiting for the next tick, not yet coalesced into a batch (tests).
+    public var pendingDamage: [Rect] { coalescer.pending }
+
+    /// A new geometry (a resize): damage pending for the old one is dropped,
+    /// since it may lie outside the new frame, and the whole new frame
+    /// becomes damage. Only for pipelines without a tracker (a tracker's
+    /// region is fixed).
+    public func setGeometry(_ new: FramebufferGeometry) {
+        precondition(tracker == nil, "a tracked region cannot change geometry")
+        geometry = new
+        coalescer = Coalescer(geometry: new, maxRects: coalescer.maxRects, mergeSlack: coalescer.mergeSlack)
+        add([new.bounds])
     }
 
     /// Collects and delivers now instead of waiting for the timer (before a
@@ -164,7 +224,14 @@ public final class DamageEngine {
 
     private func schedule() {
         guard started, timer == nil else { return }
-        timer = loop.addTimer(after: delay) { [weak self] in
+        var wait = delay
+        if scheduling == .leading {
+            // Idle (no tick for `delay`): at once; under load: `delay` after the last tick.
+            let d = UInt64(delay.components.seconds) &* 1_000_000_000 &+ UInt64(delay.components.attoseconds / 1_000_000_000)
+            let since = lastTick.map { EventLoop.now() &- $0 } ?? .max
+            wait = since >= d ? .zero : .nanoseconds(Int64(d - since))
+        }
+        timer = loop.addTimer(after: wait) { [weak self] in
             guard let self else { return }
             self.timer = nil
             self.tick()
@@ -184,6 +251,7 @@ public final class DamageEngine {
     @discardableResult
     private func tick() -> [Rect] {
         statistics.ticks += 1
+        lastTick = EventLoop.now()
         var activity = !coalescer.isEmpty
         var fullFrame = false
         if let t = tracker {
@@ -222,6 +290,7 @@ public final class DamageEngine {
         }
         var rects = coalescer.take()
         if fullFrame { rects = [geometry.bounds] }
+        if let confirm, !rects.isEmpty { rects = confirm(rects) }
         if !rects.isEmpty {
             statistics.batches += 1
             statistics.rects += rects.count

@@ -28,7 +28,7 @@ func pump(_ loop: EventLoop, limit: Int = 200, until done: () -> Bool) {
     }
 }
 
-@Suite struct DamageEngineTests {
+@Suite struct DamagePipelineTests {
     let geometry = FramebufferGeometry(width: 256, height: 64, lineLength: 1024)! // 16 pages
 
     func pixelOffset(_ x: Int, _ y: Int) -> Int { y * geometry.lineLength + x * 4 }
@@ -40,7 +40,7 @@ func pump(_ loop: EventLoop, limit: Int = 200, until done: () -> Bool) {
         let tracker = try makeDirtyTracker(base: region.base, byteCount: region.byteCount, mode: mode)
         defer { tracker.close() }
         var batches: [[Rect]] = []
-        let engine = DamageEngine(loop: loop, tracker: tracker, geometry: geometry, delay: .milliseconds(5)) {
+        let engine = DamagePipeline(loop: loop, tracker: tracker, geometry: geometry, delay: .milliseconds(5)) {
             batches.append($0)
         }
         try engine.start()
@@ -71,7 +71,7 @@ func pump(_ loop: EventLoop, limit: Int = 200, until done: () -> Bool) {
         let region = Region(bytes: geometry.byteCount)
         let tracker = try makeDirtyTracker(base: region.base, byteCount: region.byteCount, mode: .auto)
         defer { tracker.close() }
-        let engine = DamageEngine(loop: loop, tracker: tracker, geometry: geometry) { _ in }
+        let engine = DamagePipeline(loop: loop, tracker: tracker, geometry: geometry) { _ in }
         try engine.start()
         let before = voluntaryContextSwitches()
         let wakeupsBefore = loop.wakeups
@@ -99,7 +99,7 @@ func pump(_ loop: EventLoop, limit: Int = 200, until done: () -> Bool) {
         defer { tracker.close() }
         let mirror = Mirror(of: region)
         let geometry = self.geometry
-        let engine = DamageEngine(loop: loop, tracker: tracker, geometry: geometry, delay: .milliseconds(2), maxRects: 4) {
+        let engine = DamagePipeline(loop: loop, tracker: tracker, geometry: geometry, delay: .milliseconds(2), maxRects: 4) {
             #expect($0.count <= 4)
             mirror.apply($0, from: region, geometry: geometry)
         }
@@ -139,7 +139,7 @@ func pump(_ loop: EventLoop, limit: Int = 200, until done: () -> Bool) {
         let mirror = Mirror(of: region)
         let geometry = self.geometry
         var batches: [[Rect]] = []
-        let engine = DamageEngine(loop: loop, tracker: tracker, geometry: geometry, delay: .milliseconds(3)) {
+        let engine = DamagePipeline(loop: loop, tracker: tracker, geometry: geometry, delay: .milliseconds(3)) {
             mirror.apply($0, from: region, geometry: geometry)
             batches.append($0)
         }
@@ -172,7 +172,7 @@ func pump(_ loop: EventLoop, limit: Int = 200, until done: () -> Bool) {
     @Test func rectanglesFromAnotherSourceAreBatched() throws {
         let loop = try EventLoop()
         var batches: [[Rect]] = []
-        let engine = DamageEngine(loop: loop, tracker: nil, geometry: geometry, delay: .milliseconds(2)) {
+        let engine = DamagePipeline(loop: loop, tracker: nil, geometry: geometry, delay: .milliseconds(2)) {
             batches.append($0)
         }
         try engine.start()
