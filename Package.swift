@@ -44,7 +44,7 @@ let package = Package(
         .target(name: "Displays", dependencies: ["Console", "Damage", "EventLoop", "Support", "CShims", "CVNCServer", "CSDL2", "CPNG",
                                                 "CDisplayShims", .product(name: "Logging", package: "swift-log")]),
         .target(name: "Devices", dependencies: ["XenBus", "XenProtocol", "XenStore", "Host", "Damage", "Console", "EventLoop", "Support", "CXen"]),
-        .target(name: "Control", dependencies: ["Damage", "EventLoop", "Support", "CShims", .product(name: "Logging", package: "swift-log")]),
+        .target(name: "Control", dependencies: ["EventLoop", "Support", "CShims", .product(name: "Logging", package: "swift-log")]),
         .target(name: "GuestKit", dependencies: ["XenBus", "XenProtocol", "XenStore", "Host", "Damage", "WriteFault", "EventLoop", "Support"]),
         .executableTarget(
             name: "xenvfb",

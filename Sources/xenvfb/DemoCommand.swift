@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Control
+import Damage
 import Devices
 import Displays
 import EventLoop
@@ -31,9 +32,14 @@ enum DemoCommand {
             log.error("\(error) (see xenvfb(1))")
             return 1
         }
+        let trackingMode = DirtyTrackingMode(rawValue: options.dirtyTracking ?? "auto")
+        guard let trackingMode else {
+            log.error("--dirty-tracking: unknown mode '\(options.dirtyTracking ?? "")' (auto, uffd, mprotect or compare)")
+            return 1
+        }
         for w in options.warnings { log.warning("\(w)") }
         do {
-            try run(options, log: log)
+            try run(options, trackingMode: trackingMode, log: log)
             return 0
         } catch {
             log.error("\(error)")
@@ -41,7 +47,7 @@ enum DemoCommand {
         }
     }
 
-    static func run(_ options: DeviceModelOptions, log: Logger) throws {
+    static func run(_ options: DeviceModelOptions, trackingMode: DirtyTrackingMode, log: Logger) throws {
         // Block the signals before any thread starts, so signalfd sees them all.
         EventLoop.blockSignals([SIGINT, SIGTERM, SIGHUP])
         let loop = try EventLoop()
@@ -92,7 +98,7 @@ enum DemoCommand {
         try session.startBackends(host: SimHost(directory: dir, domid: 0), xenstore: dom0Store, domid: guestDomid)
         let guest = try GuestDomain(host: SimHost(directory: dir, domid: guestDomid), store: guestStore, loop: loop)
         let demo = DemoGuest(domain: guest)
-        demo.trackingMode = options.dirtyTracking
+        demo.trackingMode = trackingMode
         try demo.start()
 
         try loop.handleSignals([SIGINT, SIGTERM, SIGHUP]) { signal in

@@ -172,7 +172,6 @@ final class DeviceModel {
             "keymap": "\(o.keymap ?? "-")",
             "qmp": "\(o.qmp.map(\.id).joined(separator: ","))",
             "paused": "\(o.startPaused)",
-            "dirty-tracking": "\(o.dirtyTracking.rawValue)",
             "xenstore": "\(o.useXenstore)",
         ])
         for w in o.warnings { log.warning("\(w)") }

@@ -14,11 +14,10 @@ Device model options (the QEMU-style ones libxl passes work too):
   --display png:dir=DIR,...    PNG capture (repeatable)
   --qmp unix:PATH              a QMP socket (also -chardev ... -mon ...,mode=control)
   --keymap MAP                 keyboard layout (en-us, de, fr, ...)
-  --dirty-tracking MODE        auto, uffd, mprotect or compare
   --input-pace MS              at most one input event per MS ms to the guest
   --update-interval MS         the vfb coalescing tick (default 10)
   --log-level LEVEL            trace, debug, info, notice, warning, error, critical
   -S                           start in prelaunch, until QMP cont
-demo also takes --seconds N.
+demo also takes --seconds N and --dirty-tracking auto|uffd|mprotect|compare.
 See xenvfb(1) for every option.
 """
