@@ -26,7 +26,7 @@ step() { echo "== fuzz.sh: $* ($(date +%T))"; }
 
 # SwiftPM's --sanitize=fuzzer only links libFuzzer; coverage comes from
 # -sanitize=fuzzer on every Swift compile. -parse-as-library because the
-# targets have no top-level code (their entry is <Target>_main, reference §6).
+# targets have no top-level code (their entry is <Target>_main: SwiftPM links --defsym main=<Target>_main).
 flags=(--scratch-path "$out" --sanitize=address -Xswiftc -sanitize=fuzzer -Xswiftc -parse-as-library)
 for t in "${targets[@]}"; do
     step "building $t"
@@ -46,7 +46,7 @@ for t in "${targets[@]}"; do
     step "running $t for ${seconds}s"
     rc=0
     # detect_leaks: every input must free what it allocated (libFuzzer checks
-    # per input). The XCTest leak of reference §6 does not apply here.
+    # per input). XCTest's own leaks at exit do not apply here.
     SWIFT_BACKTRACE=enable=no ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0} \
         "$out/debug/$t" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -max_len=8192 \
         -print_final_stats=1 -artifact_prefix="$artifacts/" "$corpus" "Fuzz/corpus/$t" > "$log" 2>&1 || rc=$?

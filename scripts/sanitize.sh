@@ -10,7 +10,7 @@
 #
 # Under ASan:
 # - ASAN_OPTIONS=detect_leaks=0: XCTest's own allocations are reported as
-#   leaks at exit (reference §6); leaks in our parsers are caught per input
+#   leaks at exit (allocations inside libXCTest); leaks in our parsers are caught per input
 #   by scripts/fuzz.sh instead.
 # - handle_segv=0 and CrashChainingTests skipped: those tests crash a child
 #   on purpose and check the Swift backtracer's report; under ASan the

@@ -4,7 +4,7 @@
 // calls when the package is built with `--sanitize=fuzzer` (scripts/fuzz.sh).
 // Built with `-Xswiftc -sanitize=fuzzer` instead, SwiftPM links `main` to
 // `<Module>_main`, so each target exports that too and hands its body to
-// `runFuzzer`, which starts libFuzzer's driver (reference §6). The targets
+// `runFuzzer`, which starts libFuzzer's driver (SwiftPM links an executable with `--defsym main=<Target>_main`). The targets
 // are only in the package when XENVFB_FUZZ=1.
 
 @_silgen_name("LLVMFuzzerRunDriver")

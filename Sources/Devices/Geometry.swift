@@ -23,7 +23,8 @@ public struct VfbGeometry: Equatable, Sendable, CustomStringConvertible {
     /// Largest width or height the displays accept.
     public static let maxDimension = 16384
 
-    /// QEMU's `xenfb_configure_fb` checks (reference §5 and §10): depth in
+    /// QEMU's `xenfb_configure_fb` checks (hw/display/xenfb.c; the fixes for
+    /// CVE-2008-1943/1944): depth in
     /// {8,16,24,32}; stride in (0, fbLen]; offset in [0, fbLen); width clamped
     /// to stride/Bpp and height to (fbLen-offset)/stride. Values come straight
     /// from the guest, so everything is done in Int (64-bit) from 32-bit inputs

@@ -6,7 +6,8 @@ import Support
 import XenBus
 import XenProtocol
 
-/// A frontend that behaves like Linux's xen-fbfront (reference §8): 32 bpp,
+/// A frontend that behaves like Linux's xen-fbfront
+/// (drivers/video/fbdev/xen-fbfront.c): 32 bpp,
 /// 800×600 in 2 MiB unless the backend's `videoram`/`width`/`height` say
 /// otherwise; keys written in one transaction; update rectangles merged into
 /// one bounding box and stashed while the OUT ring is full, flushed on the

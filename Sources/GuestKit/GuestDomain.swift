@@ -23,7 +23,8 @@ public final class GuestDomain {
     public var path: String { "/local/domain/\(domid)" }
 }
 
-/// libxl's part in the handshake (reference §3, `libxl__device_add`): creates
+/// libxl's part in the handshake (tools/libs/light/libxl_device.c,
+/// `libxl__device_add`): creates
 /// a device's backend and frontend directories in one transaction, with the
 /// permissions libxl gives them.
 public enum Toolstack {

@@ -7,8 +7,8 @@ import Host
 import Support
 import Synchronization
 
-/// A guest that attacks the vfb backend through its shared page (reference
-/// §10), for tests. It works on a connected `FramebufferFrontend`'s page;
+/// A guest that attacks the vfb backend through its shared page (the
+/// double fetches of XSA-155, the geometry of CVE-2008-1943/1944), for tests. It works on a connected `FramebufferFrontend`'s page;
 /// the checks that it cannot hurt the backend live in GuestKitTests
 /// (HostileGuestTests) and in the fuzz targets (Fuzz/).
 public final class HostileGuest {

@@ -12,7 +12,8 @@ public enum ReceivedInput: Equatable, Sendable {
     case other(type: UInt8)
 }
 
-/// A frontend that behaves like Linux's xen-kbdfront (reference §8): reads
+/// A frontend that behaves like Linux's xen-kbdfront
+/// (drivers/input/misc/xen-kbdfront.c): reads
 /// `feature-abs-pointer`, `width`, `height` at probe and asks for absolute
 /// pointing when offered (optionally raw); consumes the IN ring and notifies.
 public final class KeyboardFrontend: FrontendBase {

@@ -5,7 +5,9 @@ import Support
 import XenProtocol
 
 /// What a device kind (vfb, vkbd) implements; `XenBusDevice` runs the state
-/// machine and calls these at the steps of QEMU's legacy backend (reference §3).
+/// machine and calls these at the steps of QEMU's legacy backend
+/// (hw/xen/xen-legacy-backend.c: `xen_be_try_setup`, `xen_be_try_init`,
+/// `xen_be_try_initialise`, `xen_be_try_connected`).
 public protocol XenBusDeviceHandler: AnyObject {
     /// Backend state Initialising and `online` = 1: write the feature keys.
     /// The device then writes `hotplug-status` and goes to InitWait.
@@ -105,8 +107,9 @@ public final class XenBusBackend {
     }
 }
 
-/// One backend device: its paths, its state, and the state machine of
-/// reference §3, run after every change of either end's directory.
+/// One backend device: its paths, its state, and the xenbus state machine
+/// (xen/io/xenbus.h; QEMU's hw/xen/xen-legacy-backend.c `xen_be_check_state`),
+/// run after every change of either end's directory.
 public final class XenBusDevice {
     public unowned let backend: XenBusBackend
     public let devid: UInt32
@@ -256,7 +259,7 @@ public final class XenBusDevice {
         }
     }
 
-    /// Step 2 of §3: the backend must start at Initialising and name the
+    /// `xen_be_try_setup`: the backend must start at Initialising and name the
     /// expected frontend directory, which is then watched.
     private func setup() -> Bool {
         guard let be = XenbusState(xenstore: readBackend("state")), be == .initialising else {
