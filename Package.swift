@@ -46,14 +46,26 @@ let package = Package(
         .target(name: "Devices", dependencies: ["XenBus", "XenProtocol", "XenStore", "Host", "Damage", "Console", "EventLoop", "Support", "CXen"]),
         .target(name: "Control", dependencies: ["EventLoop", "Support", "CShims", .product(name: "Logging", package: "swift-log")]),
         .target(name: "GuestKit", dependencies: ["XenBus", "XenProtocol", "XenStore", "Host", "Damage", "WriteFault", "EventLoop", "Support"]),
+        // Everything the xenvfb binary does: the device model (session, QMP commands,
+        // lifecycle), demo, xenstored and screenshot; tested in Swift.
+        .target(name: "DeviceModel", dependencies: ["Support", "EventLoop", "Damage", "XenStore", "Host", "XenProtocol",
+                                                    "XenBus", "Devices", "Console", "Displays", "Control", "GuestKit", "CShims", "CXen",
+                                                    .product(name: "Logging", package: "swift-log")]),
         .executableTarget(
             name: "xenvfb",
-            dependencies: ["Support", "EventLoop", "Damage", "WriteFault", "XenStore", "Host", "XenProtocol", "XenBus", "Devices",
-                           "Console", "Displays", "Control", "GuestKit"],
+            dependencies: ["DeviceModel"],
             // RSS (README, Performance: Memory): lld packs the ~27,000 relative
             // relocations of this PIE into DT_RELR (5 KB instead of 630 KB that
             // ld.so reads, and that stay resident, at every start).
             linkerSettings: [.unsafeFlags(["-use-ld=lld", "-Xlinker", "-z", "-Xlinker", "pack-relative-relocs"])]),
+        // Processes the tests start (a simulated guest, the crash-chaining check):
+        // kept out of the shipped binary.
+        .executableTarget(name: "xenvfb-testtool", dependencies: ["GuestKit", "WriteFault", "Damage", "Host", "XenStore",
+                                                                 "XenProtocol", "EventLoop", "Support"],
+                          path: "Sources/XenvfbTestTool"),
+        // The write-fault engine's benchmark (Benchmarks/README.md).
+        .executableTarget(name: "xenvfb-bench", dependencies: ["Damage", "WriteFault", "CWriteFault", "EventLoop", "Support"],
+                          path: "Benchmarks", exclude: ["README.md"]),
 
         .testTarget(name: "SupportTests", dependencies: ["Support"]),
         .testTarget(name: "EventLoopTests", dependencies: ["EventLoop", "Support"]),

@@ -4,7 +4,7 @@
 Runs `xenvfb xenstored` (the embedded xenstored), writes the toolstack's
 vfb/vkbd entries with Debian's xenstore-* tools, starts the device model
 (`xenvfb --domid 7 --sim-host DIR ...`) and a simulated guest
-(`xenvfb __sim-guest`), lets the guest draw, and (with --vnc) keeps one vncdo
+(`xenvfb-testtool sim-guest`, built next to it), lets the guest draw, and (with --vnc) keeps one vncdo
 client connected while it does. Then prints VmHWM/VmRSS from
 /proc/PID/status and the largest mappings of /proc/PID/smaps (Rss and
 Private_Dirty), and exits 1 if VmHWM is above --limit-kb.
@@ -135,7 +135,7 @@ def main():
         for t in ("vfb", "vkbd"):
             wait_for(lambda: xs_read(f"/local/domain/0/backend/{t}/{DOMID}/0/state") == "2", f"{t} InitWait", procs)
 
-        guest = spawn([binary, "__sim-guest", "--machine", machine, "--xenstore", guest_sock,
+        guest = spawn([os.path.join(os.path.dirname(binary), "xenvfb-testtool"), "sim-guest", "--machine", machine, "--xenstore", guest_sock,
                        "--domid", str(DOMID), "--commands"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None)
         lines = []
 

@@ -34,7 +34,7 @@ import Support
 /// first write takes a SIGSEGV whose C handler makes the region writable and
 /// writes an eventfd, and that write and all after it go through the cheap
 /// async path until the next idle tick. Measured cost per idle→busy
-/// transition (Benchmarks, `xenvfb bench`): see README "Performance". A sync
+/// transition (Benchmarks, `xenvfb-bench`): see README "Performance". A sync
 /// uffd for the first fault was rejected: WP_ASYNC is a property of the whole
 /// userfaultfd context, a range belongs to one context, and re-registering
 /// drops the write-protect bits (every page would read as written).

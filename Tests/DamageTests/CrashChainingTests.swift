@@ -4,16 +4,16 @@ import Damage
 import WriteFault
 
 /// The SIGSEGV handler must pass faults outside tracked regions on: a child
-/// process (`xenvfb __write-fault-crash`) tracks a region, writes into it,
+/// process (`xenvfb-testtool write-fault-crash`) tracks a region, writes into it,
 /// then dereferences a bad pointer, and must die of SIGSEGV with the Swift
 /// runtime's crash report (or the default action), not hang or exit cleanly.
 @Suite struct CrashChainingTests {
-    static var xenvfbPath: String {
+    static var testToolPath: String {
         var buffer = [CChar](repeating: 0, count: 4096)
         let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
         let exe = n > 0 ? String(decoding: buffer[0 ..< n].map { UInt8(bitPattern: $0) }, as: UTF8.self) : ""
         let dir = exe.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
-        return dir + "/xenvfb"
+        return dir + "/xenvfb-testtool"
     }
 
     /// Spawns the helper; returns (wait status, stderr) or nil on timeout.
@@ -30,8 +30,8 @@ import WriteFault
         posix_spawn_file_actions_addopen(&actions, 2, errPath, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
         posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
 
-        let path = Self.xenvfbPath
-        let args = [path, "__write-fault-crash", mode]
+        let path = Self.testToolPath
+        let args = [path, "write-fault-crash", mode]
         var env: [String] = []
         var e = environ
         while let p = e.pointee { let s = String(cString: p); if !s.hasPrefix("SWIFT_BACKTRACE=") { env.append(s) }; e += 1 }

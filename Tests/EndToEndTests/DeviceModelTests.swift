@@ -7,7 +7,7 @@ import Testing
 /// The device model as libxl runs it (`xenvfb --domid N ...`), over SimHost:
 /// this test provides the simulated machine, the embedded xenstored and the
 /// toolstack's device entries; device_model.py then starts the device model
-/// and a guest process (`xenvfb __sim-guest`) and drives them with clients
+/// and a guest process (`xenvfb-testtool sim-guest`) and drives them with clients
 /// this project did not write (xenstore-* tools, qemu.qmp, vncdo, Pillow).
 @Suite struct DeviceModelTests {
     @Test(arguments: ["lifecycle", "qmp", "vnc", "vnc_password", "screenshot", "burst", "paced", "paced_vnc_option"])

@@ -63,8 +63,8 @@ import XenStore
         let m = try XenstoreMachine(domid: 4)
         defer { m.stop() }
         try m.start()
-        let child = try ChildProcess(try xenvfbPath(),
-                                     ["__sim-guest", "--machine", m.dir, "--xenstore", m.guestSocket, "--domid", "4"],
+        let child = try ChildProcess(try xenvfbPath(tool: "xenvfb-testtool"),
+                                     ["sim-guest", "--machine", m.dir, "--xenstore", m.guestSocket, "--domid", "4"],
                                      loop: m.loop, stderrPath: m.dir + "/guest.log")
         defer { child.terminate() }
         #expect(m.run { child.lines.contains("drawn") && m.backendState("vfb") == .connected }, "guest output: \(child.lines)")

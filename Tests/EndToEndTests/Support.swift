@@ -24,12 +24,13 @@ let repoRoot: String = {
 }()
 
 /// The xenvfb executable built next to this test bundle.
-func xenvfbPath() throws -> String {
+/// A binary of the package (`xenvfb`, `xenvfb-testtool`) next to the test bundle.
+func xenvfbPath(tool: String = "xenvfb") throws -> String {
     var buf = [CChar](repeating: 0, count: 4096)
     let n = readlink("/proc/self/exe", &buf, buf.count - 1)
     guard n > 0 else { throw TestFailure("readlink /proc/self/exe failed") }
     let exe = String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    let path = String(exe[..<exe.lastIndex(of: "/")!]) + "/xenvfb"
+    let path = String(exe[..<exe.lastIndex(of: "/")!]) + "/" + tool
     guard access(path, X_OK) == 0 else { throw TestFailure("\(path) missing: swift build --build-tests builds it") }
     return path
 }

@@ -3,7 +3,7 @@
 (and reports with UPDATE events), once it stops and a coalescing tick has
 passed, every display shows exactly the guest's framebuffer.
 
-Each trial has the guest (`xenvfb __sim-guest`, GuestKit's frontend) make a
+Each trial has the guest (`xenvfb-testtool sim-guest`, GuestKit's frontend) make a
 random number of random writes (`scribble SEED COUNT`: fills, patterns,
 single pixels; reported exactly, over-reported, merged or past the edge),
 then compares, byte for byte, its framebuffer (`dump`) with:

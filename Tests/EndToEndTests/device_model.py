@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Drives the xenvfb device model (`xenvfb --domid N --sim-host DIR`) over a
-simulated machine, as libxl and CI tools would: the guest is `xenvfb
-__sim-guest` (GuestKit's frontends) in a process of its own, xenstore is the
+simulated machine, as libxl and CI tools would: the guest is
+`xenvfb-testtool sim-guest` (GuestKit's frontends) in a process of its own, xenstore is the
 embedded xenstored the Swift test runs, and the clients are ones this project
 did not write: Debian's xenstore-* tools, QEMU's qemu.qmp, vncdotool, Pillow.
 
@@ -75,7 +75,7 @@ class Machine:
     # the guest
     def start_guest(self):
         self.guest = subprocess.Popen(
-            [self.binary, "__sim-guest", "--machine", self.dir, "--xenstore", self.guest_socket,
+            [os.path.join(os.path.dirname(self.binary), "xenvfb-testtool"), "sim-guest", "--machine", self.dir, "--xenstore", self.guest_socket,
              "--domid", str(self.domid), "--commands"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         self.guest_lines = []

@@ -5,8 +5,9 @@ import CWriteFault
 import Damage
 import WriteFault
 import EventLoop
+import Support
 
-/// `xenvfb bench [--frames N] [--workload NAME]`: the write-fault engine's
+/// `xenvfb-bench [--frames N] [--workload NAME]`: the write-fault engine's
 /// benchmark at 1920×1080×32. For each workload it reports the tracking cost
 /// per frame with uffd, mprotect, a full compare and the adaptive engine, as
 /// ratios to a memcpy of the frame measured in the same run, and the pixels
@@ -62,22 +63,19 @@ enum BenchCommand {
     static func main(_ args: [String]) -> Int32 {
         var frames = 60
         var only: String?
-        var i = 0
-        while i < args.count {
-            switch args[i] {
-            case "--frames" where i + 1 < args.count: frames = max(5, Int(args[i + 1]) ?? 60); i += 1
-            case "--workload" where i + 1 < args.count: only = args[i + 1]; i += 1
-            default:
-                print("usage: xenvfb bench [--frames N] [--workload NAME]")
-                return 2
+        do throws(UsageError) {
+            for option in try SubcommandArguments.parse(args, valued: ["--frames", "--workload"]) {
+                if option.name == "--frames" { frames = max(5, Int(option.value ?? "") ?? 60) } else { only = option.value }
             }
-            i += 1
+        } catch {
+            print("\(error)\nusage: xenvfb-bench [--frames N] [--workload NAME]")
+            return 2
         }
         #if DEBUG
         print("note: debug build; build with -c release for meaningful numbers")
         #endif
         let bench = Bench(frames: frames)
-        print("xenvfb bench: \(width)x\(height)x32, \(bench.pageCount) pages, \(frames) frames per cell, thread CPU time")
+        print("xenvfb-bench: \(width)x\(height)x32, \(bench.pageCount) pages, \(frames) frames per cell, thread CPU time")
         print("memcpy of the frame: \(fmt(bench.memcpyMicros)) µs (the unit of the ×-columns below)")
         print("")
         print("tracking cost per frame (writer faults + collect + coalesce; engine: + adaptive flood), mean µs and × memcpy:")

@@ -7,8 +7,8 @@ import GuestKit
 import Host
 import Support
 
-/// `xenvfb __sim-guest --machine DIR --xenstore SOCKET --domid N [--demo] [--commands]`
-/// (hidden): a simulated guest as a process of its own, as under Xen —
+/// `xenvfb-testtool sim-guest --machine DIR --xenstore SOCKET --domid N [--demo] [--commands]`
+/// a simulated guest as a process of its own, as under Xen —
 /// GuestKit's vfb and vkbd frontends on the SimHost machine in DIR, talking
 /// to xenstored through SOCKET (a domain socket, so it acts as domain N).
 ///
@@ -38,22 +38,22 @@ enum SimGuestCommand {
     static func main(_ args: [String]) -> Int32 {
         let log = Log.logger("sim-guest")
         var machine: String?, socket: String?, domid: UInt32?, demo = false, commands = false
-        var i = 0
-        while i < args.count {
-            let a = args[i]
-            let next = i + 1 < args.count ? args[i + 1] : nil
-            switch a {
-            case "--machine": machine = next; i += 1
-            case "--xenstore": socket = next; i += 1
-            case "--domid": domid = next.flatMap { UInt32(xenstoreDecimal: $0) }; i += 1
-            case "--demo": demo = true
-            case "--commands": commands = true
-            default: log.error("unknown argument \(a)"); return 2
+        do throws(UsageError) {
+            for option in try SubcommandArguments.parse(args, valued: ["--machine", "--xenstore", "--domid"], flags: ["--demo", "--commands"]) {
+                switch option.name {
+                case "--machine": machine = option.value
+                case "--xenstore": socket = option.value
+                case "--domid": domid = option.value.flatMap { UInt32(xenstoreDecimal: $0) }
+                case "--demo": demo = true
+                default: commands = true
+                }
             }
-            i += 1
+        } catch {
+            log.error("\(error)")
+            return 2
         }
         guard let machine, let socket, let domid, domid > 0 else {
-            log.error("usage: xenvfb __sim-guest --machine DIR --xenstore SOCKET --domid N [--demo]")
+            log.error("usage: xenvfb-testtool sim-guest --machine DIR --xenstore SOCKET --domid N [--demo]")
             return 2
         }
         do {

@@ -4,7 +4,7 @@ import Glibc
 import Damage
 import WriteFault
 
-/// `xenvfb __write-fault-crash <mode>`: a hidden helper for DamageTests. It
+/// `xenvfb-testtool write-fault-crash <mode>`: a helper for DamageTests. It
 /// tracks a region with the write-fault handler installed, proves a tracked
 /// write is handled, then dereferences a bad pointer. The process must die
 /// with the Swift runtime's crash report (or SIGSEGV), not hang: faults

@@ -19,43 +19,30 @@ enum XenstoredCommand {
         let log = Log.logger("xenstored")
         var socket: String?
         var domainSockets: [(UInt32, String)] = []
-        var i = 0
-        func value(_ option: String) -> String? {
-            i += 1
-            guard i < args.count else {
-                log.error("\(option) needs a value")
-                return nil
-            }
-            return args[i]
+        let parsed: [ParsedOption]
+        do throws(UsageError) {
+            parsed = try SubcommandArguments.parse(args, valued: ["--socket", "--domain-socket"], flags: ["-h", "--help"])
+        } catch {
+            log.error("\(error)\n\(usage)")
+            return 2
         }
-        while i < args.count {
-            var arg = args[i]
-            var inline: String?
-            if arg.hasPrefix("--"), let eq = arg.firstIndex(of: "=") {
-                inline = String(arg[arg.index(after: eq)...])
-                arg = String(arg[..<eq])
-            }
-            switch arg {
+        for option in parsed {
+            let v = option.value ?? ""
+            switch option.name {
             case "--socket":
-                guard let v = inline ?? value(arg) else { return 2 }
                 socket = v
             case "--domain-socket":
-                guard let v = inline ?? value(arg) else { return 2 }
                 guard let colon = v.firstIndex(of: ":"),
                       let domid = UInt32(v[..<colon]), domid < 0x7ff0,
                       v.index(after: colon) < v.endIndex else {
-                    log.error("--domain-socket wants DOMID:PATH (DOMID a number below 32752), got '\(v)'")
+                    log.error("--domain-socket wants DOMID:PATH (DOMID a number below 32752), got '\(SubcommandArguments.printable(v))'")
                     return 2
                 }
                 domainSockets.append((domid, String(v[v.index(after: colon)...])))
-            case "-h", "--help":
+            default: // -h, --help
                 print(usage)
                 return 0
-            default:
-                log.error("unknown option '\(args[i])'\n\(usage)")
-                return 2
             }
-            i += 1
         }
         guard let socket else {
             log.error("--socket PATH is required\n\(usage)")
