@@ -9,15 +9,6 @@ public struct QMPClientError: Error, CustomStringConvertible {
     public init(_ description: String) { self.description = description }
 }
 
-/// Monotonic nanoseconds (the event loop's clock, without a loop).
-public enum MonotonicClock {
-    public static func now() -> UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-    }
-}
-
 /// A blocking QMP client on a Unix socket: greeting, `qmp_capabilities`,
 /// then one command at a time; events are skipped. Every wait is bounded by
 /// the deadline. For tools that talk to a device model (xenvfb or QEMU):
@@ -42,22 +33,10 @@ public final class QMPClient {
     public init(path: String, deadline: UInt64) throws {
         self.path = path
         self.deadline = deadline
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        guard !bytes.isEmpty, bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
-            throw QMPClientError("QMP socket path '\(path)' is too long")
-        }
-        withUnsafeMutableBytes(of: &addr.sun_path) { $0.copyBytes(from: bytes) }
-        fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw QMPClientError("\(SystemError("socket"))") }
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard rc == 0 else {
-            let e = SystemError("connect")
-            Glibc.close(fd)
-            throw QMPClientError("cannot connect to the QMP socket \(path): \(e) (is the device model running?)")
+        do throws(SocketError) {
+            fd = try UnixSocket.connect(to: path)
+        } catch {
+            throw QMPClientError("cannot connect to the QMP socket: \(error) (is the device model running?)")
         }
         let greeting = try readMessage()
         guard greeting["QMP"] != nil else { throw QMPClientError("\(path) did not greet like QMP: \(greeting.serialized)") }

@@ -67,9 +67,8 @@ public final class QMPServer {
         var id: String
         var fd: Int32
         var pretty: Bool
-        /// The path this process bound, removed on close if it is still ours.
-        var boundPath: String?
-        var inode: (dev: UInt64, ino: UInt64)?
+        /// The socket this process bound (nil for an inherited fd).
+        var unix: UnixListener?
         /// For query-chardev.
         var address: String
     }
@@ -132,21 +131,24 @@ public final class QMPServer {
         var listener: Listener
         switch endpoint.socket {
         case .path(let path):
-            let fd = try Self.bindUnix(path: path, id: endpoint.id)
-            var st = stat()
-            let inode = fstatat(AT_FDCWD, path, &st, 0) == 0 ? (UInt64(st.st_dev), UInt64(st.st_ino)) : nil
-            listener = Listener(id: endpoint.id, fd: fd, pretty: endpoint.pretty, boundPath: path, inode: inode,
+            let unix: UnixListener
+            do throws(SocketError) {
+                unix = try UnixListener(path: path, mode: 0o600)
+            } catch {
+                throw QMPSocketError(id: endpoint.id, what: "\(error)")
+            }
+            listener = Listener(id: endpoint.id, fd: unix.fd, pretty: endpoint.pretty, unix: unix,
                                 address: "unix:\(path),server=on")
         case .fd(let fd):
             try Self.adoptListening(fd: fd, id: endpoint.id)
-            listener = Listener(id: endpoint.id, fd: fd, pretty: endpoint.pretty, boundPath: nil, inode: nil,
-                                address: "unix:\(Self.localPath(fd) ?? ""),server=on")
+            listener = Listener(id: endpoint.id, fd: fd, pretty: endpoint.pretty, unix: nil,
+                                address: "unix:\(UnixSocketAddress.localPath(of: fd) ?? ""),server=on")
         }
         let fd = listener.fd
         do {
             try loop.watch(fd: fd) { [unowned self] _ in self.acceptClients(listenerFD: fd) }
         } catch {
-            Glibc.close(fd)
+            if let unix = listener.unix { unix.close() } else { Glibc.close(fd) }
             throw QMPSocketError(id: endpoint.id, what: "cannot watch the socket: \(error)")
         }
         listeners.append(listener)
@@ -159,92 +161,14 @@ public final class QMPServer {
         for c in Array(clients.values) { drop(c, reason: nil) }
         for l in listeners {
             loop.unwatch(fd: l.fd)
-            Glibc.close(l.fd)
-            if let path = l.boundPath, let inode = l.inode {
-                var st = stat()
-                if lstat(path, &st) == 0, UInt64(st.st_dev) == inode.dev, UInt64(st.st_ino) == inode.ino {
-                    unlink(path)
-                }
-            }
+            // Removes the socket file only if it is still the one made here.
+            if let unix = l.unix { unix.close() } else { Glibc.close(l.fd) }
         }
         listeners.removeAll()
     }
 
     /// How many clients are connected (for tests and logs).
     public var clientCount: Int { clients.count }
-
-    static func bindUnix(path: String, id: String) throws(QMPSocketError) -> Int32 {
-        func fail(_ what: String) -> QMPSocketError { QMPSocketError(id: id, what: what) }
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        let capacity = MemoryLayout.size(ofValue: addr.sun_path)
-        guard !bytes.isEmpty, bytes.count < capacity, !bytes.contains(0) else {
-            throw fail("socket path '\(path)' must be 1 to \(capacity - 1) bytes")
-        }
-        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
-            raw.copyBytes(from: bytes)
-            raw[bytes.count] = 0
-        }
-        let len = socklen_t(MemoryLayout<sockaddr_un>.offset(of: \.sun_path)! + bytes.count + 1)
-
-        // A socket file left by a process that died is removed; one that
-        // still accepts connections belongs to someone else.
-        var st = stat()
-        if lstat(path, &st) == 0 {
-            guard st.st_mode & S_IFMT == S_IFSOCK else { throw fail("'\(path)' exists and is not a socket") }
-            let probe = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue | SOCK_NONBLOCK.rawValue), 0)
-            if probe >= 0 {
-                let rc = withUnsafePointer(to: &addr) {
-                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(probe, $0, len) }
-                }
-                let err = errno
-                Glibc.close(probe)
-                if rc == 0 || err == EAGAIN || err == EINPROGRESS {
-                    throw fail("'\(path)' is in use by another process")
-                }
-            }
-            guard unlink(path) == 0 || errno == ENOENT else { throw fail("cannot remove stale socket '\(path)': \(SystemError("unlink"))") }
-        }
-
-        // Bind under a temporary name and rename once listening: a client
-        // that sees the path can connect at once (no ECONNREFUSED window
-        // between bind and listen). Paths too long for the suffix bind directly.
-        let tmpPath = path + ".\(getpid()).tmp"
-        let bindPath = tmpPath.utf8.count < capacity ? tmpPath : path
-        var bindAddr = addr
-        let bindBytes = Array(bindPath.utf8)
-        withUnsafeMutableBytes(of: &bindAddr.sun_path) { raw in
-            raw.copyBytes(from: bindBytes)
-            raw[bindBytes.count] = 0
-        }
-        let bindLen = socklen_t(MemoryLayout<sockaddr_un>.offset(of: \.sun_path)! + bindBytes.count + 1)
-        unlink(tmpPath)
-
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue | SOCK_NONBLOCK.rawValue), 0)
-        guard fd >= 0 else { throw fail("\(SystemError("socket"))") }
-        let rc = withUnsafePointer(to: &bindAddr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, bindLen) }
-        }
-        guard rc == 0 else {
-            let e = SystemError("bind \(bindPath)")
-            Glibc.close(fd)
-            throw fail("\(e)")
-        }
-        guard Glibc.listen(fd, 16) == 0 else {
-            let e = SystemError("listen")
-            Glibc.close(fd)
-            unlink(bindPath)
-            throw fail("\(e)")
-        }
-        if bindPath != path, rename(bindPath, path) != 0 {
-            let e = SystemError("rename \(bindPath) to \(path)")
-            Glibc.close(fd)
-            unlink(bindPath)
-            throw fail("\(e)")
-        }
-        return fd
-    }
 
     static func adoptListening(fd: Int32, id: String) throws(QMPSocketError) {
         var st = stat()
@@ -257,19 +181,6 @@ public final class QMPServer {
         }
         _ = cshims_set_nonblocking(fd)
         _ = cshims_set_cloexec(fd)
-    }
-
-    static func localPath(_ fd: Int32) -> String? {
-        var addr = sockaddr_un()
-        var len = socklen_t(MemoryLayout<sockaddr_un>.size)
-        let rc = withUnsafeMutablePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
-        }
-        guard rc == 0, addr.sun_family == sa_family_t(AF_UNIX) else { return nil }
-        return withUnsafeBytes(of: addr.sun_path) { raw in
-            let bytes = raw.prefix { $0 != 0 }
-            return bytes.isEmpty ? nil : String(decoding: bytes, as: UTF8.self)
-        }
     }
 
     // MARK: Clients
@@ -306,11 +217,7 @@ public final class QMPServer {
     private func acceptClients(listenerFD: Int32) {
         guard let listener = listeners.first(where: { $0.fd == listenerFD }) else { return }
         for _ in 0..<16 {
-            // accept4 needs _GNU_SOURCE, which Glibc's module does not set.
-            let fd = accept(listenerFD, nil, nil)
-            guard fd >= 0 else { return } // EAGAIN, or an error that the next wake-up retries
-            _ = cshims_set_cloexec(fd)
-            _ = cshims_set_nonblocking(fd)
+            guard let fd = UnixSocket.accept(on: listenerFD) else { return } // none left, or retried at the next wake-up
             guard clients.count < limits.maxClients else {
                 log.warning("QMP client refused: too many clients", metadata: ["chardev": "\(listener.id)"])
                 Glibc.close(fd)

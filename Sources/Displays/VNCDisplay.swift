@@ -70,7 +70,7 @@ public final class VNCDisplay: Display {
     private var flushTimer: EventLoop.TimerID?
     private var holdTimer: EventLoop.TimerID?
     private var holdDelayMilliseconds = 5
-    private var unixPath: String?
+    private var unixListener: UnixListener?
     private var closed = false
 
     private final class Client {
@@ -139,9 +139,10 @@ public final class VNCDisplay: Display {
         closed = true
         if let t = flushTimer { loop.cancelTimer(t); flushTimer = nil }
         if let t = holdTimer { loop.cancelTimer(t); holdTimer = nil }
-        for fd in listeners { loop.unwatch(fd: fd); Glibc.close(fd) }
+        for fd in listeners { loop.unwatch(fd: fd) }
+        if let unixListener { unixListener.close() } else { listeners.forEach { Glibc.close($0) } }
+        unixListener = nil
         listeners.removeAll()
-        if let path = unixPath { unlink(path) }
         if let screen {
             forEachClient { cl in rfbCloseClient(cl) }
             processEvents() // runs clientGone for each
@@ -232,32 +233,14 @@ public final class VNCDisplay: Display {
         case .none:
             return
         case .unix(let path):
-            let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
-            guard fd >= 0 else { throw DisplayError("vnc: socket: \(String(cString: strerror(errno)))") }
-            var addr = sockaddr_un()
-            addr.sun_family = sa_family_t(AF_UNIX)
-            let bytes = Array(path.utf8)
-            guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
-                Glibc.close(fd)
-                throw DisplayError("vnc: unix socket path too long: \(path)")
+            let listener: UnixListener
+            do throws(SocketError) {
+                listener = try UnixListener(path: path, mode: 0o600)
+            } catch {
+                throw DisplayError("vnc: cannot listen: \(error)")
             }
-            withUnsafeMutableBytes(of: &addr.sun_path) { raw in
-                raw.copyBytes(from: bytes)
-            }
-            if unlink(path) != 0 && errno != ENOENT {
-                Glibc.close(fd)
-                throw DisplayError("vnc: cannot replace \(path): \(String(cString: strerror(errno)))")
-            }
-            let rc = withUnsafePointer(to: &addr) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-            }
-            guard rc == 0, Glibc.listen(fd, 16) == 0 else {
-                let e = errno
-                Glibc.close(fd)
-                throw DisplayError("vnc: cannot listen on \(path): \(String(cString: strerror(e)))")
-            }
-            unixPath = path
-            listeners = [fd]
+            unixListener = listener
+            listeners = [listener.fd]
             listenInfo = (path, path, "unix")
         case .tcp(let host, let first, let last):
             var lastError = ""

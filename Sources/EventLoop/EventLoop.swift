@@ -265,11 +265,7 @@ public final class EventLoop: @unchecked Sendable {
     }
 
     /// Monotonic clock in nanoseconds.
-    public static func now() -> UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-    }
+    public static func now() -> UInt64 { MonotonicClock.now() }
 }
 
 extension Duration {

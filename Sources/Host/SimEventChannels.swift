@@ -41,7 +41,11 @@ final class SimEventChannels: EventChannels {
         let s = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
         guard s >= 0 else { throw .eventChannel("\(SystemError("socket"))") }
         for port in UInt32(1)..<4096 {
-            let rc = withSocketAddress(socketPath(domid, port)) { bind(s, $0, $1) }
+            guard let address = try? UnixSocketAddress(socketPath(domid, port)) else {
+                Glibc.close(s)
+                throw .eventChannel("the machine directory \(dir) is too long for a socket path")
+            }
+            let rc = address.withSockaddr { bind(s, $0, $1) }
             if rc == 0 {
                 var ev = epoll_event()
                 ev.events = EPOLLIN.rawValue
@@ -115,7 +119,8 @@ final class SimEventChannels: EventChannels {
         // An unbound port, or a peer that went away, swallows the notification, as in Xen.
         guard let (d, p) = peer(of: port) else { return }
         var one: UInt8 = 1
-        let rc = withSocketAddress(socketPath(d, p)) { addr, len in
+        guard let address = try? UnixSocketAddress(socketPath(d, p)) else { return }
+        let rc = address.withSockaddr { addr, len in
             sendto(sendfd, &one, 1, Int32(MSG_DONTWAIT) | Int32(MSG_NOSIGNAL), addr, len)
         }
         if rc < 0 && (errno == ECONNREFUSED || errno == ENOENT) {
@@ -158,20 +163,5 @@ final class SimEventChannels: EventChannels {
         for port in Array(ports.keys) { try? unbind(port: port) }
         if epfd >= 0 { Glibc.close(epfd); epfd = -1 }
         if sendfd >= 0 { Glibc.close(sendfd); sendfd = -1 }
-    }
-}
-
-/// Calls `body` with a `sockaddr_un` for `path`.
-func withSocketAddress<R>(_ path: String, _ body: (UnsafePointer<sockaddr>, socklen_t) -> R) -> R {
-    var addr = sockaddr_un()
-    addr.sun_family = sa_family_t(AF_UNIX)
-    let bytes = Array(path.utf8)
-    precondition(bytes.count < MemoryLayout.size(ofValue: addr.sun_path), "socket path too long: \(path)")
-    withUnsafeMutableBytes(of: &addr.sun_path) { raw in
-        raw.copyBytes(from: bytes)
-        raw[bytes.count] = 0
-    }
-    return withUnsafePointer(to: &addr) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
     }
 }

@@ -128,20 +128,7 @@ public final class XenStore {
     public func onConnectionLost(_ handler: @escaping () -> Void) -> Bool {
         guard let loop, lossFD < 0 else { return false }
         let path = socketPath ?? getenv("XENSTORED_PATH").map { String(cString: $0) } ?? "/var/run/xenstored/socket"
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else { return false }
-        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
-            raw.copyBytes(from: bytes)
-            raw[bytes.count] = 0
-        }
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { return false }
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard rc == 0 else { close(fd); return false }
+        guard let fd = try? UnixSocket.connect(to: path) else { return false } // not a socket we can reach: nothing to wait on
         do {
             // No events asked for: epoll still reports the hang-up.
             try loop.watch(fd: fd, events: []) { [weak self] _ in

@@ -75,7 +75,7 @@ public final class XenstoreServer: @unchecked Sendable {
     private var domainQueued: [UInt32: Int] = [:]
     /// Domains at their connection limit (logged once until one closes).
     private var refusing: Set<UInt32> = []
-    private var listeners: [Int32: (domid: UInt32, path: String)] = [:]
+    private var listeners: [Int32: (domid: UInt32, listener: UnixListener)] = [:]
     private var introduced: Set<UInt32> = [0]
     /// Domains that exist (in Xen: known to the hypervisor). Only these may
     /// own nodes. A domain socket, an in-process connection, INTRODUCE or
@@ -116,17 +116,20 @@ public final class XenstoreServer: @unchecked Sendable {
 
     /// Listens on a Unix socket whose clients act as dom0 (privileged).
     /// Replaces a stale file at `path`; the socket exists when this returns.
-    public func listen(path: String) throws(SystemError) {
+    public func listen(path: String) throws(SocketError) {
         try addDomainSocket(domid: 0, path: path)
     }
 
     /// Listens on a Unix socket whose clients act as domain `domid`: point a
     /// guest's libxenstore (`XENSTORED_PATH`) at it to be that guest.
-    public func addDomainSocket(domid: UInt32, path: String) throws(SystemError) {
-        let fd = try Self.makeListeningSocket(path: path)
+    public func addDomainSocket(domid: UInt32, path: String) throws(SocketError) {
+        // Owner only, whatever the umask: whoever reaches the socket acts as
+        // that domain (dom0's socket is privileged).
+        let listener = try UnixListener(path: path, mode: 0o600, backlog: 64)
+        let fd = listener.fd
         onLoop { [self] in
             existing.insert(domid)
-            listeners[fd] = (domid, path)
+            listeners[fd] = (domid, listener)
             do {
                 try loop.watch(fd: fd) { [unowned self] _ in self.acceptConnections(fd) }
             } catch {
@@ -205,8 +208,7 @@ public final class XenstoreServer: @unchecked Sendable {
         stopped = true
         for (fd, l) in listeners {
             loop.unwatch(fd: fd)
-            close(fd)
-            unlink(l.path)
+            l.listener.close()
         }
         listeners.removeAll()
         for c in Array(connections.values) { closeConnection(c) }
@@ -224,59 +226,10 @@ public final class XenstoreServer: @unchecked Sendable {
 
     // MARK: Sockets
 
-    static func makeListeningSocket(path: String) throws(SystemError) -> Int32 {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
-        guard fd >= 0 else { throw SystemError("socket") }
-        // Bound under a temporary name and renamed once listening, so the
-        // path never names a socket that refuses connections.
-        let tmpPath = path + ".\(getpid()).tmp"
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(tmpPath.utf8)
-        let capacity = MemoryLayout.size(ofValue: addr.sun_path)
-        guard bytes.count < capacity else {
-            close(fd)
-            let room = capacity - 1 - (bytes.count - path.utf8.count)
-            throw SystemError("socket path \(path) is too long (at most \(room) bytes here)", errno: ENAMETOOLONG)
-        }
-        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
-            raw.copyBytes(from: bytes)
-            raw[bytes.count] = 0
-        }
-        var st = stat()
-        if lstat(path, &st) == 0, (st.st_mode & S_IFMT) != S_IFSOCK {
-            close(fd)
-            throw SystemError("\(path) exists and is not a socket", errno: EEXIST)
-        }
-        unlink(tmpPath)
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
-            }
-        }
-        guard rc == 0 else { let e = SystemError("bind(\(tmpPath))"); close(fd); throw e }
-        guard Glibc.listen(fd, 64) == 0, rename(tmpPath, path) == 0 else {
-            let e = SystemError("listen on \(path)")
-            close(fd)
-            unlink(tmpPath)
-            throw e
-        }
-        return fd
-    }
-
     private func acceptConnections(_ listenFD: Int32) {
         guard let l = listeners[listenFD] else { return }
         while true {
-            let fd = accept(listenFD, nil, nil)
-            if fd < 0 {
-                if errno == EINTR { continue }
-                if errno != EAGAIN && errno != EWOULDBLOCK {
-                    log.warning("accept on \(l.path): \(SystemError("accept"))")
-                }
-                return
-            }
-            _ = cshims_set_cloexec(fd)
-            _ = cshims_set_nonblocking(fd)
+            guard let fd = l.listener.accept() else { return }
             if l.domid != 0 && connections.values.lazy.filter({ $0.domid == l.domid }).count >= limits.maxConnectionsPerDomain {
                 close(fd)
                 if refusing.insert(l.domid).inserted {
