@@ -4,7 +4,8 @@
 set -euo pipefail
 what=${1:-build}
 build_pkgs=(pkg-config libvncserver-dev libsdl2-dev libpng-dev libxen-dev)
-test_pkgs=(xenstore-utils mandoc socat python3-venv python3-pip xvfb x11-apps imagemagick gvncviewer xdotool x11-utils)
+test_pkgs=(xenstore-utils mandoc socat python3-venv python3-pip xvfb x11-apps imagemagick gvncviewer xdotool x11-utils
+           libxkbcommon0 xkb-data)  # the last two: scripts/keymaps/generate.py and the keymap tests
 pkgs=("${build_pkgs[@]}")
 [ "$what" = test ] && pkgs+=("${test_pkgs[@]}")
 missing=()

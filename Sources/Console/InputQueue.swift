@@ -3,7 +3,7 @@ import Logging
 import Support
 
 /// The one queue every input event passes through on its way to the guest:
-/// VNC, SDL and QMP (`send-key`, `input-send-event`) all send to the hub's
+/// VNC, SDL and QMP (`send-key`, `input-send-event`) all send to the console's
 /// `input`, which is this queue, so events from every source reach vkbd in
 /// the order they were made.
 ///

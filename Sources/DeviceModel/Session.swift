@@ -64,13 +64,9 @@ final class Session {
     /// SDL window is closed (nil: closing the window closes only the window).
     func openDisplays(onWindowClosed: (() -> Void)? = nil) throws(DisplayError) {
         if let spec = options.vnc {
-            var keymap: Keymap
-            do throws(DisplayError) {
-                keymap = try Keymap(name: options.keymap ?? "en-us")
-            } catch {
-                log.warning("\(error); VNC clients that send keysyms get en-us (clients with the extended key event are not affected)")
-                keymap = try Keymap(name: "en-us")
-            }
+            // Like QEMU, an unknown -k is an error at start-up, not en-us.
+            let keymap: Keymap
+            do { keymap = try Keymap(name: options.keymap ?? "en-us") } catch { throw DisplayError("-k: \(error)") }
             let desktop = options.name.map { "QEMU (\($0))" } ?? "QEMU"
             let vnc = try VNCDisplay(options: VNCOptions(spec: spec), loop: loop, console: console, keymap: keymap, desktopName: desktop)
             self.vnc = vnc

@@ -72,6 +72,7 @@ public final class VNCDisplay: Display {
     private var holdDelayMilliseconds = 5
     private var unixListener: UnixListener?
     private var closed = false
+    private var unmappedKeysyms = UnmappedKeysyms()
 
     private final class Client {
         let cl: rfbClientPtr
@@ -80,6 +81,8 @@ public final class VNCDisplay: Display {
         var buttons: Int32 = 0
         var lastPosition: (Int32, Int32)?
         var pressed: Set<UInt32> = []
+        /// The client's modifiers and what the guest was told, for keysym clients.
+        var keymapState = KeymapState()
         /// Passed our password check (or none is required).
         var authenticated = false
         init(cl: rfbClientPtr, fd: Int32, info: VNCClientInfo) { self.cl = cl; self.fd = fd; self.info = info }
@@ -88,7 +91,9 @@ public final class VNCDisplay: Display {
     /// `spec` is the `-vnc` argument; `keymap` the `-k` layout (default en-us).
     /// Listens at once, so `info` has the port before the frame arrives.
     public convenience init(spec: String, loop: EventLoop, console: Console, keymap: String = "en-us", desktopName: String = "QEMU") throws(DisplayError) {
-        try self.init(options: VNCOptions(spec: spec), loop: loop, console: console, keymap: Keymap(name: keymap), desktopName: desktopName)
+        let layout: Keymap
+        do { layout = try Keymap(name: keymap) } catch { throw DisplayError("-k: \(error)") }
+        try self.init(options: VNCOptions(spec: spec), loop: loop, console: console, keymap: layout, desktopName: desktopName)
     }
 
     public init(options: VNCOptions, loop: EventLoop, console: Console, keymap: Keymap, desktopName: String = "QEMU") throws(DisplayError) {
@@ -551,15 +556,21 @@ public final class VNCDisplay: Display {
     }
 
     private func keyEvent(down: Bool, keysym: UInt32, cl: rfbClientPtr) {
-        guard let code = keymap.keycode(forKeysym: keysym) else {
-            log.debug("no key for keysym 0x\(String(keysym, radix: 16)) in \(keymap.name)")
+        guard let client = clients[UnsafeMutableRawPointer(cl)], client.authenticated else { return }
+        guard let events = keymap.keyEvents(keysym: keysym, down: down, state: &client.keymapState) else {
+            if down && unmappedKeysyms.firstReport(keysym) {
+                log.warning("keysym 0x\(String(keysym, radix: 16)) has no key on keymap \(keymap.name); dropped (logged once per keysym)")
+            }
             return
         }
-        key(code, down: down, cl: cl)
+        for event in events { key(event.code, down: event.pressed, cl: cl) }
     }
 
     fileprivate func extendedKeyEvent(down: Bool, keysym: UInt32, scancode: UInt32, cl: rfbClientPtr) {
         if let code = XTScancode.linuxKeycode(scancode) {
+            if let client = clients[UnsafeMutableRawPointer(cl)], client.authenticated {
+                client.keymapState.record(KeyEvent(code: code, pressed: down))
+            }
             key(code, down: down, cl: cl)
         } else {
             keyEvent(down: down, keysym: keysym, cl: cl)

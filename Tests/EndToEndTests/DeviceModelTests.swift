@@ -10,7 +10,8 @@ import Testing
 /// and a guest process (`xenvfb-testtool sim-guest`) and drives them with clients
 /// this project did not write (xenstore-* tools, qemu.qmp, vncdo, Pillow).
 @Suite struct DeviceModelTests {
-    @Test(arguments: ["lifecycle", "qmp", "vnc", "vnc_password", "screenshot", "burst", "paced", "paced_vnc_option"])
+    @Test(arguments: ["lifecycle", "qmp", "vnc", "vnc_password", "screenshot", "burst", "paced", "paced_vnc_option",
+                      "keymap_unknown", "keymap_en_us", "keymap_en_gb", "keymap_de", "keymap_fr", "keymap_sv", "keymap_ja"])
     func deviceModelScenarioHoldsOverSimHost(_ scenario: String) throws {
         let python = repoRoot + "/.build-tools/venv/bin/python3"
         try #require(access(python, X_OK) == 0, "\(python) missing: run scripts/test-tools.sh")

@@ -464,7 +464,139 @@ async def paced_vnc_option(m):
     await paced(m, "-vnc", "127.0.0.1:20,to=99,key-delay-ms=3")
 
 
-SCENARIOS = {f.__name__: f for f in (lifecycle, qmp, vnc, vnc_password, screenshot, burst, paced, paced_vnc_option)}
+class XkbKeyboard:
+    """A real keyboard of one layout, as libxkbcommon compiles it from
+    xkeyboard-config: the oracle for the keymap scenarios, independent of
+    xenvfb's generated tables (and of scripts/keymaps)."""
+    SHIFT = 42
+    ALTGR = 100
+    # The typing block of a 105/106-key PC keyboard (not the keypad): the
+    # rows of digits and letters, space, the 102nd key, and JIS's ro and yen.
+    TYPING_KEYS = [k for k in range(2, 54) if k not in (14, 15, 28, 29, 42)] + [57, 86, 89, 124]
+
+    def __init__(self, layout, variant, model):
+        import ctypes
+        self.ctypes = ctypes
+        lib = ctypes.CDLL("libxkbcommon.so.0")
+        p = ctypes.c_void_p
+        for fn, res, argtypes in (("xkb_context_new", p, [ctypes.c_int]),
+                                  ("xkb_keymap_new_from_names", p, [p, p, ctypes.c_int]),
+                                  ("xkb_state_new", p, [p]), ("xkb_state_unref", None, [p]),
+                                  ("xkb_state_update_key", ctypes.c_int, [p, ctypes.c_uint32, ctypes.c_int]),
+                                  ("xkb_state_key_get_utf32", ctypes.c_uint32, [p, ctypes.c_uint32]),
+                                  ("xkb_state_key_get_one_sym", ctypes.c_uint32, [p, ctypes.c_uint32])):
+            getattr(lib, fn).restype, getattr(lib, fn).argtypes = res, argtypes
+        self.lib = lib
+        names = (ctypes.c_char_p * 5)(b"evdev", model.encode(), layout.encode(),
+                                      variant.encode() if variant else None, None)
+        self.keymap = lib.xkb_keymap_new_from_names(lib.xkb_context_new(0), ctypes.cast(names, p), 0)
+        check(self.keymap, f"libxkbcommon cannot compile {layout}({variant})")
+        state = lib.xkb_state_new(self.keymap)
+        self.has_altgr = lib.xkb_state_key_get_one_sym(state, self.ALTGR + 8) == 0xFE03  # ISO_Level3_Shift
+        lib.xkb_state_unref(state)
+
+    def _char(self, held, key):
+        state = self.lib.xkb_state_new(self.keymap)
+        for k in held:
+            self.lib.xkb_state_update_key(state, k + 8, 1)
+        cp = self.lib.xkb_state_key_get_utf32(state, key + 8)
+        self.lib.xkb_state_unref(state)
+        return cp
+
+    def keys_for(self, text):
+        """The evdev events a typist makes for `text`: for each character the
+        key and the fewest modifiers (then the lowest level, then the lowest
+        key code) that type it, modifiers pressed first, released last."""
+        levels = [(), (self.SHIFT,)] + ([(self.ALTGR,), (self.SHIFT, self.ALTGR)] if self.has_altgr else [])
+        events = []
+        for ch in text:
+            options = [(len(mods), n, key, mods) for n, mods in enumerate(levels)
+                       for key in self.TYPING_KEYS if self._char(mods, key) == ord(ch)]
+            check(options, f"no key types {ch!r} on this layout")
+            _, _, key, mods = min(options)
+            events += [f"key {m} 1" for m in mods] + [f"key {key} 1", f"key {key} 0"]
+            events += [f"key {m} 0" for m in reversed(mods)]
+        return events
+
+    def typed(self, events):
+        """What a guest of this layout types for these evdev events."""
+        state = self.lib.xkb_state_new(self.keymap)
+        out = ""
+        for line in events:
+            _, code, value = line.split()
+            code, down = int(code), value == "1"
+            cp = self.lib.xkb_state_key_get_utf32(state, code + 8) if down else 0
+            if cp >= 0x20:
+                out += chr(cp)
+            self.lib.xkb_state_update_key(state, code + 8, 1 if down else 0)
+        self.lib.xkb_state_unref(state)
+        return out
+
+
+# -k name -> (xkb layout, variant, model), as QEMU defines the name, and a text
+# with characters that need Shift and AltGr on that layout (no dead keys).
+KEYMAP_TEXTS = {
+    "en-us": (("us", None, "pc105"), "Hello, World! @#$%^&*()_+{}|:\"<>?~`-=[]\\;',./ 1234567890"),
+    "en-gb": (("gb", None, "pc105"), "Cost: \u00a35 @home #1 ~/x \\|\u00ac \u20ac2 \"hi\" {a} [b] <c>?"),
+    "de": (("de", "nodeadkeys", "pc105"), "Gr\u00fc\u00dfe aus K\u00f6ln: 20\u20ac @ [x|y] {\u00df} ~ \\ <>? \"Zitat\" 1+1=2 \u00b5\u00b2"),
+    "fr": (("fr", "nodeadkeys", "pc105"), "D\u00e9j\u00e0 vu: o\u00f9 est l'\u00e9t\u00e9? 1234 \u20ac@#{[|`\\^]} \u00e0\u00e7 \u00b5 \u00a7 AZERTY"),
+    "sv": (("se", None, "pc105"), "Sm\u00f6rg\u00e5sbord p\u00e5 \u00c5land: 100\u20ac @ {x} [y] |\\ $\u00a3 \u00a7\u00bd <>?"),
+    "ja": (("jp", None, "jp106"), "Hello @[]{}:*+;_\\|^ 123 !\"#$%&'()=-"),
+}
+
+
+async def keymap(m, name):
+    """-k NAME: a keysym-only VNC client (vncdo type, which sends no Shift or
+    AltGr of its own) types a text; the guest gets the keys a real keyboard
+    of that layout produces, and they type the text on such a guest."""
+    (layout, variant, model), text = KEYMAP_TEXTS[name]
+    kbd = XkbKeyboard(layout, variant, model)
+    expected = kbd.keys_for(text)
+    check(kbd.typed(expected) == text, f"oracle: {kbd.typed(expected)!r} != {text!r}")
+    m.start_dm("-k", name, "--vnc", "127.0.0.1:20,to=99")
+    m.start_guest_when_ready()
+    m.wait_connected()
+    q = await qmp_connect(m)
+    try:
+        port = int((await q.execute("query-vnc"))["service"])
+    finally:
+        await q.disconnect()
+    before = len(m.inputs())
+    vncdo = os.path.join(os.path.dirname(sys.executable), "vncdo")
+    r = subprocess.run([vncdo, "-s", f"127.0.0.1::{port}", "type", text, "pause", "1"],
+                       capture_output=True, timeout=120)
+    check(r.returncode == 0, f"vncdo type failed: {r.stderr.decode()}")
+    try:
+        m.wait_for(lambda: len(m.inputs()) >= before + len(expected), f"{len(expected)} key events", timeout=60)
+    except AssertionError:
+        pass
+    got = m.inputs()[before:]
+    first_bad = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), None)
+    check(got == expected, f"-k {name}: {len(got)} events, want {len(expected)}; first difference at "
+                           f"{first_bad}: got {got[first_bad:first_bad + 6] if first_bad is not None else got[len(expected):]}, "
+                           f"want {expected[first_bad:first_bad + 6] if first_bad is not None else []}; "
+                           f"the guest would type {kbd.typed(got)!r}")
+    check(kbd.typed(got) == text, f"the guest types {kbd.typed(got)!r}, want {text!r}")
+    check("has no key" not in m.dm_log(), f"a keysym was dropped:\n{m.dm_log()}")
+
+
+def keymap_scenario(name):
+    async def scenario(m):
+        await keymap(m, name)
+    scenario.__name__ = "keymap_" + name.replace("-", "_")
+    return scenario
+
+
+async def keymap_unknown(m):
+    """-k with a name QEMU does not have is an error at start-up that lists the names."""
+    r = subprocess.run([m.binary, "--domid", str(m.domid), "--sim-host", m.dir, "-k", "xx", "--vnc", "127.0.0.1:20,to=99"],
+                       env=m.env, capture_output=True, text=True, timeout=TIMEOUT)
+    check(r.returncode != 0 and "unknown keymap" in r.stderr and "en-gb" in r.stderr and "sv" in r.stderr,
+          f"-k xx: exit {r.returncode}, {r.stderr!r}")
+
+
+SCENARIOS = {f.__name__: f for f in (lifecycle, qmp, vnc, vnc_password, screenshot, burst, paced, paced_vnc_option,
+                                     keymap_unknown, *(keymap_scenario(n) for n in KEYMAP_TEXTS))}
 
 
 def main():
