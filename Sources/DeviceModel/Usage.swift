@@ -12,7 +12,7 @@ Device model options (the QEMU-style ones libxl passes work too):
   --sdl                        an SDL window
   --display png:dir=DIR,...    PNG capture (repeatable)
   --qmp unix:PATH              a QMP socket (also -chardev ... -mon ...,mode=control)
-  --keymap MAP                 keyboard layout (en-us, de, fr, ...)
+  --keymap MAP                 keyboard layout, a QEMU -k name (en-us, de, fr, ja, ...)
   --input-pace MS              at most one input event per MS ms to the guest
   --update-interval MS         the vfb coalescing tick (default 10)
   --log-level LEVEL            trace, debug, info, notice, warning, error, critical

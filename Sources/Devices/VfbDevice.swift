@@ -29,10 +29,10 @@ public final class VfbDevice: XenBusDeviceHandler {
     let config: BackendConfig
     var log: Logger = Log.logger("vfb")
 
+    private var channel: FrontendChannel?
+    /// The shared page (the channel's, or one `attach` was given).
     private var page: GuestMapping?
     private var framebuffer: GuestMapping?
-    private var evtchn: EventChannels?
-    private var localPort: UInt32 = 0
     private weak var device: XenBusDevice?
     /// Private OUT-ring consumer index: `out_cons` on the page is written, never trusted.
     private var outCons: UInt32 = 0
@@ -74,16 +74,11 @@ public final class VfbDevice: XenBusDeviceHandler {
 
     public func connect(_ device: XenBusDevice) throws {
         self.device = device
-        guard let refText = device.readFrontend("page-ref"), let pageRef = UInt64(xenstoreDecimal: refText) else {
-            throw XenBusError("frontend key page-ref is missing or not decimal")
-        }
-        guard let portText = device.readFrontend("event-channel"), let remotePort = UInt32(xenstoreDecimal: portText) else {
-            throw XenBusError("frontend key event-channel is missing or not decimal")
-        }
-        let proto = device.readFrontend("protocol")
-        featureUpdate = device.readFrontend("feature-update") == "1"
-
-        let page = try device.host.mapForeign(domid: device.domid, frames: [pageRef], writable: true)
+        let proto = try device.readFrontend("protocol")
+        featureUpdate = try device.readFrontend("feature-update") == "1"
+        let channel = try FrontendChannel(device) { [weak self] in self?.processOutRing() }
+        self.channel = channel
+        let page = channel.page
         self.page = page
         // One copy of the header and page directory; everything below parses the copy.
         guard let header = page.bytes(at: 0, count: XenfbLayout.inRingOffset) else { throw XenBusError("shared page too small") }
@@ -98,12 +93,6 @@ public final class VfbDevice: XenBusDeviceHandler {
         dirs.unmap()
         framebuffer = try device.host.mapForeign(domid: device.domid, frames: fbFrames, writable: false)
         fbLen = fb.length
-
-        let ev = try device.host.openEventChannels()
-        evtchn = ev
-        localPort = try ev.bindInterdomain(remoteDomain: device.domid, remotePort: remotePort)
-        try device.loop.watch(fd: ev.fd) { [weak self] _ in self?.eventChannelFired() }
-
         outCons = page.load(UInt32.self, at: XenfbLayout.outCons) ?? 0
         try start(geometry, loop: device.loop)
         if featureUpdate { try device.writeBackend("request-update", "1") }
@@ -111,11 +100,11 @@ public final class VfbDevice: XenBusDeviceHandler {
         log.info("connected: \(geometry), \(fb.length) bytes in \(fb.pages) pages, protocol \(proto ?? "(none)"), feature-update \(featureUpdate)")
     }
 
-    public func frontendConnected(_ device: XenBusDevice) {
+    public func frontendConnected(_ device: XenBusDevice) throws {
         // QEMU rewrites state 4 once: a frontend that missed InitWait sees Connected again.
         if !rewroteState {
+            try device.writeBackend("state", XenbusState.connected.xenstoreValue)
             rewroteState = true
-            try? device.writeBackend("state", XenbusState.connected.xenstoreValue)
         }
     }
 
@@ -123,12 +112,8 @@ public final class VfbDevice: XenBusDeviceHandler {
         pipeline?.stop()
         pipeline = nil
         resizePending = false
-        if let ev = evtchn {
-            device.loop.unwatch(fd: ev.fd)
-            try? ev.unbind(port: localPort)
-            ev.close()
-        }
-        evtchn = nil
+        channel?.close()
+        channel = nil
         page?.unmap()
         page = nil
         framebuffer?.unmap()
@@ -148,7 +133,11 @@ public final class VfbDevice: XenBusDeviceHandler {
         self.fbLen = fbLen
         featureUpdate = true
         outCons = page.load(UInt32.self, at: XenfbLayout.outCons) ?? 0
-        try? start(geometry, loop: loop, run: false)
+        do {
+            try start(geometry, loop: loop, run: false)
+        } catch {
+            warn("cannot attach: \(error)")
+        }
     }
 
     /// Update rectangles waiting for the next tick (within the geometry).
@@ -216,14 +205,6 @@ public final class VfbDevice: XenBusDeviceHandler {
 
     // MARK: OUT ring
 
-    private func eventChannelFired() {
-        guard let ev = evtchn else { return }
-        // One pending() per wake-up: the fd is level-triggered, and a
-        // blocking xenevtchn fd must never be read when nothing is pending.
-        if let port = try? ev.pending() { try? ev.unmask(port: port) }
-        processOutRing()
-    }
-
     /// Drains the OUT ring: each 40-byte slot is copied once and parsed from
     /// the copy (XSA-155); the private consumer index is the only one trusted.
     public func processOutRing() {
@@ -245,7 +226,7 @@ public final class VfbDevice: XenBusDeviceHandler {
         outCons = cons
         ring.storeCons(cons)
         // Linux flushes a stashed update on this notification: always send it.
-        if let ev = evtchn { try? ev.notify(port: localPort) }
+        channel?.notify()
     }
 
     private func handle(_ event: XenfbOutEvent) {
@@ -326,8 +307,9 @@ public final class VfbDevice: XenBusDeviceHandler {
                 let differs: Bool = row.withUnsafeMutableBytes { tmp in
                     let converted = fb.withBytes(at: g.offset + y * g.stride + r.x * g.bytesPerPixel, count: r.width * g.bytesPerPixel) {
                         PixelConversion.convert(depth: g.depth, source: $0, count: r.width, dest: tmp.baseAddress!)
-                    }
-                    guard converted != nil, memcmp(tmp.baseAddress!, dst, r.width * 4) != 0 else { return false }
+                        return true
+                    } ?? false
+                    guard converted, memcmp(tmp.baseAddress!, dst, r.width * 4) != 0 else { return false }
                     dst.copyMemory(from: tmp.baseAddress!, byteCount: r.width * 4)
                     return true
                 }

@@ -16,9 +16,9 @@ public final class VkbdDevice: XenBusDeviceHandler, InputSink {
     let config: BackendConfig
     var log: Logger = Log.logger("vkbd")
 
+    private var channel: FrontendChannel?
+    /// The shared page (the channel's, or one `attach` was given).
     private var page: GuestMapping?
-    private var evtchn: EventChannels?
-    private var localPort: UInt32 = 0
     private weak var device: XenBusDevice?
     /// Private IN-ring producer index: `in_prod` on the page is written, never read back.
     private var inProd: UInt32 = 0
@@ -54,25 +54,19 @@ public final class VkbdDevice: XenBusDeviceHandler, InputSink {
 
     public func connect(_ device: XenBusDevice) throws {
         self.device = device
-        guard let refText = device.readFrontend("page-ref"), let pageRef = UInt64(xenstoreDecimal: refText) else {
-            throw XenBusError("frontend key page-ref is missing or not decimal")
-        }
-        guard let portText = device.readFrontend("event-channel"), let remotePort = UInt32(xenstoreDecimal: portText) else {
-            throw XenBusError("frontend key event-channel is missing or not decimal")
-        }
-        let page = try device.host.mapForeign(domid: device.domid, frames: [pageRef], writable: true)
+        // No OUT events are defined: a notification only means the guest
+        // consumed what it was given (and may have room again).
+        let channel = try FrontendChannel(device) { [weak self] in self?.guestNotified() }
+        self.channel = channel
+        let page = channel.page
         self.page = page
-        let ev = try device.host.openEventChannels()
-        evtchn = ev
-        localPort = try ev.bindInterdomain(remoteDomain: device.domid, remotePort: remotePort)
-        try device.loop.watch(fd: ev.fd) { [weak self] _ in self?.eventChannelFired() }
         inProd = page.load(UInt32.self, at: XenkbdLayout.inProd) ?? 0
         log.info("connected")
     }
 
-    public func frontendConnected(_ device: XenBusDevice) {
-        absolutePointer = device.readFrontend("request-abs-pointer") == "1"
-        rawPointer = absolutePointer && config.rawPointer && device.readFrontend("request-raw-pointer") == "1"
+    public func frontendConnected(_ device: XenBusDevice) throws {
+        absolutePointer = try device.readFrontend("request-abs-pointer") == "1"
+        rawPointer = try absolutePointer && config.rawPointer && device.readFrontend("request-raw-pointer") == "1"
         ready = true
         log.info("frontend connected: pointer \(absolutePointer ? (rawPointer ? "absolute raw" : "absolute") : "relative")")
         flush()
@@ -80,12 +74,8 @@ public final class VkbdDevice: XenBusDeviceHandler, InputSink {
 
     public func disconnect(_ device: XenBusDevice) {
         ready = false
-        if let ev = evtchn {
-            device.loop.unwatch(fd: ev.fd)
-            try? ev.unbind(port: localPort)
-            ev.close()
-        }
-        evtchn = nil
+        channel?.close()
+        channel = nil
         page?.unmap()
         page = nil
         queue.removeAll()
@@ -126,15 +116,6 @@ public final class VkbdDevice: XenBusDeviceHandler, InputSink {
 
     // MARK: Ring
 
-    private func eventChannelFired() {
-        guard let ev = evtchn else { return }
-        // One pending() per wake-up: the fd is level-triggered, and a
-        // blocking xenevtchn fd must never be read when nothing is pending.
-        if let port = try? ev.pending() { try? ev.unmask(port: port) }
-        // No OUT events are defined: consume whatever the frontend put there.
-        guestNotified()
-    }
-
     /// Puts as many queued events into the IN ring as fit, then notifies.
     public func flush() {
         guard ready, let page, queuedEvents > 0 else { return }
@@ -163,7 +144,7 @@ public final class VkbdDevice: XenBusDeviceHandler, InputSink {
         Barrier.write()
         inProd &+= UInt32(sent)
         ring.storeProd(inProd)
-        if let ev = evtchn { try? ev.notify(port: localPort) }
+        channel?.notify()
     }
 
     /// One display event as a kbdif event, in the mode the frontend asked for.

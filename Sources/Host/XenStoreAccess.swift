@@ -43,6 +43,8 @@ public final class XenStoreWatch {
 public enum XenStoreAccessError: Error, Equatable {
     case noEntry(String)
     case invalid(String)
+    /// A read that failed for another reason than a missing node.
+    case io(String)
 }
 
 /// A xenstore tree in this process, for unit tests: no permissions, no
@@ -55,6 +57,12 @@ public final class InMemoryXenStore: XenStoreAccess {
     private let loop: EventLoop
     /// Every write, in order, as "path=value" (removals as "rm path"); tests read it.
     public private(set) var journal: [String] = []
+    /// Makes the next `count` reads of `path` fail (EIO-like), as a
+    /// xenstored in trouble would: tests of what a transient error costs.
+    public func failReads(of path: String, count: Int) { failingReads[path] = count }
+    private var failingReads: [String: Int] = [:]
+    /// Reads that failed on purpose so far.
+    public private(set) var failedReads = 0
 
     public init(loop: EventLoop) { self.loop = loop }
 
@@ -84,6 +92,11 @@ public final class InMemoryXenStore: XenStoreAccess {
 
     public func read(_ path: String) throws -> String? {
         try check(path)
+        if let n = failingReads[path], n > 0 {
+            failingReads[path] = n - 1
+            failedReads += 1
+            throw XenStoreAccessError.io(path)
+        }
         return nodes[path]
     }
 

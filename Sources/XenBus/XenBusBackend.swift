@@ -16,16 +16,32 @@ public protocol XenBusDeviceHandler: AnyObject {
     /// channel, validate. Throwing costs the guest its device (Closing).
     func connect(_ device: XenBusDevice) throws
     /// Frontend Connected (after `connect`): read the frontend's `request-*` keys.
-    func frontendConnected(_ device: XenBusDevice)
+    /// A thrown `XenBusError.store` is retried; anything else is logged.
+    func frontendConnected(_ device: XenBusDevice) throws
     /// Unmap and unbind everything `connect` set up. Must be idempotent.
     func disconnect(_ device: XenBusDevice)
 }
 
-/// Reasons a device refuses its frontend; the message names the key and value.
-public struct XenBusError: Error, CustomStringConvertible {
-    public let message: String
-    public init(_ message: String) { self.message = message }
-    public var description: String { message }
+/// Why a device step failed.
+public enum XenBusError: Error, CustomStringConvertible {
+    /// The frontend refused: the message names the key and value. The guest
+    /// loses the device (Closing).
+    case refused(String)
+    /// xenstore itself failed (not a missing key): the step is retried
+    /// later; the guest keeps its device.
+    case store(operation: String, path: String, underlying: String)
+
+    /// A refusal with a message naming the key and value.
+    public init(_ message: String) { self = .refused(message) }
+
+    public var isTransient: Bool { if case .store = self { return true } else { return false } }
+
+    public var description: String {
+        switch self {
+        case .refused(let message): return message
+        case .store(let op, let path, let underlying): return "xenstore \(op) \(path) failed: \(underlying)"
+        }
+    }
 }
 
 /// Finds the devices of one kind for one guest and runs each one's backend
@@ -90,10 +106,17 @@ public final class XenBusBackend {
     }
 
     private func scan() {
-        let names = (try? store.directory(root)) ?? []
+        let names: [String]
+        do {
+            names = try store.directory(root)
+        } catch {
+            log.warning("cannot list \(root): \(error); looking again at the next change")
+            names = []
+        }
         for name in names {
             guard let devid = UInt32(xenstoreDecimal: name), devices[devid] == nil else { continue }
-            guard (try? store.read("\(root)/\(name)/state")) ?? nil != nil else { continue } // not complete yet
+            // Not complete until libxl wrote its state (an unreadable one is looked at again later).
+            guard let state = try? store.read("\(root)/\(name)/state"), state != nil else { continue }
             let dev = XenBusDevice(backend: self, devid: devid)
             dev.handler = makeHandler(dev)
             devices[devid] = dev
@@ -141,6 +164,10 @@ public final class XenBusDevice {
     private var again = false
     private var resetTimes: [UInt64] = []
     private var resetTimer: EventLoop.TimerID?
+    /// A step failed on xenstore itself: it runs again after `retryDelay`
+    /// (doubling up to 2 s while it keeps failing).
+    private var retryTimer: EventLoop.TimerID?
+    private var retryDelayMilliseconds = 50
     /// Reconnects done, and reconnects postponed by the rate limit.
     public private(set) var reconnects = 0
     public private(set) var postponedReconnects = 0
@@ -155,15 +182,25 @@ public final class XenBusDevice {
 
     // MARK: Key access for handlers
 
-    public func readFrontend(_ key: String) -> String? { (try? store.read("\(frontendPath)/\(key)")) ?? nil }
-    public func readBackend(_ key: String) -> String? { (try? store.read("\(backendPath)/\(key)")) ?? nil }
-    public func writeBackend(_ key: String, _ value: String) throws { try store.write("\(backendPath)/\(key)", value) }
+    /// The frontend's `key`, or nil if it does not exist. A failed read
+    /// throws `.store` (never mistaken for a missing key).
+    public func readFrontend(_ key: String) throws(XenBusError) -> String? { try read("\(frontendPath)/\(key)") }
+    /// The backend's `key`, or nil if it does not exist.
+    public func readBackend(_ key: String) throws(XenBusError) -> String? { try read("\(backendPath)/\(key)") }
+    public func writeBackend(_ key: String, _ value: String) throws(XenBusError) {
+        let path = "\(backendPath)/\(key)"
+        do { try store.write(path, value) } catch { throw .store(operation: "write", path: path, underlying: "\(error)") }
+    }
 
-    private func setState(_ s: XenbusState) {
-        guard s != state || readBackend("state") != s.xenstoreValue else { return }
+    private func read(_ path: String) throws(XenBusError) -> String? {
+        do { return try store.read(path) } catch { throw .store(operation: "read", path: path, underlying: "\(error)") }
+    }
+
+    private func setState(_ s: XenbusState) throws(XenBusError) {
+        if s == state, try readBackend("state") == s.xenstoreValue { return }
         let old = state
+        try writeBackend("state", s.xenstoreValue)
         state = s
-        do { try writeBackend("state", s.xenstoreValue) } catch { log.error("cannot write state \(s): \(error)") }
         log.info("backend \(old) -> \(s)", metadata: ["frontend": "\(frontendState.map { "\($0)" } ?? "none")"])
     }
 
@@ -178,13 +215,31 @@ public final class XenBusDevice {
         defer { updating = false }
         repeat {
             again = false
-            step()
+            do throws(XenBusError) {
+                try step()
+                retryDelayMilliseconds = 50
+            } catch {
+                retryLater(error)
+            }
         } while again && !isRemoved
     }
 
-    private func step() {
+    /// xenstore failed in the middle of a step: nothing is torn down, and the
+    /// step runs again soon (the guest keeps its device through a transient error).
+    private func retryLater(_ error: XenBusError) {
+        guard retryTimer == nil, !isRemoved else { return }
+        log.warning("\(error); retrying in \(retryDelayMilliseconds) ms")
+        retryTimer = loop.addTimer(after: .milliseconds(Int64(retryDelayMilliseconds))) { [weak self] in
+            guard let self else { return }
+            self.retryTimer = nil
+            self.update()
+        }
+        retryDelayMilliseconds = min(retryDelayMilliseconds * 2, 2000)
+    }
+
+    private func step() throws(XenBusError) {
         // The backend directory is gone: the toolstack removed the device.
-        guard let beText = readBackend("state") else { remove(); return }
+        guard let beText = try readBackend("state") else { remove(); return }
 
         // Someone else (libxl's unplug) moved the backend to Closing or Closed.
         if let written = XenbusState(xenstore: beText), written != state, written == .closing || written == .closed {
@@ -193,7 +248,7 @@ public final class XenBusDevice {
             state = written
         }
 
-        let feText = readFrontend("state")
+        let feText = try readFrontend("state")
         let fe = XenbusState(xenstore: feText)
         if fe == nil, let feText, !warnedBadFrontendState {
             warnedBadFrontendState = true
@@ -202,7 +257,7 @@ public final class XenBusDevice {
         frontendState = fe
 
         if !setUp {
-            guard setup() else { return }
+            guard try setup() else { return }
         }
 
         // Shutdown: follow the frontend into Closing/Closed; a vanished
@@ -211,12 +266,12 @@ public final class XenBusDevice {
         if fe == .closing || fe == .closed || (feGone && isConnected) {
             if isConnected { handler?.disconnect(self); isConnected = false }
             calledFrontendConnected = false
-            if state != .closed { setState(fe == .closing ? .closing : .closed) }
+            if state != .closed { try setState(fe == .closing ? .closing : .closed) }
             return
         }
         if state == .closing {
             // Toolstack-initiated close: finish once the frontend is not using the device.
-            if fe == nil || fe == .unknown || fe == .initialising { setState(.closed) }
+            if fe == nil || fe == .unknown || fe == .initialising { try setState(.closed) }
             return
         }
 
@@ -224,51 +279,61 @@ public final class XenBusDevice {
         // (or already Initialised again: it may pass through 1 between two watch events).
         if state == .closed, fe == .initialising || fe == .initialised {
             guard allowReset() else { return }
-            setState(.initialising)
+            try setState(.initialising)
         }
 
         if state == .initialising {
-            guard readBackend("online") == "1" else { return }
+            guard try readBackend("online") == "1" else { return }
             do {
                 try handler?.initialise(self)
                 try writeBackend("hotplug-status", "connected")
-                setState(.initWait)
+            } catch let error as XenBusError where error.isTransient {
+                throw error
             } catch {
                 log.error("initialise failed: \(error)")
-                setState(.closing)
+                try setState(.closing)
                 return
             }
+            try setState(.initWait)
         }
 
         if state == .initWait, fe == .initialised || fe == .connected {
             do {
                 try handler?.connect(self)
-                isConnected = true
-                setState(.connected)
             } catch {
                 handler?.disconnect(self)
+                if let e = error as? XenBusError, e.isTransient { throw e }
                 log.error("cannot connect to the frontend: \(error)")
-                setState(.closing)
+                try setState(.closing)
                 return
             }
+            isConnected = true
+            try setState(.connected)
         }
 
         if state == .connected, fe == .connected, !calledFrontendConnected {
+            do {
+                try handler?.frontendConnected(self)
+            } catch let error as XenBusError where error.isTransient {
+                throw error
+            } catch {
+                log.error("frontend connected: \(error)")
+            }
             calledFrontendConnected = true
-            handler?.frontendConnected(self)
         }
     }
 
     /// `xen_be_try_setup`: the backend must start at Initialising and name the
     /// expected frontend directory, which is then watched.
-    private func setup() -> Bool {
-        guard let be = XenbusState(xenstore: readBackend("state")), be == .initialising else {
+    private func setup() throws(XenBusError) -> Bool {
+        guard let be = XenbusState(xenstore: try readBackend("state")), be == .initialising else {
             if !warnedBadFrontendState { log.error("backend state is not Initialising at setup; ignoring the device") }
             warnedBadFrontendState = true
             return false
         }
-        guard let fe = readBackend("frontend"), fe == frontendPath else {
-            log.error("backend key frontend=\"\(readBackend("frontend")?.prefix(64) ?? "")\" is not \(frontendPath); ignoring the device")
+        let written = try readBackend("frontend")
+        guard let fe = written, fe == frontendPath else {
+            log.error("backend key frontend=\"\(written?.prefix(64) ?? "")\" is not \(frontendPath); ignoring the device")
             remove()
             return false
         }
@@ -311,6 +376,7 @@ public final class XenBusDevice {
         frontendWatch?.cancel()
         frontendWatch = nil
         if let t = resetTimer { loop.cancelTimer(t) }
+        if let t = retryTimer { loop.cancelTimer(t) }
         log.info("backend directory removed; device dropped")
     }
 
@@ -318,13 +384,18 @@ public final class XenBusDevice {
     public func close() {
         guard !isRemoved else { return }
         if isConnected { handler?.disconnect(self); isConnected = false }
-        if readBackend("state") != nil {
-            setState(.closing)
-            setState(.closed)
+        do throws(XenBusError) {
+            if try readBackend("state") != nil {
+                try setState(.closing)
+                try setState(.closed)
+            }
+        } catch {
+            log.error("cannot close the device: \(error)")
         }
         isRemoved = true
         frontendWatch?.cancel()
         frontendWatch = nil
         if let t = resetTimer { loop.cancelTimer(t) }
+        if let t = retryTimer { loop.cancelTimer(t) }
     }
 }

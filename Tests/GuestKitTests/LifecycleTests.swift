@@ -141,6 +141,18 @@ import XenProtocol
         #expect(m.run { kbd.received.last == .key(code: 30, pressed: true) })
     }
 
+    @Test func aFailedXenstoreReadIsRetriedAndDoesNotCostTheGuestItsDevice() throws {
+        let m = try Machine()
+        // The backend's reads of the frontend's page-ref fail three times in a
+        // row while it connects: before, a failed read looked like a missing
+        // key and the device went to Closing.
+        m.store.failReads(of: "/local/domain/1/device/vfb/0/page-ref", count: 3)
+        let (fb, _) = try m.connectAll()
+        #expect(m.store.failedReads == 3)
+        #expect(m.backendState("vfb") == .connected && fb.state == .connected)
+        #expect(!m.store.journal.contains("/local/domain/0/backend/vfb/1/0/state=5"), "the backend never went to Closing")
+    }
+
     @Test func removingTheBackendDirectoryDropsTheDevice() throws {
         let m = try Machine()
         let (fb, kbd) = try m.connectAll()
