@@ -1,4 +1,5 @@
 import Logging
+import Support
 
 /// What the command line asks of a device model: the QEMU-style arguments
 /// libxl passes (`-xen-domid 1 -chardev socket,... -mon ... -vnc ...`) and
@@ -617,11 +618,8 @@ private struct ArgumentParser {
 
     /// QEMU's boolean spellings; a key without `=value` means on.
     static func bool(_ v: String?, key: String, option: String) throws(OptionError) -> Bool {
-        switch v {
-        case nil, "on", "yes", "true", "y": return true
-        case "off", "no", "false", "n": return false
-        default: throw OptionError(option, "\(key)= must be on or off, not '\(printable(v ?? ""))'")
-        }
+        guard let b = QEMUOptions.bool(v) else { throw OptionError(option, "\(key)= must be on or off, not '\(printable(v ?? ""))'") }
+        return b
     }
 
     /// QEMU ids: a letter, then letters, digits, '-', '.', '_'.
@@ -645,48 +643,13 @@ extension Unicode.Scalar {
     fileprivate var isASCIILetter: Bool { ("a"..."z").contains(self) || ("A"..."Z").contains(self) }
 }
 
-/// QEMU's `key=value,key=value` option strings (QemuOpts): a leading item
-/// without `=` is the value of `impliedKey`; `,,` is a literal comma; a later
-/// `key` without `=` is a flag (value nil, meaning on).
+/// QEMU option strings through Support's one parser, with this file's errors.
 enum QemuOpts {
     static func parse(_ spec: String, impliedKey: String?, option: String) throws(OptionError) -> [(key: String, value: String?)] {
-        var items: [String] = []
-        var current = ""
-        var scalars = spec.unicodeScalars.makeIterator()
-        var pending = scalars.next()
-        while let c = pending {
-            pending = scalars.next()
-            if c == "," {
-                if pending == "," {
-                    current.unicodeScalars.append(",")
-                    pending = scalars.next()
-                } else {
-                    items.append(current)
-                    current = ""
-                }
-            } else {
-                current.unicodeScalars.append(c)
-            }
+        do throws(QEMUOptions.ParseError) {
+            return try QEMUOptions.parse(spec, impliedKey: impliedKey)
+        } catch {
+            throw OptionError(option, error.description)
         }
-        items.append(current)
-        guard items.count <= 64 else { throw OptionError(option, "too many parameters") }
-        var result: [(key: String, value: String?)] = []
-        for (i, item) in items.enumerated() {
-            if let eq = item.firstIndex(of: "=") {
-                let key = String(item[..<eq])
-                guard !key.isEmpty else { throw OptionError(option, "parameter without a name in '\(ArgumentParser.printable(spec))'") }
-                result.append((key, String(item[item.index(after: eq)...])))
-            } else if i == 0, let impliedKey {
-                result.append((impliedKey, item))
-            } else if item.isEmpty {
-                if i == items.count - 1 && i > 0 { continue } // a trailing comma
-                throw OptionError(option, "empty parameter in '\(ArgumentParser.printable(spec))'")
-            } else if item.hasPrefix("no"), item.count > 2, item != "nowait", item != "nodelay" {
-                result.append((String(item.dropFirst(2)), "off")) // QEMU's `noflag` spelling
-            } else {
-                result.append((item, nil))
-            }
-        }
-        return result
     }
 }

@@ -47,10 +47,8 @@ final class Session {
     /// QEMU's `-vnc ...,key-delay-ms=N`, which paces input like
     /// `--input-pace N` when that is not given.
     static func keyDelay(inVNCSpec spec: String) -> UInt32? {
-        for item in spec.split(separator: ",") where item.hasPrefix("key-delay-ms=") {
-            return UInt32(item.dropFirst("key-delay-ms=".count)).map { min($0, 10_000) }
-        }
-        return nil
+        // The spec was checked at start-up (validateDisplays); a bad one has no delay.
+        (try? VNCOptions(spec: spec))?.keyDelayMilliseconds.map { UInt32($0) }
     }
 
     /// What the backends are configured with, from the options.

@@ -28,6 +28,8 @@ public struct VNCOptions: Equatable, Sendable {
     public var family = Family.any
     /// Most clients at once; more are refused (QEMU's `connections=`, default 32).
     public var maxConnections = 32
+    /// QEMU's `key-delay-ms=N`: input paced like `--input-pace N`.
+    public var keyDelayMilliseconds: Int?
 
     public init(address: Address, password: Bool = false, family: Family = .any, maxConnections: Int = 32) {
         self.address = address
@@ -88,7 +90,7 @@ public struct VNCOptions: Equatable, Sendable {
             case "lossy", "non-adaptive", "lock-key-sync":
                 _ = try OptionList.bool(value, option: key, in: context)
             case "key-delay-ms":
-                _ = try OptionList.integer(value, option: key, in: context, range: 0...10_000)
+                keyDelayMilliseconds = try OptionList.integer(value, option: key, in: context, range: 0...10_000)
             default:
                 throw DisplayError("\(context): unsupported option '\(item)' (supported: to=, password=on, ipv4=on, ipv6=on, connections=, share=)")
             }

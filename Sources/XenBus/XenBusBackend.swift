@@ -116,7 +116,7 @@ public final class XenBusBackend {
         for name in names {
             guard let devid = UInt32(xenstoreDecimal: name), devices[devid] == nil else { continue }
             // Not complete until libxl wrote its state (an unreadable one is looked at again later).
-            guard let state = try? store.read("\(root)/\(name)/state"), state != nil else { continue }
+            guard (try? store.read("\(root)/\(name)/state")) != nil else { continue }
             let dev = XenBusDevice(backend: self, devid: devid)
             dev.handler = makeHandler(dev)
             devices[devid] = dev
