@@ -13,13 +13,31 @@ import Support
 /// - with `pace` set, at most one event goes on per interval (QEMU's
 ///   `key-delay-ms` idea, for guests or scripts that lose fast bursts).
 ///
-/// Waiting events stay here, in order, on a loop timer; none is dropped
-/// unless `limit` is reached. Behind this queue the vkbd device keeps what
-/// does not fit in the guest's 51-slot ring until the guest makes room.
+/// Waiting events stay here, in order, on a loop timer. Everything a party
+/// can make wait is bounded: at most `limit` items (events and pauses
+/// together; past it a single event is dropped with one warning, and a
+/// batch is refused whole) and at most `maxPendingPause` of pause time in
+/// the queue (a QMP client cannot freeze input for hours with hold times).
+/// Behind this queue the vkbd device keeps what does not fit in the guest's
+/// 51-slot ring until the guest makes room.
 public final class InputQueue: InputSink {
-    private enum Item {
+    /// One queued item: an event, or a pause that holds every later one.
+    public enum Item: Equatable, Sendable {
         case event(InputEvent)
         case pause(Duration)
+    }
+
+    /// Why a batch was refused (nothing of it was queued).
+    public enum Refusal: Error, Equatable, CustomStringConvertible {
+        case full(limit: Int)
+        case pauseTooLong(limit: Duration)
+
+        public var description: String {
+            switch self {
+            case .full(let limit): return "the input queue is full (\(limit) events and pauses waiting)"
+            case .pauseTooLong(let limit): return "the input queue would hold more than \(limit) of pauses"
+            }
+        }
     }
 
     public let loop: EventLoop
@@ -30,8 +48,12 @@ public final class InputQueue: InputSink {
     public var pace: Duration? {
         didSet { if pace == .zero { pace = nil } }
     }
-    /// Most events waiting here; more are dropped with a warning.
+    /// Most items (events and pauses) waiting here.
     public var limit = 1 << 16
+    /// Most pause time waiting here at once.
+    public var maxPendingPause: Duration = .seconds(60)
+    /// Pause time queued or running.
+    public private(set) var pendingPause: Duration = .zero
 
     private var items: [Item] = []
     private var head = 0
@@ -67,17 +89,37 @@ public final class InputQueue: InputSink {
         drain()
     }
 
-    /// Holds every later event for `duration`.
+    /// Holds every later event for `duration`, if the queue has room for it
+    /// (see `submit` for a batch that must go whole or not at all).
     public func pause(_ duration: Duration) {
-        guard duration > .zero else { return }
-        items.append(.pause(duration))
+        try? submit([.pause(duration)])
+    }
+
+    /// Queues every item of `batch` in order, or nothing: refused when the
+    /// items would pass `limit` or the pauses `maxPendingPause`. QMP
+    /// `send-key` submits its presses, releases and hold times this way.
+    public func submit(_ batch: [Item]) throws(Refusal) {
+        let pauses = batch.reduce(Duration.zero) { total, item in
+            if case .pause(let d) = item, d > .zero { return total + d }
+            return total
+        }
+        guard waiting + batch.count <= limit else { throw .full(limit: limit) }
+        guard pendingPause + pauses <= maxPendingPause else { throw .pauseTooLong(limit: maxPendingPause) }
+        for item in batch {
+            if case .pause(let d) = item, d <= .zero { continue }
+            items.append(item)
+        }
+        pendingPause += pauses
         drain()
     }
 
-    private func wait(_ duration: Duration) {
+    /// Holds the queue for `duration` (a pause, counted in `pendingPause`
+    /// until it ends), or for pacing.
+    private func wait(_ duration: Duration, pause: Bool = true) {
         timer = loop.addTimer(after: duration) { [weak self] in
             guard let self else { return }
             self.timer = nil
+            if pause { self.pendingPause -= duration }
             self.drain()
         }
     }
@@ -91,7 +133,7 @@ public final class InputQueue: InputSink {
                     let interval = UInt64(pace.components.seconds) * 1_000_000_000 + UInt64(pace.components.attoseconds / 1_000_000_000)
                     let now = EventLoop.now()
                     if now &- last < interval {
-                        wait(.nanoseconds(Int64(interval - (now &- last))))
+                        wait(.nanoseconds(Int64(interval - (now &- last))), pause: false)
                         compact()
                         return
                     }

@@ -57,13 +57,14 @@ extension Session {
                 // QEMU's order: press each key in turn, then release them in reverse,
                 // with the hold time after every event.
                 let pause = Duration.milliseconds(hold)
-                for code in codes {
-                    input.send(.key(code: code, pressed: true))
-                    input.pause(pause)
-                }
-                for code in codes.reversed() {
-                    input.send(.key(code: code, pressed: false))
-                    input.pause(pause)
+                var batch: [InputQueue.Item] = []
+                for code in codes { batch += [.event(.key(code: code, pressed: true)), .pause(pause)] }
+                for code in codes.reversed() { batch += [.event(.key(code: code, pressed: false)), .pause(pause)] }
+                // All of it or none: a half-pressed chord would stick in the guest.
+                do throws(InputQueue.Refusal) {
+                    try input.submit(batch)
+                } catch {
+                    throw .generic("\(error); try again later")
                 }
                 reply.success()
             } catch {

@@ -77,3 +77,41 @@ private final class Recorder: InputSink {
         #expect(sink.events == kept)
     }
 }
+
+@Suite struct InputQueueBoundsTests {
+    @Test func aBatchThatWouldPassTheLimitIsRefusedWhole() throws {
+        let loop = try EventLoop()
+        let queue = InputQueue(loop: loop)
+        queue.limit = 100
+        let sink = Recorder()
+        queue.target = sink
+        queue.pause(.milliseconds(50)) // holds everything after it
+        let batch: [InputQueue.Item] = (0..<60).map { .event(.key(code: UInt32($0 + 1), pressed: true)) }
+        try queue.submit(batch)
+        #expect(queue.waiting == 60)
+        #expect(throws: InputQueue.Refusal.full(limit: 100)) { try queue.submit(batch) }
+        #expect(queue.waiting == 60, "nothing of the refused batch was queued")
+    }
+
+    @Test func pausesCannotHoldInputForLongerThanTheBudget() throws {
+        let loop = try EventLoop()
+        let queue = InputQueue(loop: loop)
+        queue.maxPendingPause = .seconds(2)
+        let sink = Recorder()
+        queue.target = sink
+        // What a QMP send-key of many keys with hold-time 60000 asks for.
+        let press: [InputQueue.Item] = [.event(.key(code: 30, pressed: true)), .pause(.seconds(60)),
+                                        .event(.key(code: 30, pressed: false)), .pause(.seconds(60))]
+        #expect(throws: InputQueue.Refusal.pauseTooLong(limit: .seconds(2))) { try queue.submit(press) }
+        #expect(queue.waiting == 0 && sink.events.isEmpty)
+        // Within the budget it is accepted, and the budget comes back as pauses end.
+        try queue.submit([.event(.key(code: 31, pressed: true)), .pause(.milliseconds(1500)),
+                          .event(.key(code: 31, pressed: false)), .pause(.milliseconds(20))])
+        #expect(queue.pendingPause == .milliseconds(1520), "the running pause still counts")
+        #expect(throws: InputQueue.Refusal.self) { try queue.submit([.pause(.seconds(1))]) }
+        let start = EventLoop.now()
+        while sink.events.count < 2 && EventLoop.now() - start < 5_000_000_000 { loop.runOnce(timeoutMilliseconds: 10) }
+        #expect(sink.events == [.key(code: 31, pressed: true), .key(code: 31, pressed: false)])
+        try queue.submit([.pause(.seconds(1))])
+    }
+}
