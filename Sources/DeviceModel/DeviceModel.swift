@@ -178,35 +178,45 @@ final class DeviceModel {
     }
 
     /// `-chroot DIR` and `-runas USER|UID:GID`, applied like QEMU does once
-    /// everything is open: chroot first, then groups, gid and uid.
+    /// everything is open: the user is looked up first (in the host's
+    /// passwd and group databases, as QEMU's `os_parse_runas_uid_gid` does
+    /// before `os_setup_post` chroots: an empty chroot has none), then
+    /// chroot, then groups, gid and uid.
     private func dropPrivileges() throws(DeviceModelError) {
+        let identity = try options.runAs.map { spec throws(DeviceModelError) in try Self.lookUp(runAs: spec) }
         if let dir = options.chroot {
             guard Glibc.chroot(dir) == 0 else { throw DeviceModelError("-chroot \(dir): \(SystemError("chroot"))") }
             guard chdir("/") == 0 else { throw DeviceModelError("-chroot \(dir): \(SystemError("chdir"))") }
             log.info("changed root", metadata: ["dir": "\(dir)"])
         }
-        guard let spec = options.runAs else { return }
-        let uid: uid_t, gid: gid_t
-        var user: String?
-        let parts = spec.split(separator: ":", omittingEmptySubsequences: false)
-        if parts.count == 2, let u = UInt32(parts[0]), let g = UInt32(parts[1]) {
-            uid = u
-            gid = g
-        } else if let pw = getpwnam(spec) {
-            uid = pw.pointee.pw_uid
-            gid = pw.pointee.pw_gid
-            user = spec
-        } else {
-            throw DeviceModelError("-runas \(spec): no such user (give a user name or UID:GID)")
-        }
-        if let user {
-            guard initgroups(user, gid) == 0 else { throw DeviceModelError("-runas \(spec): \(SystemError("initgroups"))") }
-        } else {
-            guard setgroups(0, nil) == 0 else { throw DeviceModelError("-runas \(spec): \(SystemError("setgroups"))") }
-        }
+        guard let (spec, uid, gid, groups) = identity else { return }
+        let rc = groups.withUnsafeBufferPointer { setgroups($0.count, $0.baseAddress) }
+        guard rc == 0 else { throw DeviceModelError("-runas \(spec): \(SystemError("setgroups"))") }
         guard setgid(gid) == 0 else { throw DeviceModelError("-runas \(spec): \(SystemError("setgid"))") }
         guard setuid(uid) == 0 else { throw DeviceModelError("-runas \(spec): \(SystemError("setuid"))") }
-        log.info("dropped privileges", metadata: ["uid": "\(uid)", "gid": "\(gid)"])
+        log.info("dropped privileges", metadata: ["uid": "\(uid)", "gid": "\(gid)", "groups": "\(groups.count)"])
+    }
+
+    /// `-runas USER` (its uid, primary gid and supplementary groups) or
+    /// `-runas UID:GID` (no supplementary groups).
+    static func lookUp(runAs spec: String) throws(DeviceModelError) -> (String, uid_t, gid_t, [gid_t]) {
+        let parts = spec.split(separator: ":", omittingEmptySubsequences: false)
+        if parts.count == 2, let u = UInt32(parts[0]), let g = UInt32(parts[1]) {
+            return (spec, u, g, [])
+        }
+        guard let pw = getpwnam(spec) else {
+            throw DeviceModelError("-runas \(spec): no such user (give a user name or UID:GID)")
+        }
+        let uid = pw.pointee.pw_uid, gid = pw.pointee.pw_gid
+        var count: Int32 = 64
+        var groups = [gid_t](repeating: 0, count: Int(count))
+        while getgrouplist(spec, gid, &groups, &count) < 0 {
+            guard count > Int32(groups.count), count <= 65536 else {
+                throw DeviceModelError("-runas \(spec): cannot list the user's groups")
+            }
+            groups = [gid_t](repeating: 0, count: Int(count))
+        }
+        return (spec, uid, gid, Array(groups.prefix(Int(count))))
     }
 }
 
