@@ -93,7 +93,10 @@ enum ScreenshotCommand {
             let client = try QMPClient(path: socketPath, deadline: deadline + 5_000_000_000)
             defer { client.close() }
             if let stillMs { try waitStill(client, milliseconds: stillMs, deadline: deadline, scratch: file) }
-            let temporary = file + ".tmp-\(getpid())"
+            // Made here, exclusively and with an unpredictable name, by this
+            // user: the device model (perhaps root) only truncates and writes
+            // it, and refuses a symbolic link in its place.
+            let temporary = try makeTemporary(next: file)
             do {
                 _ = try client.execute("screendump", ["filename": .string(temporary), "format": .string(fmt)])
             } catch {
@@ -129,7 +132,7 @@ enum ScreenshotCommand {
         var lastChanges: Int64?
         var lastDump: [UInt8]?
         var stableSince = MonotonicClock.now()
-        let dumpPath = scratch + ".still-\(getpid()).ppm"
+        let dumpPath = try makeTemporary(next: scratch)
         defer { unlink(dumpPath) }
         while true {
             if MonotonicClock.now() >= deadline {
@@ -162,6 +165,16 @@ enum ScreenshotCommand {
             if now &- stableSince >= still { return }
             usleep(UInt32(pollMs) * 1000)
         }
+    }
+
+    /// A new empty file next to `path` (`mkstemp`: exclusive, unpredictable).
+    static func makeTemporary(next path: String) throws -> String {
+        let dir = path.lastIndex(of: "/").map { String(path[..<$0]) } ?? "."
+        var template = Array((dir + "/.xenvfb-screenshot-XXXXXX").utf8CString)
+        let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
+        guard fd >= 0 else { throw Failure("cannot create a temporary file in \(dir): \(SystemError("mkstemp"))") }
+        close(fd)
+        return String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
     static func readFile(_ path: String) -> [UInt8]? {

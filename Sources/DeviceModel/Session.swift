@@ -29,6 +29,8 @@ final class Session {
     private(set) var backends: Backends?
     /// Counts frame changes for `x-xenvfb-query-frame` and `xenvfb screenshot --wait-still`.
     let frameWatch = FrameWatch()
+    /// Encodes and writes captures (PNG displays, QMP screendump) off the loop.
+    let captures: CaptureWorker
     var vncProvider: VNCQMPProvider?
     let log: Logger
     /// The pointer as QMP `input-send-event` last placed it, in pixels.
@@ -40,6 +42,7 @@ final class Session {
         self.log = log
         let pace = options.inputPaceMilliseconds ?? options.vnc.flatMap(Self.keyDelay(inVNCSpec:))
         input = InputQueue(loop: loop, pace: pace.map { .milliseconds(Int64($0)) })
+        captures = CaptureWorker(loop: loop)
         console.input = input
         console.add(frameWatch)
     }
@@ -81,7 +84,7 @@ final class Session {
                 sdl = window
                 console.add(window)
             case .png(let text):
-                let png = try PNGDisplay(spec: text, loop: loop)
+                let png = try PNGDisplay(spec: text, loop: loop, worker: captures)
                 pngs.append(png)
                 console.add(png)
             }
@@ -106,6 +109,8 @@ final class Session {
     /// Closes every display.
     func closeDisplays() {
         console.closeAll()
+        captures.drain()
+        captures.stop()
         vnc = nil
         sdl = nil
     }

@@ -30,14 +30,17 @@ extension Session {
                 case "png": format = .png
                 case let other: throw .generic("Parameter 'format' does not accept value '\(other)'")
                 }
-                // As QEMU's screendump: refresh first, then write what is current.
+                // As QEMU's screendump: refresh first, then write what is
+                // current. The snapshot is taken now, on the loop; encoding and
+                // writing run on the capture thread and the reply follows.
                 refresh()
-                do throws(CaptureError) {
-                    try capture(console.frame, to: filename, format: format)
-                } catch {
-                    throw .generic("\(error)")
+                let snapshot = Snapshot(console.frame)
+                let accepted = captures.submit({ () -> CaptureError? in
+                    do throws(CaptureError) { try snapshot.write(to: filename, format: format); return nil } catch { return error }
+                }) { failure in
+                    if let failure { reply.failure(.generic("\(failure)")) } else { reply.success() }
                 }
-                reply.success()
+                guard accepted else { throw .generic("too many screendumps in progress; try again") }
             } catch {
                 reply.failure(error)
             }

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Console
 import CPNG
+import EventLoop
 import Support
 
 /// The file formats a frame can be captured to (QMP `screendump` spells
@@ -28,69 +29,124 @@ public struct CaptureError: Error, CustomStringConvertible, Equatable {
     public let path: String
     public let reason: String
 
+    public init(path: String, reason: String) {
+        self.path = path
+        self.reason = reason
+    }
+
     public var description: String { "cannot write \(path): \(reason)" }
 }
 
-/// Writes `frame` to `path` as PNG or PPM (P6), replacing the file. The
-/// frame is read inside the call only (call it on the loop's thread).
+/// A picture of the frame as packed R, G, B bytes: what the encoders take.
 ///
-/// This is what QMP `screendump` and `xenvfb screenshot` call. It writes in
-/// place, as QEMU does; `PNGDisplay` writes to a temporary name and renames.
-public func capture(_ frame: Frame, to path: String, format: CaptureFormat) throws(CaptureError) {
-    switch format {
-    case .png: try writePNG(frame, to: path)
-    case .ppm: try writePPM(frame, to: path)
-    }
-}
+/// Taking one is the only part of a capture that reads the frame; it runs on
+/// the loop's thread (where the frame does not change under it) and costs a
+/// pass over the pixels. Encoding and writing then run anywhere
+/// (`CaptureWorker`), so a slow encode never holds the guest's loop.
+public struct Snapshot: Sendable {
+    public let width: Int
+    public let height: Int
+    public let rgb: [UInt8]
 
-/// PNG through libpng's simplified API with `PNG_IMAGE_FLAG_FAST` (no
-/// filtering, fast zlib level): about 20 ms for 1080p desktop content. The
-/// simplified API reports errors by return value, so no setjmp is needed.
-func writePNG(_ frame: Frame, to path: String) throws(CaptureError) {
-    // libpng has no XRGB input format (BGRA would take the padding byte as
-    // alpha), so the frame is converted to packed RGB first.
-    let rowBytes = frame.width * 3
-    let rgb = UnsafeMutableRawPointer.allocate(byteCount: rowBytes * frame.height, alignment: 16)
-    defer { rgb.deallocate() }
-    for y in 0..<frame.height {
-        convertRowToRGB(frame, y: y, into: rgb + y * rowBytes)
-    }
-    var image = png_image()
-    image.version = UInt32(PNG_IMAGE_VERSION)
-    image.width = UInt32(frame.width)
-    image.height = UInt32(frame.height)
-    image.format = UInt32(PNG_FORMAT_RGB)
-    image.flags = UInt32(PNG_IMAGE_FLAG_FAST)
-    let ok = png_image_write_to_file(&image, path, 0, rgb, Int32(rowBytes), nil)
-    if ok == 0 {
-        let message = withUnsafeBytes(of: image.message) { raw in
-            String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+    /// Converts the frame's XRGB words. Call on the loop's thread (or inside
+    /// `Console.withFrame`).
+    public init(_ frame: Frame) {
+        width = frame.width
+        height = frame.height
+        let rowBytes = frame.width * 3
+        rgb = [UInt8](unsafeUninitializedCapacity: rowBytes * frame.height) { buffer, count in
+            for y in 0..<frame.height {
+                convertRowToRGB(frame, y: y, into: UnsafeMutableRawPointer(buffer.baseAddress! + y * rowBytes))
+            }
+            count = rowBytes * frame.height
         }
-        png_image_free(&image)
-        throw CaptureError(path: path, reason: message.isEmpty ? "libpng failed" : message)
+    }
+
+    /// Writes the picture to `path` as PNG or PPM (P6), in place, as QEMU's
+    /// screendump does. The final path component must not be a symbolic
+    /// link (the writer may be root and the directory shared).
+    public func write(to path: String, format: CaptureFormat) throws(CaptureError) {
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw CaptureError(path: path, reason: Self.reason(errno, path)) }
+        try write(fd: fd, path: path, format: format)
+    }
+
+    /// Writes the picture to a new file with an unpredictable name in
+    /// `directory` (created with O_EXCL, never through a link) and returns
+    /// that name: for writers that then rename it into place.
+    public func writeTemporary(in directory: String, prefix: String, format: CaptureFormat) throws(CaptureError) -> String {
+        var attempt = 0
+        while true {
+            let name = "\(directory)/.\(prefix)-\(String(UInt64.random(in: 0 ... .max), radix: 36)).tmp"
+            let fd = open(name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o644)
+            if fd >= 0 {
+                do {
+                    try write(fd: fd, path: name, format: format)
+                } catch {
+                    unlink(name)
+                    throw error
+                }
+                return name
+            }
+            attempt += 1
+            guard errno == EEXIST, attempt < 16 else { throw CaptureError(path: name, reason: Self.reason(errno, name)) }
+        }
+    }
+
+    private static func reason(_ code: Int32, _ path: String) -> String {
+        code == ELOOP ? "it is a symbolic link" : String(cString: strerror(code))
+    }
+
+    /// Writes to `fd` (and closes it).
+    private func write(fd: Int32, path: String, format: CaptureFormat) throws(CaptureError) {
+        switch format {
+        case .png: try writePNG(fd: fd, path: path)
+        case .ppm:
+            defer { close(fd) }
+            try writePPM(fd: fd, path: path)
+        }
+    }
+
+    /// PNG through libpng's simplified API with `PNG_IMAGE_FLAG_FAST` (no
+    /// filtering, fast zlib level): about 20 ms for 1080p desktop content.
+    /// The simplified API reports errors by return value, so no setjmp is
+    /// needed.
+    private func writePNG(fd: Int32, path: String) throws(CaptureError) {
+        guard let file = fdopen(fd, "wb") else {
+            let e = errno
+            close(fd)
+            throw CaptureError(path: path, reason: String(cString: strerror(e)))
+        }
+        var image = png_image()
+        image.version = UInt32(PNG_IMAGE_VERSION)
+        image.width = UInt32(width)
+        image.height = UInt32(height)
+        image.format = UInt32(PNG_FORMAT_RGB)
+        image.flags = UInt32(PNG_IMAGE_FLAG_FAST)
+        let ok = rgb.withUnsafeBytes { png_image_write_to_stdio(&image, file, 0, $0.baseAddress, Int32(width * 3), nil) }
+        let message = withUnsafeBytes(of: image.message) { raw in String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self) }
+        if ok == 0 { png_image_free(&image) }
+        let closed = fclose(file)
+        guard ok != 0 else { throw CaptureError(path: path, reason: message.isEmpty ? "libpng failed" : message) }
+        guard closed == 0 else { throw CaptureError(path: path, reason: String(cString: strerror(errno))) }
+    }
+
+    /// PPM P6 (binary RGB, maxval 255).
+    private func writePPM(fd: Int32, path: String) throws(CaptureError) {
+        let header = Array("P6\n\(width) \(height)\n255\n".utf8)
+        for part in [header, rgb] {
+            let failure: CaptureError? = part.withUnsafeBytes { bytes in
+                do throws(CaptureError) { try writeAll(fd, bytes, path: path); return nil } catch { return error }
+            }
+            if let failure { throw failure }
+        }
     }
 }
 
-/// PPM P6 (binary RGB, maxval 255), written in chunks of rows so no copy of
-/// the whole frame is made.
-func writePPM(_ frame: Frame, to path: String) throws(CaptureError) {
-    let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-    guard fd >= 0 else { throw CaptureError(path: path, reason: String(cString: strerror(errno))) }
-    defer { close(fd) }
-    let header = Array("P6\n\(frame.width) \(frame.height)\n255\n".utf8)
-    let rowBytes = frame.width * 3
-    let rowsPerChunk = max(1, 65536 / rowBytes)
-    let chunk = UnsafeMutableRawPointer.allocate(byteCount: max(rowBytes * rowsPerChunk, header.count), alignment: 16)
-    defer { chunk.deallocate() }
-    chunk.copyMemory(from: header, byteCount: header.count)
-    try writeAll(fd, UnsafeRawBufferPointer(start: chunk, count: header.count), path: path)
-    var y = 0
-    while y < frame.height {
-        let rows = min(rowsPerChunk, frame.height - y)
-        for r in 0..<rows { convertRowToRGB(frame, y: y + r, into: chunk + r * rowBytes) }
-        try writeAll(fd, UnsafeRawBufferPointer(start: chunk, count: rows * rowBytes), path: path)
-        y += rows
-    }
+/// Writes `frame` to `path` as PNG or PPM, replacing the file (QMP
+/// `screendump` on the loop: snapshot, encode and write in one go).
+public func capture(_ frame: Frame, to path: String, format: CaptureFormat) throws(CaptureError) {
+    try Snapshot(frame).write(to: path, format: format)
 }
 
 /// One frame row (XRGB little-endian words) as packed R, G, B bytes.
@@ -109,11 +165,97 @@ func convertRowToRGB(_ frame: Frame, y: Int, into out: UnsafeMutableRawPointer) 
 func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer, path: String) throws(CaptureError) {
     var offset = 0
     while offset < bytes.count {
-        let n = write(fd, bytes.baseAddress! + offset, bytes.count - offset)
+        let n = Glibc.write(fd, bytes.baseAddress! + offset, bytes.count - offset)
         if n < 0 {
             if errno == EINTR { continue }
             throw CaptureError(path: path, reason: String(cString: strerror(errno)))
         }
         offset += n
+    }
+}
+
+/// A thread of its own for encoding and writing captures (the PNG display,
+/// QMP `screendump`), so that neither the encode (20–300 ms for a 1080p
+/// frame) nor a slow disk ever holds the guest's loop. Jobs run one at a
+/// time, in order; at most `limit` wait, and `submit` refuses more.
+/// Completions run on the loop.
+public final class CaptureWorker: @unchecked Sendable {
+    public let loop: EventLoop
+    /// Most jobs waiting (not counting the running one).
+    public let limit: Int
+    private let lock = Lock()
+    private let wake = Condition()
+    private var jobs: [@Sendable () -> Void] = []
+    private var started = false
+    private var stopping = false
+    private var running = false
+
+    public init(loop: EventLoop, limit: Int = 8) {
+        self.loop = loop
+        self.limit = limit
+    }
+
+    /// Lets the thread finish the jobs submitted so far, then end.
+    public func stop() {
+        lock.withLock { stopping = true }
+        wake.broadcast()
+    }
+
+    /// Jobs waiting or running (for tests and back-pressure).
+    public var busy: Int { lock.withLock { jobs.count + (running ? 1 : 0) } }
+
+    /// Runs `work` on the worker thread, then `completion` with its result
+    /// on the loop (call `submit` on the loop's thread). Returns false (and
+    /// runs nothing) when `limit` jobs wait.
+    @discardableResult
+    public func submit<R: Sendable>(_ work: @escaping @Sendable () -> R,
+                                   completion: @escaping (R) -> Void) -> Bool {
+        let loop = self.loop
+        let done = LoopBound(completion)
+        let accepted: Bool = lock.withLock {
+            guard !stopping, jobs.count < limit else { return false }
+            jobs.append { let r = work(); loop.postLoopBound { done.value(r) } }
+            return true
+        }
+        guard accepted else { return false }
+        startIfNeeded()
+        wake.signal()
+        return true
+    }
+
+    /// Waits until every submitted job has run (shutdown, tests). The
+    /// completions still go through the loop.
+    public func drain() {
+        while busy > 0 { usleep(1000) }
+    }
+
+    private func startIfNeeded() {
+        let start: Bool = lock.withLock {
+            guard !started else { return false }
+            started = true
+            return true
+        }
+        guard start else { return }
+        do {
+            try spawnThread { [self] in self.run() }
+        } catch {
+            // No thread: run the jobs here, on the caller's thread, rather than lose them.
+            Log.logger("capture").error("cannot start the capture thread: \(error); capturing on the loop")
+            lock.withLock { started = false }
+            while let job = lock.withLock({ jobs.isEmpty ? nil : jobs.removeFirst() }) { job() }
+        }
+    }
+
+    private func run() {
+        while true {
+            lock.lock()
+            while jobs.isEmpty && !stopping { wake.wait(lock) }
+            if stopping && jobs.isEmpty { lock.unlock(); return }
+            let job = jobs.removeFirst()
+            running = true
+            lock.unlock()
+            job()
+            lock.withLock { running = false }
+        }
     }
 }

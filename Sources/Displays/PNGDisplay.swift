@@ -13,6 +13,17 @@ import Support
 ///
 /// `--display png:dir=DIR[,interval=MS][,format=png|ppm][,keep=N]`
 ///
+/// Nothing a guest draws can hold the loop or fill the disk:
+/// - the loop only takes a `Snapshot` (a pass over the pixels); encoding
+///   and writing run on a `CaptureWorker` thread, one capture at a time —
+///   if the encoder lags, intermediate frames are skipped, never queued;
+/// - only the newest `keep` numbered files stay (default 1000; 0 keeps all);
+/// - numbered files stop while the file system has less than
+///   `minimumFree` bytes free (and resume when it has room); `latest` is
+///   always replaced in place, so it never grows;
+/// - temporary files get unpredictable names, are created exclusively and
+///   never through a symbolic link.
+///
 /// A one-shot loop timer is armed only when an update arrives while none is
 /// pending; a static screen costs no wake-ups at all.
 public final class PNGDisplay: Display {
@@ -22,9 +33,9 @@ public final class PNGDisplay: Display {
         public var intervalMilliseconds: Int = 1000
         public var format: CaptureFormat = .png
         /// Keep only the newest N numbered files (0: keep all).
-        public var keep: Int = 0
+        public var keep: Int = PNGDisplay.defaultKeep
 
-        public init(directory: String, intervalMilliseconds: Int = 1000, format: CaptureFormat = .png, keep: Int = 0) {
+        public init(directory: String, intervalMilliseconds: Int = 1000, format: CaptureFormat = .png, keep: Int = PNGDisplay.defaultKeep) {
             self.directory = directory
             self.intervalMilliseconds = intervalMilliseconds
             self.format = format
@@ -66,33 +77,52 @@ public final class PNGDisplay: Display {
         }
     }
 
+    /// How many numbered files stay by default.
+    public static let defaultKeep = 1000
+
     public let name = "png"
     public let options: Options
     private let loop: EventLoop
     private let log: Logger
+    private let worker: CaptureWorker
+    private let ownsWorker: Bool
     private var frame: Frame?
     private var timer: EventLoop.TimerID?
-    /// When the last write started (`EventLoop.now()` nanoseconds).
+    /// A capture is being encoded and written on the worker.
+    private var inFlight = false
+    /// The frame changed while a capture was in flight: write again after it.
+    private var changedDuringWrite = false
+    /// When the last capture started (`EventLoop.now()` nanoseconds).
     public private(set) var lastWrite: UInt64?
     private var lastError: String?
+    private var lowOnSpace = false
     private var closed = false
 
     /// How many numbered files were written.
     public private(set) var framesWritten = 0
+    /// Captures skipped because the file system was short of space.
+    public private(set) var framesSkippedForSpace = 0
     /// True while a write is scheduled (an update arrived since the last write).
-    public var isWritePending: Bool { timer != nil }
+    public var isWritePending: Bool { timer != nil || changedDuringWrite }
 
     /// The path of the newest complete capture.
     public var latestPath: String { options.directory + "/latest." + options.format.fileExtension }
 
-    public convenience init(spec: String, loop: EventLoop) throws(DisplayError) {
-        try self.init(options: Options(spec: spec), loop: loop)
+    /// Free bytes below which numbered files stop: 5% of the file system,
+    /// at least 256 MiB (a test may lower it).
+    public var minimumFree: @Sendable (_ filesystemBytes: UInt64) -> UInt64 = { max($0 / 20, 256 << 20) }
+
+    public convenience init(spec: String, loop: EventLoop, worker: CaptureWorker? = nil) throws(DisplayError) {
+        try self.init(options: Options(spec: spec), loop: loop, worker: worker)
     }
 
-    /// Creates the directory (one level) if it does not exist.
-    public init(options: Options, loop: EventLoop) throws(DisplayError) {
+    /// Creates the directory (one level) if it does not exist. Captures are
+    /// encoded on `worker` (a new one if nil).
+    public init(options: Options, loop: EventLoop, worker: CaptureWorker? = nil) throws(DisplayError) {
         self.options = options
         self.loop = loop
+        self.worker = worker ?? CaptureWorker(loop: loop)
+        ownsWorker = worker == nil
         self.log = Log.logger("display.png", ["dir": "\(options.directory)"])
         if mkdir(options.directory, 0o755) != 0 && errno != EEXIST {
             throw DisplayError("png: cannot create \(options.directory): \(String(cString: strerror(errno)))")
@@ -113,20 +143,31 @@ public final class PNGDisplay: Display {
         schedule()
     }
 
-    /// Writes a pending frame at once, then stops.
+    /// Writes a pending frame at once (after the capture in flight), then
+    /// stops. Runs at shutdown, so it may wait for the disk.
     public func close() {
         guard !closed else { return }
+        let pending = timer != nil || changedDuringWrite
         if let timer {
             loop.cancelTimer(timer)
             self.timer = nil
-            writeNow()
+        }
+        worker.drain()
+        // The completion of the last capture is still on the loop's queue: take it now.
+        while inFlight { _ = loop.runOnce(timeoutMilliseconds: 10) }
+        if pending, let frame {
+            let result = Self.write(Snapshot(frame), number: framesWritten + 1, options: options, minimumFree: minimumFree)
+            finish(result)
         }
         closed = true
         frame = nil
+        if ownsWorker { worker.stop() }
     }
 
     private func schedule() {
-        guard !closed, timer == nil else { return }
+        guard !closed else { return }
+        if inFlight { changedDuringWrite = true; return }
+        guard timer == nil else { return }
         let interval = UInt64(options.intervalMilliseconds) * 1_000_000
         var delay: UInt64 = 0
         if let lastWrite {
@@ -138,42 +179,110 @@ public final class PNGDisplay: Display {
         timer = loop.addTimer(after: .nanoseconds(Int64(delay))) { [weak self] in
             guard let self else { return }
             self.timer = nil
-            self.writeNow()
+            self.startWrite()
         }
     }
 
-    private func writeNow() {
-        guard let frame else { return }
+    /// Takes the snapshot on the loop and hands the rest to the worker.
+    private func startWrite() {
+        guard let frame, !closed else { return }
         lastWrite = EventLoop.now()
-        let number = framesWritten + 1
-        let ext = options.format.fileExtension
-        let dir = options.directory
-        let final = "\(dir)/frame-\(Self.pad(number)).\(ext)"
-        let temp = "\(dir)/.frame-\(Self.pad(number)).\(ext).tmp"
-        let latestTemp = "\(dir)/.latest.\(ext).tmp"
-        do {
-            try capture(frame, to: temp, format: options.format)
-            // latest.* becomes a second name of the same file: one encode, two names.
-            unlink(latestTemp)
-            if link(temp, latestTemp) != 0 {
-                try capture(frame, to: latestTemp, format: options.format)
+        let snapshot = Snapshot(frame)
+        let options = self.options, number = framesWritten + 1, minimumFree = self.minimumFree
+        inFlight = true
+        let accepted = worker.submit({ Self.write(snapshot, number: number, options: options, minimumFree: minimumFree) }) { [weak self] result in
+            guard let self else { return }
+            self.inFlight = false
+            self.finish(result)
+            if self.changedDuringWrite {
+                self.changedDuringWrite = false
+                self.schedule()
             }
-            guard rename(latestTemp, latestPath) == 0, rename(temp, final) == 0 else {
-                throw CaptureError(path: final, reason: String(cString: strerror(errno)))
-            }
-        } catch {
-            unlink(temp)
-            unlink(latestTemp)
-            let text = "\(error)"
+        }
+        if !accepted {
+            // The worker is full of screendumps: try again at the next interval.
+            inFlight = false
+            changedDuringWrite = false
+            schedule()
+        }
+    }
+
+    /// What one capture did.
+    enum Outcome: Sendable {
+        case written(number: Int)
+        /// Only `latest` was replaced: the file system is short of space.
+        case latestOnly(free: UInt64)
+        case failed(String)
+    }
+
+    private func finish(_ outcome: Outcome) {
+        switch outcome {
+        case .written(let number):
+            framesWritten = number
+            if lowOnSpace { log.info("space is back: numbered captures resume") }
+            lowOnSpace = false
+        case .latestOnly(let free):
+            framesSkippedForSpace += 1
+            if !lowOnSpace { log.warning("only \(free >> 20) MiB free: numbered captures stop, latest is still replaced") }
+            lowOnSpace = true
+        case .failed(let text):
             if text != lastError { log.error("capture failed: \(text)") }
             lastError = text
             return
         }
         if lastError != nil { log.info("capture works again") }
         lastError = nil
-        framesWritten = number
-        if options.keep > 0 && number > options.keep {
-            unlink("\(dir)/frame-\(Self.pad(number - options.keep)).\(ext)")
+    }
+
+    /// Encodes and writes one capture (on the worker): `frame-NNNNNN` and a
+    /// second name `latest`, both renamed into place from exclusive
+    /// temporaries, and the numbered file that falls out of `keep` removed.
+    static func write(_ snapshot: Snapshot, number: Int, options: Options,
+                      minimumFree: @Sendable (UInt64) -> UInt64) -> Outcome {
+        let ext = options.format.fileExtension
+        let dir = options.directory
+        let latest = "\(dir)/latest.\(ext)"
+        var fs = statvfs()
+        let roomy: Bool
+        var free: UInt64 = 0
+        if statvfs(dir, &fs) == 0 {
+            free = UInt64(fs.f_bavail) &* UInt64(fs.f_frsize)
+            roomy = free >= minimumFree(UInt64(fs.f_blocks) &* UInt64(fs.f_frsize))
+        } else {
+            roomy = true
+        }
+        do throws(CaptureError) {
+            let temp = try snapshot.writeTemporary(in: dir, prefix: "frame", format: options.format)
+            guard roomy else {
+                guard rename(temp, latest) == 0 else {
+                    let e = CaptureError(path: latest, reason: String(cString: strerror(errno)))
+                    unlink(temp)
+                    throw e
+                }
+                return .latestOnly(free: free)
+            }
+            let final = "\(dir)/frame-\(pad(number)).\(ext)"
+            // latest.* becomes a second name of the same file: one encode, two names.
+            let second = "\(dir)/.latest-\(String(UInt64.random(in: 0 ... .max), radix: 36)).tmp"
+            if link(temp, second) != 0 {
+                let copy = try snapshot.writeTemporary(in: dir, prefix: "latest", format: options.format)
+                guard rename(copy, latest) == 0 else { unlink(copy); unlink(temp); throw CaptureError(path: latest, reason: String(cString: strerror(errno))) }
+            } else if rename(second, latest) != 0 {
+                let e = CaptureError(path: latest, reason: String(cString: strerror(errno)))
+                unlink(second); unlink(temp)
+                throw e
+            }
+            guard rename(temp, final) == 0 else {
+                let e = CaptureError(path: final, reason: String(cString: strerror(errno)))
+                unlink(temp)
+                throw e
+            }
+            if options.keep > 0 && number > options.keep {
+                unlink("\(dir)/frame-\(pad(number - options.keep)).\(ext)")
+            }
+            return .written(number: number)
+        } catch {
+            return .failed("\(error)")
         }
     }
 

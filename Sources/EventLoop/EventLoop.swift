@@ -220,6 +220,16 @@ public final class EventLoop: @unchecked Sendable {
         _ = write(wakefd, &one, 8)
     }
 
+    /// Runs `work` on the loop's thread soon, from any thread, where `work`
+    /// touches state that belongs to the loop's thread only (a display's
+    /// bookkeeping after its worker finished): the closure itself is not
+    /// Sendable, and it is only ever called on the loop.
+    public func postLoopBound(_ work: @escaping () -> Void) {
+        let box = LoopBound(work)
+        let sendable: @Sendable () -> Void = { box.value() }
+        post(sendable)
+    }
+
     private func drainPosted() {
         var value: UInt64 = 0
         _ = read(wakefd, &value, 8)
@@ -323,4 +333,11 @@ struct TimerHeap {
         }
         return top
     }
+}
+
+/// A value that belongs to the loop's thread, carried through another
+/// thread untouched (see `EventLoop.postLoopBound`).
+public struct LoopBound<Value>: @unchecked Sendable {
+    public let value: Value
+    public init(_ value: Value) { self.value = value }
 }

@@ -10,6 +10,7 @@ import Glibc
 /// corresponding C functions are `pthread_mutex_lock` and `pthread_mutex_unlock`.
 public final class Lock: @unchecked Sendable {
     private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+    fileprivate var mutexPointer: UnsafeMutablePointer<pthread_mutex_t> { mutex }
 
     public init() {
         mutex = .allocate(capacity: 1)
@@ -32,4 +33,30 @@ public final class Lock: @unchecked Sendable {
         defer { pthread_mutex_unlock(mutex) }
         return try body()
     }
+}
+
+/// A condition variable used with a `Lock` (a `pthread_cond_t`).
+public final class Condition: @unchecked Sendable {
+    private let cond: UnsafeMutablePointer<pthread_cond_t>
+
+    public init() {
+        cond = .allocate(capacity: 1)
+        cond.initialize(to: pthread_cond_t())
+        pthread_cond_init(cond, nil)
+    }
+
+    deinit {
+        pthread_cond_destroy(cond)
+        cond.deallocate()
+    }
+
+    /// Waits for a signal; `lock` must be held and is held again on return.
+    public func wait(_ lock: Lock) { lock.wait(on: cond) }
+
+    public func signal() { pthread_cond_signal(cond) }
+    public func broadcast() { pthread_cond_broadcast(cond) }
+}
+
+extension Lock {
+    fileprivate func wait(on cond: UnsafeMutablePointer<pthread_cond_t>) { pthread_cond_wait(cond, mutexPointer) }
 }

@@ -11,7 +11,7 @@ import Console
         #expect(a == PNGDisplay.Options(directory: "/tmp/x", intervalMilliseconds: 250, format: .ppm, keep: 3))
         let b = try PNGDisplay.Options(spec: "png:dir=/tmp/a,,b")
         #expect(b.directory == "/tmp/a,b")
-        #expect(b.intervalMilliseconds == 1000 && b.format == .png && b.keep == 0)
+        #expect(b.intervalMilliseconds == 1000 && b.format == .png && b.keep == PNGDisplay.defaultKeep)
         let c = try PNGDisplay.Options(spec: "png:/srv/shots,interval=0")
         #expect(c.directory == "/srv/shots" && c.intervalMilliseconds == 0)
     }
@@ -96,5 +96,64 @@ import Console
         let decoded = try decodeWithPillow(dir + "/latest.ppm")
         #expect(decoded.width == 20 && decoded.height == 10)
         #expect(firstDifference(decoded.rgb, rgbBytes(console.frame), width: 20) == nil)
+    }
+}
+
+/// What a local user or a guest can do to the capture files.
+@Suite struct CaptureFileSafetyTests {
+    @Test func aScreendumpRefusesASymbolicLinkInPlaceOfTheFile() throws {
+        let dir = try makeTempDir("capsafe")
+        defer { removeTree(dir) }
+        let victim = dir + "/victim"
+        let fd = open(victim, O_CREAT | O_WRONLY, 0o644)
+        _ = "precious".withCString { write(fd, $0, 8) }
+        close(fd)
+        symlink(victim, dir + "/shot.ppm")
+        let frame = Frame(width: 8, height: 8)
+        #expect(throws: CaptureError.self) { try capture(frame, to: dir + "/shot.ppm", format: .ppm) }
+        #expect(readFile(victim) == Array("precious".utf8), "the link's target was not written")
+    }
+
+    @Test func linksPlantedAtTheOldTemporaryNamesAreNeverWrittenThrough() throws {
+        let dir = try makeTempDir("capsafe")
+        defer { removeTree(dir) }
+        let victim = dir + "/victim"
+        let fd = open(victim, O_CREAT | O_WRONLY, 0o644)
+        _ = "precious".withCString { write(fd, $0, 8) }
+        close(fd)
+        for name in [".frame-000001.png.tmp", ".frame-000002.png.tmp", ".latest.png.tmp"] { symlink(victim, dir + "/" + name) }
+        let loop = try EventLoop()
+        let console = Console(width: 16, height: 16)
+        let display = try PNGDisplay(spec: "png:dir=\(dir),interval=0", loop: loop)
+        console.add(display)
+        #expect(spin(loop) { display.framesWritten == 1 })
+        paint(console.frame, console.frame.bounds, seed: 4)
+        console.update([console.frame.bounds])
+        #expect(spin(loop) { display.framesWritten == 2 })
+        display.close()
+        #expect(readFile(victim) == Array("precious".utf8))
+        let decoded = try decodeWithLibpng(dir + "/latest.png")
+        #expect(firstDifference(decoded.rgb, rgbBytes(console.frame), width: 16) == nil)
+    }
+
+    @Test func shortOfSpaceOnlyLatestIsReplacedAndNumberedFilesResumeLater() throws {
+        let dir = try makeTempDir("capsafe")
+        defer { removeTree(dir) }
+        let loop = try EventLoop()
+        let console = Console(width: 16, height: 16)
+        let display = try PNGDisplay(spec: "png:dir=\(dir),interval=0,keep=2", loop: loop)
+        display.minimumFree = { _ in .max } // every file system is "full"
+        console.add(display)
+        #expect(spin(loop) { display.framesSkippedForSpace == 1 })
+        #expect(display.framesWritten == 0 && fileExists(dir + "/latest.png") && !fileExists(dir + "/frame-000001.png"))
+        display.minimumFree = { _ in 0 }
+        for seed in 1...4 {
+            paint(console.frame, console.frame.bounds, seed: UInt32(seed))
+            console.update([console.frame.bounds])
+            #expect(spin(loop) { display.framesWritten == seed })
+        }
+        display.close()
+        let names = run(["/bin/sh", "-c", "ls -A '\(dir)'"]).output.split(separator: "\n").map(String.init).sorted()
+        #expect(names == ["frame-000003.png", "frame-000004.png", "latest.png"], "keep=2 and no temporaries left: \(names)")
     }
 }
