@@ -18,6 +18,7 @@ let package = Package(
         .systemLibrary(name: "CVNCServer", providers: [.apt(["libvncserver-dev"])]),
         .systemLibrary(name: "CSDL2", providers: [.apt(["libsdl2-dev"])]),
         .systemLibrary(name: "CPNG", pkgConfig: "libpng", providers: [.apt(["libpng-dev"])]),
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
         // Small C helpers for what Swift cannot do (macros, varargs, setjmp).
         .target(name: "CShims"),
         // The write-fault engine's C half: SIGSEGV handler, userfaultfd, PAGEMAP_SCAN.
@@ -35,6 +36,8 @@ let package = Package(
         .target(name: "Displays", dependencies: ["Damage", "EventLoop", "Support", "CShims", "CVNCServer", "CSDL2", "CPNG",
                                                 "CDisplayShims", .product(name: "Logging", package: "swift-log")]),
         .target(name: "Devices", dependencies: ["XenBus", "XenStore", "Host", "Damage", "Displays", "EventLoop", "Support", "CXen"]),
+        // The VNC (RFB) server: encoders and the per-client protocol; reads the frame through RFBFrameSource.
+        .target(name: "RFB", dependencies: ["Support", "CZlib", .product(name: "Logging", package: "swift-log")]),
         .target(name: "Control", dependencies: ["Damage", "EventLoop", "Support", "CShims", .product(name: "Logging", package: "swift-log")]),
         .target(name: "GuestKit", dependencies: ["Devices", "XenBus", "Displays", "XenStore", "Host", "Damage", "EventLoop", "Support"]),
         .executableTarget(
@@ -47,6 +50,7 @@ let package = Package(
             linkerSettings: [.unsafeFlags(["-use-ld=lld", "-Xlinker", "-z", "-Xlinker", "pack-relative-relocs"])]),
 
         .testTarget(name: "SupportTests", dependencies: ["Support"]),
+        .testTarget(name: "RFBTests", dependencies: ["RFB", "Support"]),
         .testTarget(name: "EventLoopTests", dependencies: ["EventLoop", "Support"]),
         // Test helper: an SDL window in a process of its own, for the Xvfb test.
         .executableTarget(name: "SDLProbe", dependencies: ["Displays", "EventLoop", "Damage"]),
