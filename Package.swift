@@ -23,6 +23,8 @@ let package = Package(
         .target(name: "CShims"),
         // The write-fault engine's C half: SIGSEGV handler, userfaultfd, PAGEMAP_SCAN.
         .target(name: "CWriteFault"),
+        // The VNC server's C half: Linux calls the Glibc module does not export (epoll, eventfd, accept4).
+        .target(name: "CRFB"),
         // The displays' C half: libvncserver log hooks (variadic), ioctl, and
         // libSDL2 and libvncserver loaded with dlopen only when asked for (sdl.c, vnc.c).
         .target(name: "CDisplayShims", dependencies: ["CVNCServer", "CSDL2"]),
@@ -36,8 +38,8 @@ let package = Package(
         .target(name: "Displays", dependencies: ["Damage", "EventLoop", "Support", "CShims", "CVNCServer", "CSDL2", "CPNG",
                                                 "CDisplayShims", .product(name: "Logging", package: "swift-log")]),
         .target(name: "Devices", dependencies: ["XenBus", "XenStore", "Host", "Damage", "Displays", "EventLoop", "Support", "CXen"]),
-        // The VNC (RFB) server: encoders and the per-client protocol; reads the frame through RFBFrameSource.
-        .target(name: "RFB", dependencies: ["Support", "CZlib", .product(name: "Logging", package: "swift-log")]),
+        // The VNC (RFB) server: its own thread, sockets and encoders; reads the frame through RFBFrameSource.
+        .target(name: "RFB", dependencies: ["Support", "CZlib", "CRFB", .product(name: "Logging", package: "swift-log")]),
         .target(name: "Control", dependencies: ["Damage", "EventLoop", "Support", "CShims", .product(name: "Logging", package: "swift-log")]),
         .target(name: "GuestKit", dependencies: ["Devices", "XenBus", "Displays", "XenStore", "Host", "Damage", "EventLoop", "Support"]),
         .executableTarget(
@@ -50,7 +52,9 @@ let package = Package(
             linkerSettings: [.unsafeFlags(["-use-ld=lld", "-Xlinker", "-z", "-Xlinker", "pack-relative-relocs"])]),
 
         .testTarget(name: "SupportTests", dependencies: ["Support"]),
-        .testTarget(name: "RFBTests", dependencies: ["RFB", "Support"]),
+        // Test helper: an RFB server over a still many-colour pattern, for the reference decoder and real clients.
+        .executableTarget(name: "RFBTestServer", dependencies: ["RFB", "Support"]),
+        .testTarget(name: "RFBTests", dependencies: ["RFB", "Support"], exclude: ["rfb_reference.py"]),
         .testTarget(name: "EventLoopTests", dependencies: ["EventLoop", "Support"]),
         // Test helper: an SDL window in a process of its own, for the Xvfb test.
         .executableTarget(name: "SDLProbe", dependencies: ["Displays", "EventLoop", "Damage"]),

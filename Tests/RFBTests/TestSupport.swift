@@ -145,3 +145,146 @@ func updateRequest(incremental: Bool, _ x: Int = 0, _ y: Int = 0, _ w: Int = 655
     [3, incremental ? 1 : 0, UInt8(x >> 8), UInt8(x & 0xff), UInt8(y >> 8), UInt8(y & 0xff),
      UInt8(w >> 8), UInt8(w & 0xff), UInt8(h >> 8), UInt8(h & 0xff)]
 }
+
+struct TestFailure: Error, CustomStringConvertible {
+    let description: String
+    init(_ d: String) { description = d }
+}
+
+/// The package root, from this file's path (Tests/RFBTests/…).
+let packageRoot: String = {
+    var parts = #filePath.split(separator: "/", omittingEmptySubsequences: false)
+    parts.removeLast(3)
+    return parts.joined(separator: "/")
+}()
+
+let venvPython = packageRoot + "/.build-tools/venv/bin/python"
+let referenceDecoder = packageRoot + "/Tests/RFBTests/rfb_reference.py"
+
+func monotonicSeconds() -> Double {
+    var t = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &t)
+    return Double(t.tv_sec) + Double(t.tv_nsec) / 1e9
+}
+
+/// A child process with its stdout and stderr in one pipe.
+final class Process {
+    let pid: pid_t
+    private var fd: Int32
+    private(set) var output: [UInt8] = []
+    private(set) var status: Int32?
+
+    init(_ argv: [String], environment: [String: String] = [:]) throws {
+        var fds: [Int32] = [-1, -1]
+        guard pipe(&fds) == 0 else { throw TestFailure("pipe failed") }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_adddup2(&actions, fds[1], 1)
+        posix_spawn_file_actions_adddup2(&actions, fds[1], 2)
+        posix_spawn_file_actions_addclose(&actions, fds[0])
+        posix_spawn_file_actions_addclose(&actions, fds[1])
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        var env: [String] = []
+        var e = environ
+        while let p = e.pointee { env.append(String(cString: p)); e += 1 }
+        env = env.filter { entry in !environment.keys.contains { entry.hasPrefix($0 + "=") } }
+        env += environment.map { "\($0.key)=\($0.value)" }
+        let cArgs = argv.map { strdup($0) } + [nil]
+        let cEnv = env.map { strdup($0) } + [nil]
+        defer { cArgs.forEach { free($0) }; cEnv.forEach { free($0) } }
+        var pid: pid_t = 0
+        let rc = posix_spawnp(&pid, argv[0], &actions, nil, cArgs, cEnv)
+        close(fds[1])
+        guard rc == 0 else {
+            close(fds[0])
+            throw TestFailure("cannot run \(argv[0]): \(String(cString: strerror(rc)))")
+        }
+        self.pid = pid
+        fd = fds[0]
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+    }
+
+    deinit {
+        if status == nil { kill(pid, SIGKILL); _ = wait(seconds: 5) }
+        if fd >= 0 { close(fd) }
+    }
+
+    private func drain() {
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while fd >= 0 {
+            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n <= 0 { break }
+            output += buf[0..<n]
+        }
+    }
+
+    var text: String { drain(); return String(decoding: output, as: UTF8.self) }
+
+    func poll() -> Int32? {
+        drain()
+        if status == nil {
+            var s: Int32 = 0
+            if waitpid(pid, &s, WNOHANG) == pid {
+                drain()
+                status = (s & 0x7f) == 0 ? (s >> 8) & 0xff : 128 + (s & 0x7f)
+            }
+        }
+        return status
+    }
+
+    /// Waits for exit (killing the process after `seconds`); its status.
+    @discardableResult
+    func wait(seconds: Double) -> Int32 {
+        let deadline = monotonicSeconds() + seconds
+        while poll() == nil {
+            if monotonicSeconds() > deadline {
+                kill(pid, SIGKILL)
+                var s: Int32 = 0
+                waitpid(pid, &s, 0)
+                status = -9
+                break
+            }
+            usleep(5000)
+        }
+        return status ?? -1
+    }
+
+    /// Waits until the output has a line starting with `prefix`; that line.
+    func line(startingWith prefix: String, seconds: Double = 30) throws -> String {
+        let deadline = monotonicSeconds() + seconds
+        while monotonicSeconds() < deadline {
+            if let l = text.split(separator: "\n").first(where: { $0.hasPrefix(prefix) }) { return String(l) }
+            if poll() != nil { break }
+            usleep(5000)
+        }
+        throw TestFailure("no line '\(prefix)…' from \(pid): \(text)")
+    }
+}
+
+/// RFBTestServer in a process of its own, listening on a free port.
+final class TestServer {
+    let process: Process
+    let port: Int
+    let webSocketPort: Int?
+
+    init(_ arguments: [String] = []) throws {
+        let binary = packageRoot + "/.build/debug/RFBTestServer"
+        guard access(binary, X_OK) == 0 else { throw TestFailure("\(binary) missing: swift build --build-tests") }
+        let args = [binary] + arguments
+        process = try Process(args)
+        let fields = try process.line(startingWith: "listening ").split(separator: " ")
+        guard fields.count >= 2, let p = Int(fields[1]) else { throw TestFailure("bad line from RFBTestServer: \(fields)") }
+        port = p
+        webSocketPort = fields.count > 2 ? Int(fields[2]) : nil
+    }
+
+    deinit { kill(process.pid, SIGTERM); process.wait(seconds: 5) }
+}
+
+/// Runs a command to completion; its status and output.
+func run(_ argv: [String], seconds: Double = 120) throws -> (status: Int32, output: String) {
+    let p = try Process(argv)
+    let status = p.wait(seconds: seconds)
+    return (status, p.text)
+}
