@@ -3,14 +3,20 @@ import Glibc
 #endif
 import CRFB
 
-/// One accepted socket: non-blocking reads into the session, writev of its
-/// queued output.
+/// One accepted socket: non-blocking reads into the session (through the
+/// WebSocket decoder on a WebSocket listener), writev of its queued output.
+///
+/// The transport is where a later TLS layer (VeNCrypt, wss) goes: bytes read
+/// from the socket would pass through TLS before `process`, and `flush` would
+/// hand the queued chunks to TLS instead of `writev`. Nothing above this type
+/// needs to change for it.
 final class Connection {
     let fd: Int32
     let tag: UInt64
     let info: RFBClientInfo
     let out = OutputQueue()
     let context: SessionContext
+    /// Set once the RFB stream starts (at once, or after the WebSocket handshake).
     private(set) var session: RFBSession?
     /// Monotonic nanoseconds by which the handshake must be done.
     let deadline: UInt64
@@ -21,13 +27,23 @@ final class Connection {
     /// The epoll events currently registered.
     var registered: UInt32 = 0
 
+    private enum WebSocketPhase {
+        case handshake(WebSocketHandshake)
+        case open(WebSocketDecoder)
+    }
+    private var webSocket: WebSocketPhase?
+
     init(fd: Int32, tag: UInt64, info: RFBClientInfo, context: SessionContext, deadline: UInt64) {
         self.fd = fd
         self.tag = tag
         self.info = info
         self.context = context
         self.deadline = deadline
-        session = RFBSession(context: context, out: out)
+        if info.websocket {
+            webSocket = .handshake(WebSocketHandshake())
+        } else {
+            session = RFBSession(context: context, out: out)
+        }
     }
 
     /// Whether the client finished the RFB handshake (past ServerInit).
@@ -81,9 +97,44 @@ final class Connection {
         }
     }
 
-    /// Bytes from the client.
+    /// Bytes from the client, after the transport.
     func process(_ bytes: UnsafeRawBufferPointer) throws(ProtocolError) {
-        try session?.receive(bytes)
+        switch webSocket {
+        case nil:
+            try session?.receive(bytes)
+        case .handshake(var h)?:
+            switch h.feed(bytes) {
+            case .needMore:
+                webSocket = .handshake(h)
+            case .rejected(let response, let reason):
+                out.enqueueUnframed(response)
+                throw ProtocolError("WebSocket handshake refused: \(reason)")
+            case .accepted(let response, let consumed):
+                out.enqueueUnframed(response)
+                out.frameHeader = { WebSocket.frameHeader(opcode: WebSocket.opBinary, length: $0) }
+                webSocket = .open(WebSocketDecoder())
+                session = RFBSession(context: context, out: out)
+                if consumed < bytes.count { try process(UnsafeRawBufferPointer(rebasing: bytes[consumed...])) }
+            }
+        case .open(var decoder)?:
+            var closing = false
+            defer { if !closing { webSocket = .open(decoder) } }
+            try decoder.feed(bytes, data: { (payload: UnsafeRawBufferPointer) throws(ProtocolError) in
+                try self.session?.receive(payload)
+            }, control: { (c: WebSocketDecoder.Control) throws(ProtocolError) in
+                switch c {
+                case .ping(let payload):
+                    self.out.enqueueUnframed(WebSocket.frameHeader(opcode: WebSocket.opPong, length: payload.count) + payload)
+                case .pong:
+                    break
+                case .close(let payload):
+                    closing = true
+                    let status = Array(payload.prefix(2))
+                    self.out.enqueueUnframed(WebSocket.frameHeader(opcode: WebSocket.opClose, length: status.count) + status)
+                    throw ProtocolError("the client closed the WebSocket")
+                }
+            })
+        }
     }
 
     /// Writes queued output until the socket is full; closes when done if asked.

@@ -25,14 +25,15 @@ import Synchronization
 /// **Bounds.** Each client's unsent damage is a bitmap of 16×16 tiles; its
 /// output queue stops growing at 256 KiB plus one batch (updates pause, input
 /// is not read until it drains); every length a client sends is capped
-/// (encodings, clipboard).
+/// (encodings, clipboard, WebSocket frames and headers). See README.md.
 ///
 /// **Protocol**, as QEMU's VNC server speaks it: security None or VNC
 /// authentication; ServerInit 32 bpp depth 24 little-endian XRGB; any
 /// true-colour format of 8/16/32 bpp either endianness, or an 8/16/32-bit
 /// colour map (BGR233); Raw, RRE, CoRRE, Hextile, Zlib, lossless Tight, ZRLE
 /// and TRLE; DesktopSize, ExtendedDesktopSize (SetDesktopSize is refused),
-/// QEMU extended key events and pointer type (absolute).
+/// QEMU extended key events and pointer type (absolute). WebSocket (RFC 6455)
+/// on listeners of its own.
 public final class RFBServer: Sendable {
     public let options: RFBServerOptions
     private let shared: Mutex<Shared>
@@ -59,7 +60,10 @@ public final class RFBServer: Sendable {
         var listeners: [Listener] = []
         do throws(RFBError) {
             listeners += try Listener.open(options.address, webSocket: false)
-            if !options.webSockets.isEmpty { throw RFBError("WebSocket listeners are not implemented yet") }
+            for w in options.webSockets {
+                if case .unix = w { throw RFBError("a WebSocket listener needs a TCP address") }
+                listeners += try Listener.open(w, webSocket: true)
+            }
         } catch {
             listeners.forEach { $0.close() }
             throw error

@@ -1,10 +1,10 @@
 // An RFB server over a still many-colour test pattern, for the reference
 // decoder (Tests/RFBTests/rfb_reference.py) and real clients.
 //
-//   RFBTestServer [--port N] [--unix PATH] [--size WxH]
+//   RFBTestServer [--port N] [--unix PATH] [--websocket N] [--size WxH]
 //                 [--password SECRET] [--max-connections N] [--handshake-timeout S]
 //
-// Prints "listening PORT" on stdout once ready. Keys change the frame:
+// Prints "listening PORT [WSPORT]" on stdout once ready. Keys change the frame:
 //   '2' draws frame 2 (partial changes of frame 1) and marks what changed,
 //   '1' draws frame 1 again, 'r' resizes to the --resize size (default 200x120)
 //   and draws frame 1 at that size, 'q' exits.
@@ -133,6 +133,7 @@ if let path = argument("--unix") {
 } else {
     options = RFBServerOptions(address: .tcp(host: "127.0.0.1", port: Int(argument("--port") ?? "0") ?? 0))
 }
+if let ws = argument("--websocket").flatMap({ Int($0) }) { options.webSockets = [.tcp(host: "127.0.0.1", port: ws)] }
 if let n = argument("--max-connections").flatMap({ Int($0) }) { options.maxConnections = n }
 if let n = argument("--handshake-timeout").flatMap({ Int($0) }) { options.handshakeTimeoutSeconds = n }
 options.passwordRequired = argument("--password") != nil

@@ -21,9 +21,9 @@ func allowedEncodings(_ combo: String) -> Set<String> {
 
 /// Runs the reference decoder over `combos`; fails the test for each that
 /// does not decode to the exact pattern or uses an encoding it should not.
-func runReferenceDecoder(port: Int, combos: [String]) throws -> [String] {
+func runReferenceDecoder(port: Int, combos: [String], webSocket: Bool = false) throws -> [String] {
     guard access(venvPython, X_OK) == 0 else { throw TestFailure("\(venvPython) missing: run scripts/test-tools.sh") }
-    let r = try run([venvPython, referenceDecoder, String(port)] + combos, seconds: 900)
+    let r = try run([venvPython, referenceDecoder] + (webSocket ? ["--websocket"] : []) + [String(port)] + combos, seconds: 900)
     let lines = r.output.split(separator: "\n").map(String.init).filter { l in combos.contains { l.hasPrefix($0 + " ") } }
     #expect(lines.count == combos.count, "decoder output: \(r.output)")
     for line in lines {
@@ -66,6 +66,12 @@ func printTable(_ lines: [String]) {
     @Test func rectanglesWiderThanTightAndCoRREAllowAreSplitAndExact() throws {
         let server = try TestServer(["--size", "2100x40"])
         _ = try runReferenceDecoder(port: server.port, combos: ["tight:rgb888le", "corre:rgb565le", "zrle:rgb888be", "hextile:cmap8", "raw:bgr555le"])
+    }
+
+    @Test func webSocketClientsGetTheSameExactPictures() throws {
+        let server = try TestServer(["--size", "200x130"], webSocket: true)
+        let ws = try #require(server.webSocketPort)
+        _ = try runReferenceDecoder(port: ws, combos: ["raw:rgb888le", "zrle:rgb565le", "tight:rgb888le", "hextile:cmap8"], webSocket: true)
     }
 
     @Test func vncdotoolCapturesThePatternExactlyAtItsDefaults() throws {

@@ -69,16 +69,18 @@ final class ServerFixture: @unchecked Sendable {
     let events = Mutex<[RFBEvent]>([])
     var server: RFBServer!
 
-    init(password: Bool = false, width: Int = 64, height: Int = 48) throws {
+    init(password: Bool = false, webSocket: Bool = false, width: Int = 64, height: Int = 48) throws {
         frame = FakeFrame(width: width, height: height)
         var options = RFBServerOptions(address: .tcp(host: "127.0.0.1", port: 0))
         options.passwordRequired = password
+        if webSocket { options.webSockets = [.tcp(host: "127.0.0.1", port: 0)] }
         server = try RFBServer(options: options, source: frame) { [weak self] e in self?.events.withLock { $0.append(e) } }
     }
 
     deinit { server.close() }
 
     var port: Int { Int(server.info.listen.service)! }
+    var webSocketPort: Int { Int(server.info.websockets[0].service)! }
 
     /// Waits up to 5 s for `condition` on the events.
     func waitFor(_ condition: ([RFBEvent]) -> Bool) -> Bool {
@@ -173,6 +175,56 @@ final class ServerFixture: @unchecked Sendable {
         #expect(try !login("pa55"))
         f.server.setPassword(nil)
         #expect(try !login(""))
+    }
+
+    @Test func webSocketClientsAreMarkedAndTheHandshakeIsChecked() throws {
+        let f = try ServerFixture(webSocket: true)
+        let ws = try TestSocket(port: f.webSocketPort)
+        ws.send(Array(("GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n"
+            + "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: chat, binary\r\n\r\n").utf8))
+        var response: [UInt8] = []
+        while !response.suffix(4).elementsEqual([13, 10, 13, 10]) {
+            let b = ws.read(1)
+            guard !b.isEmpty else { break }
+            response += b
+        }
+        let text = String(decoding: response, as: UTF8.self)
+        #expect(text.hasPrefix("HTTP/1.1 101 "))
+        #expect(text.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"))
+        #expect(text.contains("Sec-WebSocket-Protocol: binary\r\n"))
+        // The version arrives as one unmasked binary frame.
+        #expect(ws.read(2 + 12) == [0x82, 12] + Array("RFB 003.008\n".utf8))
+        #expect(f.server.info.clients.first?.websocket == true)
+        // A ping gets a pong with the same payload; the RFB stream goes on.
+        ws.send([0x89, 0x83, 1, 2, 3, 4, 0x61 ^ 1, 0x62 ^ 2, 0x63 ^ 3])
+        #expect(ws.read(5) == [0x8a, 3, 0x61, 0x62, 0x63])
+        let version = Array("RFB 003.008\n".utf8)
+        ws.send([0x82, 0x80 | 12, 9, 8, 7, 6] + version.enumerated().map { $0.element ^ [9, 8, 7, 6][$0.offset % 4] })
+        #expect(ws.read(2 + 2) == [0x82, 2, 1, 1])
+        // An unmasked frame from a client is a protocol error: closed.
+        ws.send([0x82, 1, 1])
+        #expect(ws.closedByServer())
+    }
+
+    @Test func aBadUpgradeRequestGets400AndIsClosed() throws {
+        let f = try ServerFixture(webSocket: true)
+        for request in ["GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+                        "POST / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+                        "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: short\r\nSec-WebSocket-Version: 13\r\n\r\n",
+                        "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n",
+                        "GET / HTTP/1.1\r\n" + String(repeating: "X-Filler: 0123456789\r\n", count: 500)] {
+            let ws = try TestSocket(port: f.webSocketPort)
+            ws.send(Array(request.utf8))
+            let answer = String(decoding: ws.read(12), as: UTF8.self)
+            #expect(answer == "HTTP/1.1 400", "\(request.prefix(40))")
+            #expect(ws.closedByServer())
+        }
+        // The VNC port never looks for HTTP: it answers with its version and
+        // closes on a request line that is not one.
+        let vnc = try TestSocket(port: f.port)
+        vnc.send(Array("GET / HTTP/1.1\r\n\r\n".utf8))
+        #expect(vnc.read(12) == Array("RFB 003.008\n".utf8))
+        #expect(vnc.closedByServer())
     }
 
     @Test func closeEndsConnectionsAndCanBeCalledTwice() throws {

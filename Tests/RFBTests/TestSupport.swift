@@ -268,10 +268,11 @@ final class TestServer {
     let port: Int
     let webSocketPort: Int?
 
-    init(_ arguments: [String] = []) throws {
+    init(_ arguments: [String] = [], webSocket: Bool = false) throws {
         let binary = packageRoot + "/.build/debug/RFBTestServer"
         guard access(binary, X_OK) == 0 else { throw TestFailure("\(binary) missing: swift build --build-tests") }
-        let args = [binary] + arguments
+        var args = [binary] + arguments
+        if webSocket { args += ["--websocket", "0"] }
         process = try Process(args)
         let fields = try process.line(startingWith: "listening ").split(separator: " ")
         guard fields.count >= 2, let p = Int(fields[1]) else { throw TestFailure("bad line from RFBTestServer: \(fields)") }

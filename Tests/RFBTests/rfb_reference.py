@@ -8,9 +8,9 @@ not from the server's code. The test pattern is computed here on its own
 (the same definition as Sources/RFBTestServer/main.swift, written separately).
 
 Usage:
-  rfb_reference.py PORT COMBO...
+  rfb_reference.py [--websocket] PORT COMBO...
       COMBO is ENCODING:FORMAT, e.g. zrle:rgb565le tight:cmap8. For every
-      combination it connects, sets the
+      combination it connects (over a WebSocket with --websocket), sets the
       pixel format and encodings, requests the whole frame, decodes and
       compares it; then presses '2' (or '1') so the server draws the other
       frame, requests an incremental update, decodes and compares again. One
@@ -33,7 +33,10 @@ Usage:
 import socket
 import struct
 import sys
+import warnings
 import zlib
+
+warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 ENCODINGS = {"raw": 0, "copyrect": 1, "rre": 2, "corre": 4, "hextile": 5, "zlib": 6, "tight": 7, "trle": 15, "zrle": 16}
 NAMES = {v: k for k, v in ENCODINGS.items()}
@@ -117,14 +120,32 @@ def reduce_channel(v, maximum):
 # ---- Socket helpers ----
 
 class Conn:
-    def __init__(self, port, host="127.0.0.1"):
+    def __init__(self, port, host="127.0.0.1", websocket=False):
         self.received = 0
-        self.s = socket.create_connection((host, port), timeout=20)
-        self.s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buffer = b""
+        self.ws = None
+        if websocket:
+            # A WebSocket client we did not write carries the RFB bytes.
+            from websockets.sync.client import connect
+            self.ws = connect("ws://%s:%d/" % (host, port), subprotocols=["binary"], open_timeout=20,
+                              max_size=None, compression=None)
+        else:
+            self.s = socket.create_connection((host, port), timeout=20)
+            self.s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def read(self, n):
         out = bytearray()
         while len(out) < n:
+            if self.ws is not None:
+                if not self.buffer:
+                    message = self.ws.recv(timeout=20)
+                    if isinstance(message, str):
+                        raise Failure("text WebSocket message from the server")
+                    self.buffer = message
+                take = self.buffer[:n - len(out)]
+                self.buffer = self.buffer[len(take):]
+                out += take
+                continue
             chunk = self.s.recv(n - len(out))
             if not chunk:
                 raise Failure("connection closed by the server")
@@ -133,7 +154,10 @@ class Conn:
         return bytes(out)
 
     def close(self):
-        self.s.close()
+        if self.ws is not None:
+            self.ws.close()
+        else:
+            self.s.close()
 
     def u8(self):
         return self.read(1)[0]
@@ -148,12 +172,15 @@ class Conn:
         return struct.unpack(">i", self.read(4))[0]
 
     def send(self, data):
-        self.s.sendall(data)
+        if self.ws is not None:
+            self.ws.send(data)
+        else:
+            self.s.sendall(data)
 
 
 class Client:
-    def __init__(self, port, fmt_name, encodings):
-        self.c = Conn(port)
+    def __init__(self, port, fmt_name, encodings, websocket=False):
+        self.c = Conn(port, websocket=websocket)
         self.fmt_name = fmt_name
         version = self.c.read(12)
         if version != b"RFB 003.008\n":
@@ -614,14 +641,14 @@ def read_run(reader):
             return total
 
 
-def run_combo(port, combo, frame):
+def run_combo(port, combo, frame, websocket=False):
     enc_name, fmt_name = combo.split(":")
     enc = ENCODINGS[enc_name]
     # The wanted encoding, then what a modern client sends: raw, desktop size,
     # QEMU's extensions, a compression level and a JPEG quality level (which a
     # lossless server must ignore).
     encodings = [enc, 0, DESKTOP_SIZE, EXTENDED_DESKTOP_SIZE, QEMU_POINTER, QEMU_EXTKEY, -256 + 6, -32 + 5]
-    client = Client(port, fmt_name, encodings)
+    client = Client(port, fmt_name, encodings, websocket)
     client.request(0)
     client.read_until_pixels()
     client.check(frame)
@@ -743,13 +770,14 @@ def main():
     if sys.argv[1] == "--latency":
         latency(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
         return
-    args = sys.argv[1:]
+    websocket = sys.argv[1] == "--websocket"
+    args = sys.argv[2:] if websocket else sys.argv[1:]
     port = int(args[0])
     frame = 1
     failures = 0
     for combo in args[1:]:
         try:
-            frame, seen, received = run_combo(port, combo, frame)
+            frame, seen, received = run_combo(port, combo, frame, websocket)
             rects = ",".join("%s:%d" % kv for kv in sorted(seen.items()))
             print("%s ok rects=%s bytes=%d" % (combo, rects, received), flush=True)
         except Exception as e:
@@ -757,7 +785,7 @@ def main():
             print("%s FAIL %s" % (combo, e), flush=True)
             # The frame may or may not have toggled: ask the server for frame 1 on a fresh connection.
             try:
-                c = Client(port, "rgb888le", [0])
+                c = Client(port, "rgb888le", [0], websocket)
                 c.key(ord("1"))
                 c.c.close()
                 frame = 1
