@@ -84,6 +84,7 @@ if Context.environment["XENVFB_FUZZ"] == "1" {
         ("FuzzJSON", ["Control"]),
         ("FuzzQMPStream", ["Control"]),
         ("FuzzArgv", ["Control", "Displays"]),
+        ("FuzzRFB", ["RFB", "Support"]),
     ]
     for (name, dependencies) in fuzzTargets {
         package.targets.append(.executableTarget(name: name, dependencies: ["FuzzSupport"] + dependencies, path: "Fuzz/\(name)"))
