@@ -120,3 +120,61 @@ final class ByteBuffer {
         if let base = header.baseAddress { (storage + start).copyMemory(from: base, byteCount: header.count) }
     }
 }
+
+extension ByteBuffer {
+    /// Lets `body` write up to `maxBytes` through a cursor, then keeps what it
+    /// wrote. For loops that write per pixel: the cursor is a local value, so
+    /// its writes cost a bounds check each and nothing else (no access to
+    /// this object's properties per byte).
+    @inline(__always)
+    func write<R>(maxBytes: Int, _ body: (inout ByteCursor) -> R) -> R {
+        reserve(maxBytes)
+        var cursor = ByteCursor(base: storage + end, limit: maxBytes)
+        let result = body(&cursor)
+        end += cursor.count
+        return result
+    }
+}
+
+/// Where a hot loop writes its bytes (see `ByteBuffer.write`). Every write is
+/// checked against the space reserved: a wrong size estimate traps, it never
+/// writes past the buffer.
+struct ByteCursor {
+    let base: UnsafeMutableRawPointer
+    let limit: Int
+    private(set) var count = 0
+
+    @inline(__always) mutating func u8(_ v: UInt8) {
+        precondition(count < limit, "encoder wrote past its reserved space")
+        base.storeBytes(of: v, toByteOffset: count, as: UInt8.self)
+        count += 1
+    }
+
+    @inline(__always) mutating func u16(_ v: UInt16) {
+        precondition(count + 2 <= limit, "encoder wrote past its reserved space")
+        base.storeBytes(of: v.bigEndian, toByteOffset: count, as: UInt16.self)
+        count += 2
+    }
+
+    @inline(__always) mutating func u32(_ v: UInt32) {
+        precondition(count + 4 <= limit, "encoder wrote past its reserved space")
+        base.storeBytes(of: v.bigEndian, toByteOffset: count, as: UInt32.self)
+        count += 4
+    }
+
+    /// One pixel value in `layout`.
+    @inline(__always) mutating func pixel(_ v: UInt32, _ layout: PixelLayout) {
+        let n = layout.bytes
+        precondition(count + n <= limit, "encoder wrote past its reserved space")
+        layout.store(v, at: base + count)
+        count += n
+    }
+
+    /// `n` pixel values in `layout`.
+    mutating func pixels(_ values: UnsafePointer<UInt32>, count n: Int, _ layout: PixelLayout) {
+        let size = n * layout.bytes
+        precondition(count + size <= limit, "encoder wrote past its reserved space")
+        layout.store(values, count: n, at: base + count)
+        count += size
+    }
+}

@@ -1,8 +1,10 @@
 /// The rectangle encoders. Each takes one rectangle of pixel values already
 /// in the client's format (`values`, `width` × `height`, row after row) and
 /// appends the rectangle header and its encoded data to `out`. The layouts
-/// (PIXEL, CPIXEL, TPIXEL) are decided once per update; loops over pixels
-/// call no closures and dispatch nothing per pixel.
+/// (PIXEL, CPIXEL, TPIXEL) are decided once per update. Loops over pixels
+/// write through a `ByteCursor` and look colours up in a local copy of the
+/// colour table: no closures, no dynamic dispatch and no object property
+/// accesses (with their exclusivity checks) per pixel.
 ///
 /// What is emitted, and why (see also README.md):
 /// - Raw (0): the values.
@@ -20,7 +22,7 @@
 ///   packed palette (2–16), plain RLE and palette RLE (2–127); ZRLE through
 ///   its zlib stream. TRLE's palette-reuse subencodings are not used.
 final class Encoders {
-    let table = ColourTable()
+    private var table = ColourTable()
     /// Serialised or filtered data before compression.
     let staging = ByteBuffer(capacity: 1 << 16)
     /// Compressed data, when its length must precede it.
@@ -28,15 +30,20 @@ final class Encoders {
     /// A copy of the rectangle that RRE may overwrite.
     private var work: UnsafeMutablePointer<UInt32>
     private var workCapacity = 0
-    private var tile = [UInt32](repeating: 0, count: 256)
-    private var subrects: [(colour: UInt32, x: Int, y: Int, w: Int, h: Int)] = []
+    /// One Hextile tile, and its subrectangles.
+    private let tile = UnsafeMutablePointer<UInt32>.allocate(capacity: 256)
+    private let subrects = UnsafeMutablePointer<Subrect>.allocate(capacity: 257)
 
-    init() {
-        work = .allocate(capacity: 1)
-        subrects.reserveCapacity(256)
+    private struct Subrect { var colour: UInt32; var x, y, w, h: Int }
+
+    init() { work = .allocate(capacity: 1) }
+
+    deinit {
+        work.deallocate()
+        tile.deallocate()
+        subrects.deallocate()
+        table.deallocate()
     }
-
-    deinit { work.deallocate() }
 
     private func workBuffer(_ n: Int) -> UnsafeMutablePointer<UInt32> {
         if n > workCapacity {
@@ -73,27 +80,32 @@ final class Encoders {
         let n = width * height
         let buf = workBuffer(n)
         buf.update(from: values, count: n)
-        let bg = mostCommon(buf, count: n)
+        var t = table
+        let bg = Self.mostCommon(buf, count: n, &t)
+        table = t
         let start = out.count
         out.rectHeader(x: x, y: y, width: width, height: height, encoding: compact ? Encoding.coRRE : Encoding.rre)
-        let countAt = out.count
-        out.u32(0)
-        layout.append(bg, to: out)
         let rawSize = n * layout.bytes
-        var count = 0
-        let fits = findSubrects(buf, width: width, height: height, background: bg) { c, sx, sy, sw, sh in
-            layout.append(c, to: out)
-            if compact {
-                out.u8(UInt8(sx)); out.u8(UInt8(sy)); out.u8(UInt8(sw)); out.u8(UInt8(sh))
-            } else {
-                out.u16(UInt16(sx)); out.u16(UInt16(sy)); out.u16(UInt16(sw)); out.u16(UInt16(sh))
+        let subrectSize = layout.bytes + (compact ? 4 : 8)
+        // Stop as soon as the subrectangles outgrow the raw data.
+        let fits = out.write(maxBytes: 4 + layout.bytes + rawSize + subrectSize) { c -> Bool in
+            c.u32(0)
+            c.pixel(bg, layout)
+            var count: UInt32 = 0
+            let ok = Self.findSubrects(buf, width: width, height: height, background: bg) { colour, sx, sy, sw, sh in
+                c.pixel(colour, layout)
+                if compact {
+                    c.u8(UInt8(sx)); c.u8(UInt8(sy)); c.u8(UInt8(sw)); c.u8(UInt8(sh))
+                } else {
+                    c.u16(UInt16(sx)); c.u16(UInt16(sy)); c.u16(UInt16(sw)); c.u16(UInt16(sh))
+                }
+                count += 1
+                return c.count - 4 <= rawSize
             }
-            count += 1
-            return out.count - countAt <= rawSize
+            c.base.storeBytes(of: count.bigEndian, as: UInt32.self)
+            return ok
         }
-        if fits {
-            out.setU32(UInt32(count), at: countAt)
-        } else {
+        if !fits {
             out.truncate(to: start)
             raw(values, x: x, y: y, width: width, height: height, layout: layout, out: out)
         }
@@ -101,13 +113,13 @@ final class Encoders {
 
     /// The most frequent value (the first seen among equals), counting at
     /// most 1024 distinct values.
-    private func mostCommon(_ v: UnsafePointer<UInt32>, count n: Int) -> UInt32 {
-        table.reset(limit: 1024)
+    private static func mostCommon(_ v: UnsafePointer<UInt32>, count n: Int, _ t: inout ColourTable) -> UInt32 {
+        t.reset(limit: 1024)
         var best = v[0]
         var bestCount: UInt32 = 0
         for i in 0..<n {
-            guard let k = table.index(of: v[i]) else { continue }
-            let c = table.bump(k)
+            guard let k = t.index(of: v[i]) else { continue }
+            let c = t.bump(k)
             if c > bestCount { bestCount = c; best = v[i] }
         }
         return best
@@ -118,8 +130,9 @@ final class Encoders {
     /// column-first rectangle at the first uncovered pixel), overwriting
     /// covered pixels with the background. `emit` returns false to stop;
     /// the result says whether it ran to the end.
-    private func findSubrects(_ buf: UnsafeMutablePointer<UInt32>, width w: Int, height h: Int, background bg: UInt32,
-                              _ emit: (UInt32, Int, Int, Int, Int) -> Bool) -> Bool {
+    @inline(__always)
+    private static func findSubrects(_ buf: UnsafeMutablePointer<UInt32>, width w: Int, height h: Int, background bg: UInt32,
+                                     _ emit: (UInt32, Int, Int, Int, Int) -> Bool) -> Bool {
         for y in 0..<h {
             var x = 0
             while x < w {
@@ -159,63 +172,70 @@ final class Encoders {
     func hextile(_ values: UnsafePointer<UInt32>, x: Int, y: Int, width: Int, height: Int, layout: PixelLayout, out: ByteBuffer) {
         out.rectHeader(x: x, y: y, width: width, height: height, encoding: Encoding.hextile)
         let bpp = layout.bytes
+        var t = table
+        defer { table = t }
+        let tile = self.tile
+        let subrects = self.subrects
         var lastBackground: UInt32? = nil
         var lastForeground: UInt32? = nil
-        tile.withUnsafeMutableBufferPointer { tileBuffer in
-            let t = tileBuffer.baseAddress!
-            for ty in stride(from: 0, to: height, by: 16) {
-                let th = min(16, height - ty)
-                for tx in stride(from: 0, to: width, by: 16) {
-                    let tw = min(16, width - tx)
-                    for j in 0..<th {
-                        (t + j * tw).update(from: values + (ty + j) * width + tx, count: tw)
-                    }
-                    // Colours and their counts (a tile has at most 256 pixels).
-                    table.reset(limit: 256)
-                    var bg = t[0]
-                    var bgCount: UInt32 = 0
-                    for i in 0..<(tw * th) {
-                        let k = table.index(of: t[i])!
-                        let c = table.bump(k)
-                        if c > bgCount { bgCount = c; bg = t[i] }
-                    }
-                    let colours = table.count
-                    var mask: UInt8 = 0
-                    let newBackground = lastBackground != bg
-                    if newBackground { mask |= 2 }
+        // Per tile at most: mask, background, foreground, count, 255 coloured
+        // subrectangles; or mask and 256 raw pixels.
+        let tileMax = 1 + 2 * bpp + 1 + 256 * (bpp + 2)
+        for ty in stride(from: 0, to: height, by: 16) {
+            let th = min(16, height - ty)
+            for tx in stride(from: 0, to: width, by: 16) {
+                let tw = min(16, width - tx)
+                for j in 0..<th {
+                    (tile + j * tw).update(from: values + (ty + j) * width + tx, count: tw)
+                }
+                // Colours and their counts (a tile has at most 256 pixels).
+                t.reset(limit: 256)
+                var bg = tile[0]
+                var bgCount: UInt32 = 0
+                for i in 0..<(tw * th) {
+                    let k = t.index(of: tile[i])!
+                    let c = t.bump(k)
+                    if c > bgCount { bgCount = c; bg = tile[i] }
+                }
+                let colours = t.count
+                let newBackground = lastBackground != bg
+                out.write(maxBytes: tileMax) { c in
+                    var mask: UInt8 = newBackground ? 2 : 0
                     if colours == 1 {
-                        out.u8(mask)
-                        if newBackground { layout.append(bg, to: out) }
+                        c.u8(mask)
+                        if newBackground { c.pixel(bg, layout) }
                         lastBackground = bg
-                        continue
+                        return
                     }
-                    subrects.removeAll(keepingCapacity: true)
-                    _ = findSubrects(t, width: tw, height: th, background: bg) { c, sx, sy, sw, sh in
-                        subrects.append((c, sx, sy, sw, sh))
-                        return subrects.count <= 255
+                    var count = 0
+                    _ = Self.findSubrects(tile, width: tw, height: th, background: bg) { colour, sx, sy, sw, sh in
+                        subrects[count] = Subrect(colour: colour, x: sx, y: sy, w: sw, h: sh)
+                        count += 1
+                        return count <= 255
                     }
                     let mono = colours == 2
-                    let foreground = mono ? subrects.first?.colour : nil
+                    let foreground = subrects[0].colour
                     let newForeground = mono && lastForeground != foreground
                     let size = 1 + (newBackground ? bpp : 0) + 1
-                        + (mono ? (newForeground ? bpp : 0) + 2 * subrects.count : (bpp + 2) * subrects.count)
-                    if subrects.count > 255 || size >= 1 + tw * th * bpp {
-                        out.u8(1)
-                        for j in 0..<th { layout.append(values + (ty + j) * width + tx, count: tw, to: out) }
+                        + (mono ? (newForeground ? bpp : 0) + 2 * count : (bpp + 2) * count)
+                    if count > 255 || size >= 1 + tw * th * bpp {
+                        c.u8(1)
+                        for j in 0..<th { c.pixels(values + (ty + j) * width + tx, count: tw, layout) }
                         lastBackground = nil
                         lastForeground = nil
-                        continue
+                        return
                     }
                     mask |= 8
                     if mono { if newForeground { mask |= 4 } } else { mask |= 16 }
-                    out.u8(mask)
-                    if newBackground { layout.append(bg, to: out) }
-                    if mono && newForeground { layout.append(foreground!, to: out) }
-                    out.u8(UInt8(subrects.count))
-                    for s in subrects {
-                        if !mono { layout.append(s.colour, to: out) }
-                        out.u8(UInt8(s.x << 4 | s.y))
-                        out.u8(UInt8((s.w - 1) << 4 | (s.h - 1)))
+                    c.u8(mask)
+                    if newBackground { c.pixel(bg, layout) }
+                    if newForeground { c.pixel(foreground, layout) }
+                    c.u8(UInt8(count))
+                    for k in 0..<count {
+                        let s = subrects[k]
+                        if !mono { c.pixel(s.colour, layout) }
+                        c.u8(UInt8(s.x << 4 | s.y))
+                        c.u8(UInt8((s.w - 1) << 4 | (s.h - 1)))
                     }
                     lastBackground = bg
                     lastForeground = mono ? foreground : nil
@@ -243,20 +263,26 @@ final class Encoders {
     }
 
     private func rleTiles(_ values: UnsafePointer<UInt32>, width: Int, height: Int, tileSize: Int, layout: PixelLayout, out: ByteBuffer) {
+        var t = table
+        defer { table = t }
         for ty in stride(from: 0, to: height, by: tileSize) {
             let th = min(tileSize, height - ty)
             for tx in stride(from: 0, to: width, by: tileSize) {
-                rleTile(values + ty * width + tx, stride: width, width: min(tileSize, width - tx), height: th, layout: layout, out: out)
+                let tw = min(tileSize, width - tx)
+                // The smallest choice is at most the raw tile; a palette adds at most 127 pixels.
+                out.write(maxBytes: 1 + (tw * th + 127) * layout.bytes) { c in
+                    Self.rleTile(values + ty * width + tx, stride: width, width: tw, height: th, layout: layout, &t, &c)
+                }
             }
         }
     }
 
     /// One ZRLE/TRLE tile: measures every subencoding in one pass, writes the smallest.
-    private func rleTile(_ v: UnsafePointer<UInt32>, stride: Int, width w: Int, height h: Int, layout: PixelLayout, out: ByteBuffer) {
+    private static func rleTile(_ v: UnsafePointer<UInt32>, stride: Int, width w: Int, height h: Int, layout: PixelLayout,
+                                _ t: inout ColourTable, _ out: inout ByteCursor) {
         let cpp = layout.bytes
-        table.reset(limit: 127)
+        t.reset(limit: 127)
         var tooManyColours = false
-        var runs = 0
         var plainBytes = 0      // plain RLE: pixel + length bytes per run
         var paletteRunBytes = 0 // palette RLE: index (+ length bytes) per run
         var runColour = v[0]
@@ -265,30 +291,28 @@ final class Encoders {
             let row = v + j * stride
             for i in 0..<w {
                 let p = row[i]
-                if !tooManyColours && table.index(of: p) == nil { tooManyColours = true }
                 if p == runColour && runLength > 0 {
                     runLength += 1
-                } else {
-                    if runLength > 0 {
-                        let lengthBytes = (runLength - 1) / 255 + 1
-                        runs += 1
-                        plainBytes += cpp + lengthBytes
-                        paletteRunBytes += runLength == 1 ? 1 : 1 + lengthBytes
-                    }
-                    runColour = p
-                    runLength = 1
+                    continue
                 }
+                if !tooManyColours && t.index(of: p) == nil { tooManyColours = true }
+                if runLength > 0 {
+                    let lengthBytes = (runLength - 1) / 255 + 1
+                    plainBytes += cpp + lengthBytes
+                    paletteRunBytes += runLength == 1 ? 1 : 1 + lengthBytes
+                }
+                runColour = p
+                runLength = 1
             }
         }
         let lastLengthBytes = (runLength - 1) / 255 + 1
-        runs += 1
         plainBytes += cpp + lastLengthBytes
         paletteRunBytes += runLength == 1 ? 1 : 1 + lastLengthBytes
-        let colours = tooManyColours ? Int.max : table.count
+        let colours = tooManyColours ? Int.max : t.count
 
         if colours == 1 {
             out.u8(1)
-            layout.append(v[0], to: out)
+            out.pixel(v[0], layout)
             return
         }
         enum Choice { case raw, packed(bits: Int), plainRLE, paletteRLE }
@@ -307,16 +331,19 @@ final class Encoders {
         switch choice {
         case .raw:
             out.u8(0)
-            for j in 0..<h { layout.append(v + j * stride, count: w, to: out) }
+            for j in 0..<h { out.pixels(v + j * stride, count: w, layout) }
         case .packed(let bits):
             out.u8(UInt8(colours))
-            for k in 0..<colours { layout.append(table.colour(k), to: out) }
+            for k in 0..<colours { out.pixel(t.colour(k), layout) }
             for j in 0..<h {
                 let row = v + j * stride
                 var byte: UInt8 = 0
                 var used = 0
+                var last = row[0]
+                var lastIndex = UInt8(t.index(of: last)!)
                 for i in 0..<w {
-                    byte = byte << UInt8(bits) | UInt8(table.index(of: row[i])!)
+                    if row[i] != last { last = row[i]; lastIndex = UInt8(t.index(of: last)!) }
+                    byte = byte << UInt8(bits) | lastIndex
                     used += bits
                     if used == 8 { out.u8(byte); byte = 0; used = 0 }
                 }
@@ -327,19 +354,19 @@ final class Encoders {
             if case .paletteRLE = choice { palette = true } else { palette = false }
             if palette {
                 out.u8(UInt8(128 + colours))
-                for k in 0..<colours { layout.append(table.colour(k), to: out) }
+                for k in 0..<colours { out.pixel(t.colour(k), layout) }
             } else {
                 out.u8(128)
             }
             var colour = v[0]
             var length = 0
-            func emitRun() {
+            @inline(__always) func emitRun(_ out: inout ByteCursor, _ t: inout ColourTable) {
                 if palette {
-                    let index = UInt8(table.index(of: colour)!)
+                    let index = UInt8(t.index(of: colour)!)
                     if length == 1 { out.u8(index); return }
                     out.u8(index | 128)
                 } else {
-                    layout.append(colour, to: out)
+                    out.pixel(colour, layout)
                 }
                 var rest = length - 1
                 while rest >= 255 { out.u8(255); rest -= 255 }
@@ -349,13 +376,13 @@ final class Encoders {
                 let row = v + j * stride
                 for i in 0..<w {
                     if row[i] == colour && length > 0 { length += 1 } else {
-                        if length > 0 { emitRun() }
+                        if length > 0 { emitRun(&out, &t) }
                         colour = row[i]
                         length = 1
                     }
                 }
             }
-            emitRun()
+            emitRun(&out, &t)
         }
     }
 
@@ -365,13 +392,17 @@ final class Encoders {
                streams: (copy: Deflater, palette: Deflater), level: Int32, out: ByteBuffer) {
         out.rectHeader(x: x, y: y, width: width, height: height, encoding: Encoding.tight)
         let n = width * height
-        table.reset(limit: 256)
+        var t = table
+        defer { table = t }
+        t.reset(limit: 256)
         var colours = 0
-        for i in 0..<n where table.index(of: values[i]) == nil {
-            colours = Int.max
-            break
+        var last = values[0]
+        _ = t.index(of: last)
+        for i in 0..<n where values[i] != last {
+            last = values[i]
+            if t.index(of: last) == nil { colours = Int.max; break }
         }
-        if colours == 0 { colours = table.count }
+        if colours == 0 { colours = t.count }
         let tpp = layout.bytes
         if colours == 1 {
             out.u8(0x80) // FillCompression
@@ -385,24 +416,28 @@ final class Encoders {
                 out.u8(0x40 | 0x10) // basic compression, stream 1, filter id follows
                 out.u8(1)           // PaletteFilter
                 out.u8(UInt8(colours - 1))
-                for k in 0..<colours { layout.append(table.colour(k), to: out) }
-                if colours == 2 {
-                    let first = table.colour(0)
-                    for j in 0..<height {
-                        let row = values + j * width
-                        var byte: UInt8 = 0
-                        var used = 0
-                        for i in 0..<width {
-                            byte = byte << 1 | (row[i] == first ? 0 : 1)
-                            used += 1
-                            if used == 8 { staging.u8(byte); byte = 0; used = 0 }
+                for k in 0..<colours { layout.append(t.colour(k), to: out) }
+                staging.write(maxBytes: dataSize) { c in
+                    if colours == 2 {
+                        let first = t.colour(0)
+                        for j in 0..<height {
+                            let row = values + j * width
+                            var byte: UInt8 = 0
+                            var used = 0
+                            for i in 0..<width {
+                                byte = byte << 1 | (row[i] == first ? 0 : 1)
+                                used += 1
+                                if used == 8 { c.u8(byte); byte = 0; used = 0 }
+                            }
+                            if used > 0 { c.u8(byte << UInt8(8 - used)) }
                         }
-                        if used > 0 { staging.u8(byte << UInt8(8 - used)) }
-                    }
-                } else {
-                    staging.appendUninitialized(n) { p in
-                        let d = p.assumingMemoryBound(to: UInt8.self)
-                        for i in 0..<n { d[i] = UInt8(table.index(of: values[i])!) }
+                    } else {
+                        var last = values[0]
+                        var lastIndex = UInt8(t.index(of: last)!)
+                        for i in 0..<n {
+                            if values[i] != last { last = values[i]; lastIndex = UInt8(t.index(of: last)!) }
+                            c.u8(lastIndex)
+                        }
                     }
                 }
                 tightData(stream: streams.palette, level: level, out: out)
@@ -428,24 +463,35 @@ final class Encoders {
 }
 
 /// A small hash table of pixel values → palette index (insertion order),
-/// with counts. Emptied in O(1) by bumping a generation number.
-final class ColourTable {
+/// with counts. Emptied in O(1) by bumping a generation number. A value
+/// type over storage allocated once: encoders work on a local copy, so a
+/// lookup touches only that copy and the storage (see `Encoders`).
+struct ColourTable {
     private static let slotBits = 11
     private static let slots = 1 << slotBits
-    private var keys = [UInt32](repeating: 0, count: slots)
-    private var stamps = [UInt32](repeating: 0, count: slots)
-    private var indices = [UInt16](repeating: 0, count: slots)
-    private var counts = [UInt32](repeating: 0, count: 1024)
-    private var colours = [UInt32](repeating: 0, count: 1024)
+    private let keys = UnsafeMutablePointer<UInt32>.allocate(capacity: slots)
+    private let stamps: UnsafeMutablePointer<UInt32> = {
+        let p = UnsafeMutablePointer<UInt32>.allocate(capacity: slots)
+        p.initialize(repeating: 0, count: slots)
+        return p
+    }()
+    private let indices = UnsafeMutablePointer<UInt16>.allocate(capacity: slots)
+    private let counts = UnsafeMutablePointer<UInt32>.allocate(capacity: 1024)
+    private let colours = UnsafeMutablePointer<UInt32>.allocate(capacity: 1024)
     private var generation: UInt32 = 1
     private(set) var count = 0
     private var limit = 0
 
+    /// Frees the storage (the owner calls this once).
+    func deallocate() {
+        keys.deallocate(); stamps.deallocate(); indices.deallocate(); counts.deallocate(); colours.deallocate()
+    }
+
     /// Empties the table; it will hold at most `limit` (≤ 1024) colours.
-    func reset(limit: Int) {
+    mutating func reset(limit: Int) {
         generation &+= 1
         if generation == 0 {
-            for i in 0..<Self.slots { stamps[i] = 0 }
+            stamps.update(repeating: 0, count: Self.slots)
             generation = 1
         }
         count = 0
@@ -454,7 +500,7 @@ final class ColourTable {
 
     /// The index of `v`, added if new; nil if it is new and the table is full.
     @inline(__always)
-    func index(of v: UInt32) -> Int? {
+    mutating func index(of v: UInt32) -> Int? {
         var slot = Int((v &* 0x9E37_79B1) >> UInt32(32 - Self.slotBits))
         while true {
             if stamps[slot] != generation {

@@ -220,26 +220,33 @@ enum PixelLayout: Equatable {
         out.appendUninitialized(n) { store(v, at: $0) }
     }
 
-    /// Appends `count` values, one specialised loop per layout.
+    /// Appends `count` values.
     func append(_ values: UnsafePointer<UInt32>, count: Int, to out: ByteBuffer) {
         guard count > 0 else { return }
-        let n = bytes * count
-        out.appendUninitialized(n) { p in
-            switch self {
-            case .u32le:
-                p.copyMemory(from: values, byteCount: n)
-            case .u8:
-                let d = p.assumingMemoryBound(to: UInt8.self)
-                for i in 0..<count { d[i] = UInt8(truncatingIfNeeded: values[i]) }
-            case .u16le:
-                for i in 0..<count { p.storeBytes(of: UInt16(truncatingIfNeeded: values[i]).littleEndian, toByteOffset: 2 * i, as: UInt16.self) }
-            case .u16be:
-                for i in 0..<count { p.storeBytes(of: UInt16(truncatingIfNeeded: values[i]).bigEndian, toByteOffset: 2 * i, as: UInt16.self) }
-            case .u32be:
-                for i in 0..<count { p.storeBytes(of: values[i].bigEndian, toByteOffset: 4 * i, as: UInt32.self) }
-            default:
-                for i in 0..<count { store(values[i], at: p + 3 * i) }
-            }
+        out.appendUninitialized(bytes * count) { store(values, count: count, at: $0) }
+    }
+
+    /// Writes `count` values at `p` (room for `bytes * count`), one
+    /// specialised loop per layout.
+    func store(_ values: UnsafePointer<UInt32>, count: Int, at p: UnsafeMutableRawPointer) {
+        switch self {
+        case .u32le:
+            #if _endian(little)
+            p.copyMemory(from: values, byteCount: 4 * count)
+            #else
+            for i in 0..<count { p.storeBytes(of: values[i].littleEndian, toByteOffset: 4 * i, as: UInt32.self) }
+            #endif
+        case .u8:
+            let d = p.assumingMemoryBound(to: UInt8.self)
+            for i in 0..<count { d[i] = UInt8(truncatingIfNeeded: values[i]) }
+        case .u16le:
+            for i in 0..<count { p.storeBytes(of: UInt16(truncatingIfNeeded: values[i]).littleEndian, toByteOffset: 2 * i, as: UInt16.self) }
+        case .u16be:
+            for i in 0..<count { p.storeBytes(of: UInt16(truncatingIfNeeded: values[i]).bigEndian, toByteOffset: 2 * i, as: UInt16.self) }
+        case .u32be:
+            for i in 0..<count { p.storeBytes(of: values[i].bigEndian, toByteOffset: 4 * i, as: UInt32.self) }
+        default:
+            for i in 0..<count { store(values[i], at: p + 3 * i) }
         }
     }
 }

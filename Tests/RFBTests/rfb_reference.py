@@ -23,6 +23,11 @@ Usage:
       clients that got a whole frame in ZRLE and stay idle, then CLIENTS more
       that ask for whole frames in Raw and never read. Prints
           memory idle_kib=N stalled_kib=N (per client)
+  rfb_reference.py --cpu PORT PID ENCODING FRAMES
+      Server CPU time (utime+stime of PID) per whole-frame update in ENCODING
+      (raw, zlib or zrle: the client skips the data without decoding it), and
+      bytes per update. Prints
+          cpu ENCODING ms_per_frame=N bytes_per_frame=N
   rfb_reference.py --latency PORT ROUNDS STALLERS
       Opens STALLERS connections that send 7 of the 12 version bytes and
       STALLERS that ask for whole frames and never read, then measures ROUNDS
@@ -761,7 +766,45 @@ def memory(port, pid, n):
     print("memory idle_kib=%d stalled_kib=%d" % ((after_idle - before) // n, (after_stalled - after_idle) // n))
 
 
+def cpu_ticks(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def cpu(port, pid, name, frames):
+    import os
+    enc = ENCODINGS[name]
+    if enc not in (0, 6, 16):
+        raise Failure("--cpu skips data only for raw, zlib and zrle")
+    client = Client(port, "rgb888le", [enc])
+    total = 0
+    start = cpu_ticks(pid)
+    for _ in range(frames):
+        client.request(0)
+        while True:
+            if client.c.u8() != 0:
+                raise Failure("unexpected message")
+            client.c.read(1)
+            n = client.c.u16()
+            for _ in range(n):
+                x, y, w, h, e = struct.unpack(">HHHHi", client.c.read(12))
+                if e == 0:
+                    client.c.read(w * h * 4)
+                else:
+                    client.c.read(client.c.u32())
+            if n:
+                break
+    ticks = cpu_ticks(pid) - start
+    total = client.c.received
+    hz = os.sysconf("SC_CLK_TCK")
+    print("cpu %s ms_per_frame=%.1f bytes_per_frame=%d" % (name, ticks * 1000.0 / hz / frames, total // frames))
+
+
 def main():
+    if sys.argv[1] == "--cpu":
+        cpu(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5]))
+        return
     if sys.argv[1] == "--memory":
         memory(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
         return
