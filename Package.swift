@@ -39,7 +39,8 @@ let package = Package(
                                                 "CDisplayShims", .product(name: "Logging", package: "swift-log")]),
         .target(name: "Devices", dependencies: ["XenBus", "XenStore", "Host", "Damage", "Displays", "EventLoop", "Support", "CXen"]),
         // The VNC (RFB) server: its own thread, sockets and encoders; reads the frame through RFBFrameSource.
-        .target(name: "RFB", dependencies: ["Support", "CZlib", "CRFB", .product(name: "Logging", package: "swift-log")]),
+        .target(name: "RFB", dependencies: ["Support", "CZlib", "CRFB", .product(name: "Logging", package: "swift-log")],
+                exclude: ["README.md"]),
         .target(name: "Control", dependencies: ["Damage", "EventLoop", "Support", "CShims", .product(name: "Logging", package: "swift-log")]),
         .target(name: "GuestKit", dependencies: ["Devices", "XenBus", "Displays", "XenStore", "Host", "Damage", "EventLoop", "Support"]),
         .executableTarget(
