@@ -34,7 +34,7 @@ let outputBound = RFBSession.outputThreshold + RFBSession.chunkTarget + 2 * Sess
 
 /// Shared by every input (only sessions are new each time): building a frame
 /// and the encoders' scratch for each input would dominate the run time.
-nonisolated(unsafe) let sharedFrame: FuzzFrame = {
+let sharedFrame: FuzzFrame = {
     let f = FuzzFrame()
     for i in 0..<f.pixels.count { f.pixels[i] = UInt32(truncatingIfNeeded: i &* 2_654_435_761) }
     return f

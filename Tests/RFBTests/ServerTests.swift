@@ -227,6 +227,40 @@ final class ServerFixture: @unchecked Sendable {
         #expect(vnc.closedByServer())
     }
 
+    @Test func aPortRangeTakesTheFirstFreePortAndIPv6Listens() throws {
+        let frame = FakeFrame(width: 8, height: 8)
+        let base = Int.random(in: 20000...40000)
+        let range = RFBListenAddress.tcp(host: "127.0.0.1", port: base, lastPort: base + 20, family: .ipv4)
+        let first = try RFBServer(options: RFBServerOptions(address: range), source: frame) { _ in }
+        defer { first.close() }
+        let second = try RFBServer(options: RFBServerOptions(address: range), source: frame) { _ in }
+        defer { second.close() }
+        let p1 = try #require(Int(first.info.listen.service)), p2 = try #require(Int(second.info.listen.service))
+        #expect(p1 >= base && p2 > p1 && p2 <= base + 20)
+        let full = RFBListenAddress.tcp(host: "127.0.0.1", port: p1, lastPort: p1, family: .ipv4)
+        #expect(throws: RFBError.self) { _ = try RFBServer(options: RFBServerOptions(address: full), source: frame) { _ in } }
+
+        let v6 = try RFBServer(options: RFBServerOptions(address: .tcp(host: "::1", port: 0, lastPort: 0, family: .ipv6)), source: frame) { _ in }
+        defer { v6.close() }
+        #expect(v6.info.listen.family == "ipv6" && v6.info.listen.host == "::1")
+        let fd = socket(AF_INET6, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var addr = sockaddr_in6()
+        addr.sin6_family = sa_family_t(AF_INET6)
+        addr.sin6_port = in_port_t(UInt16(Int(v6.info.listen.service)!).bigEndian)
+        addr.sin6_addr.__in6_u.__u6_addr8.15 = 1
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) }
+        }
+        #expect(rc == 0)
+        var version = [UInt8](repeating: 0, count: 12)
+        #expect(version.withUnsafeMutableBytes { read(fd, $0.baseAddress, 12) } == 12)
+        #expect(version == Array("RFB 003.008\n".utf8))
+        let deadline = monotonicSeconds() + 5
+        while v6.info.clients.isEmpty && monotonicSeconds() < deadline { usleep(5000) }
+        #expect(v6.info.clients.first?.family == "ipv6")
+    }
+
     @Test func closeEndsConnectionsAndCanBeCalledTwice() throws {
         let f = try ServerFixture()
         let c = try TestSocket(port: f.port)
