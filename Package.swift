@@ -18,10 +18,13 @@ let package = Package(
         .systemLibrary(name: "CVNCServer", providers: [.apt(["libvncserver-dev"])]),
         .systemLibrary(name: "CSDL2", providers: [.apt(["libsdl2-dev"])]),
         .systemLibrary(name: "CPNG", pkgConfig: "libpng", providers: [.apt(["libpng-dev"])]),
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
         // Small C helpers for what Swift cannot do (macros, varargs, setjmp).
         .target(name: "CShims"),
         // The write-fault engine's C half: SIGSEGV handler, userfaultfd, PAGEMAP_SCAN.
         .target(name: "CWriteFault"),
+        // The VNC server's C half: Linux calls the Glibc module does not export (epoll, eventfd, accept4).
+        .target(name: "CRFB"),
         // The displays' C half: libvncserver log hooks (variadic), ioctl, and
         // libSDL2 and libvncserver loaded with dlopen only when asked for (sdl.c, vnc.c).
         .target(name: "CDisplayShims", dependencies: ["CVNCServer", "CSDL2"]),
@@ -44,6 +47,9 @@ let package = Package(
         .target(name: "Displays", dependencies: ["Console", "Damage", "EventLoop", "Support", "CShims", "CVNCServer", "CSDL2", "CPNG",
                                                 "CDisplayShims", .product(name: "Logging", package: "swift-log")]),
         .target(name: "Devices", dependencies: ["XenBus", "XenProtocol", "XenStore", "Host", "Damage", "Console", "EventLoop", "Support", "CXen"]),
+        // The VNC (RFB) server: its own thread, sockets and encoders; reads the frame through RFBFrameSource.
+        .target(name: "RFB", dependencies: ["Support", "CZlib", "CRFB", .product(name: "Logging", package: "swift-log")],
+                exclude: ["README.md"]),
         .target(name: "Control", dependencies: ["EventLoop", "Support", "CShims", .product(name: "Logging", package: "swift-log")]),
         .target(name: "GuestKit", dependencies: ["XenBus", "XenProtocol", "XenStore", "Host", "Damage", "WriteFault", "EventLoop", "Support"]),
         // Everything the xenvfb binary does: the device model (session, QMP commands,
@@ -68,6 +74,9 @@ let package = Package(
                           path: "Benchmarks", exclude: ["README.md"]),
 
         .testTarget(name: "SupportTests", dependencies: ["Support"]),
+        // Test helper: an RFB server over a still many-colour pattern, for the reference decoder and real clients.
+        .executableTarget(name: "RFBTestServer", dependencies: ["RFB", "Support"]),
+        .testTarget(name: "RFBTests", dependencies: ["RFB", "Support"], exclude: ["rfb_reference.py"]),
         .testTarget(name: "EventLoopTests", dependencies: ["EventLoop", "Support"]),
         // Test helper: an SDL window in a process of its own, for the Xvfb test.
         .executableTarget(name: "SDLProbe", dependencies: ["Console", "Displays", "EventLoop", "Damage"]),
@@ -97,6 +106,7 @@ if Context.environment["XENVFB_FUZZ"] == "1" {
         ("FuzzJSON", ["Control"]),
         ("FuzzQMPStream", ["Control"]),
         ("FuzzArgv", ["Control", "Displays"]),
+        ("FuzzRFB", ["RFB", "Support"]),
     ]
     for (name, dependencies) in fuzzTargets {
         package.targets.append(.executableTarget(name: name, dependencies: ["FuzzSupport"] + dependencies, path: "Fuzz/\(name)"))

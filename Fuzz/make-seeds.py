@@ -155,3 +155,51 @@ write("FuzzArgv", "restrict", argv(0, "-xen-domid", "7", "-chardev", "socket,id=
                                    "-runas", "1000:1000", "-incoming", "fd:12", "-nographic"))
 write("FuzzArgv", "demo", argv(1, "--seconds", "10", "--display", "png:dir=out/demo,interval=1000", "--sdl"))
 write("FuzzArgv", "vnc-forms", argv(0, "-xen-domid", "1", "-vnc", "[::1]:5,password=on", "-vnc", "unix:/tmp/v.sock", "-vnc", "none"))
+
+# --- FuzzRFB ---------------------------------------------------------------
+# Session inputs: byte 0 = mode (bit 0: handshake prepended, bit 1: password),
+# then steps: 0 feed (length byte, bytes), 3 read, 4 resize (w, h), 5 dirty
+# (x, y, w, h as signed/unsigned bytes), 6 pump without reading.
+def feed(data):
+    out = b""
+    while data:
+        chunk, data = data[:255], data[255:]
+        out += bytes([0, len(chunk)]) + chunk
+    return out
+
+
+def set_encodings(*encodings):
+    return struct.pack(">BxH", 2, len(encodings)) + b"".join(struct.pack(">i", e) for e in encodings)
+
+
+def pixel_format(bpp, depth, be, tc, rmax, gmax, bmax, rs, gs, bs):
+    return struct.pack(">B3xBBBBHHHBBB3x", 0, bpp, depth, be, tc, rmax, gmax, bmax, rs, gs, bs)
+
+
+REQUEST_FULL = struct.pack(">BBHHHH", 3, 0, 0, 0, 65535, 65535)
+REQUEST_INC = struct.pack(">BBHHHH", 3, 1, 0, 0, 65535, 65535)
+formats = {"rgb565be": (16, 16, 1, 1, 31, 63, 31, 11, 5, 0), "cmap8": (8, 8, 0, 0, 0, 0, 0, 0, 0, 0),
+           "rgb888le": (32, 24, 0, 1, 255, 255, 255, 16, 8, 0), "rgb101010be": (32, 30, 1, 1, 1023, 1023, 1023, 20, 10, 0)}
+for name, enc in [("raw", 0), ("rre", 2), ("corre", 4), ("hextile", 5), ("zlib", 6), ("tight", 7), ("trle", 15), ("zrle", 16)]:
+    for fname, f in formats.items():
+        body = feed(pixel_format(*f) + set_encodings(enc, -223, -308, -257, -258, -250) + REQUEST_FULL)
+        body += b"\x03" + b"\x05\x03\x04\x20\x10" + feed(REQUEST_INC) + b"\x06\x03"
+        body += b"\x04\x30\x18" + feed(REQUEST_INC) + b"\x03" + feed(struct.pack(">BxHHBx", 251, 100, 100, 1) + bytes(16)) + b"\x03"
+        write("FuzzRFB", "session-%s-%s" % (name, fname), b"\x01" + body)
+write("FuzzRFB", "handshake-33", b"\x00" + feed(b"RFB 003.003\n\x01" + set_encodings(16) + REQUEST_FULL) + b"\x03")
+write("FuzzRFB", "handshake-auth", b"\x03" + feed(b"\x02" + bytes(range(16)) + b"\x01") + b"\x03")
+write("FuzzRFB", "input", b"\x01" + feed(struct.pack(">BBxxI", 4, 1, 0x61) + struct.pack(">BBHH", 5, 1, 300, 20)
+                                       + struct.pack(">BBHII", 255, 0, 1, 0x61, 0x1e) + struct.pack(">BxxxI", 6, 3) + b"abc"
+                                       + struct.pack(">Bxxxi", 6, -8) + bytes(8)) + b"\x03")
+ws = b""
+for opcode, payload, fin in [(2, b"RFB 003.008\n", True), (9, b"hi", True), (2, b"\x01\x01", False), (0, b"x" * 300, True), (8, b"\x03\xe8", True)]:
+    mask = b"\x11\x22\x33\x44"
+    header = bytes([(0x80 if fin else 0) | opcode])
+    header += bytes([0x80 | len(payload)]) if len(payload) < 126 else bytes([0x80 | 126]) + struct.pack(">H", len(payload))
+    ws += header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+write("FuzzRFB", "websocket-frames", b"\xc8" + ws)
+write("FuzzRFB", "websocket-upgrade", b"\xc8" + b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+      b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: binary\r\n\r\n")
+write("FuzzRFB", "parser", b"\xf0" + pixel_format(*formats["rgb565be"]) + set_encodings(16, 7, -223) + REQUEST_INC
+      + struct.pack(">BBxxI", 4, 1, 0x61) + struct.pack(">BxHHBx", 251, 100, 100, 2) + bytes(32)
+      + struct.pack(">BBHII", 255, 0, 1, 0x61, 0x1e))

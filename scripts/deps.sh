@@ -3,7 +3,7 @@
 # Usage: scripts/deps.sh [build|test]   (default: build)
 set -euo pipefail
 what=${1:-build}
-build_pkgs=(pkg-config libvncserver-dev libsdl2-dev libpng-dev libxen-dev)
+build_pkgs=(pkg-config libvncserver-dev libsdl2-dev libpng-dev libxen-dev zlib1g-dev)
 test_pkgs=(xenstore-utils mandoc socat python3-venv python3-pip xvfb x11-apps imagemagick gvncviewer xdotool x11-utils
            libxkbcommon0 xkb-data)  # the last two: scripts/keymaps/generate.py and the keymap tests
 pkgs=("${build_pkgs[@]}")

@@ -4,9 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .build-tools
-# Python clients the project did not write: vncdotool (vncdo) drives VNC, Pillow decodes PNG/PPM.
+# Python clients the project did not write: vncdotool (vncdo) drives VNC, Pillow decodes PNG/PPM,
+# websockets (a WebSocket client) carries RFB to the WebSocket listener.
 [ -x .build-tools/venv/bin/python ] || python3 -m venv .build-tools/venv
-.build-tools/venv/bin/pip install -q vncdotool pillow
+.build-tools/venv/bin/pip install -q vncdotool pillow websockets
 
 # test-xenstore (xenstore conformance client) from Debian's xen-utils-4.17,
 # unpacked, not installed: XenStoreTests run it against the embedded xenstored.

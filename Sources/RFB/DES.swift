@@ -1,0 +1,152 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// DES (FIPS 46-3) encryption of 8-byte blocks, only as VNC authentication
+/// needs it (RFC 6143 §7.2.2): the client encrypts the server's 16-byte
+/// challenge in ECB mode with the password as key. Written from the standard's
+/// tables; tested with its published vectors. Not for anything else: DES is
+/// broken, VNC authentication is not secure without a secure channel.
+struct DES {
+    /// The 16 round keys (48 bits each).
+    private var subkeys = [UInt64](repeating: 0, count: 16)
+
+    init(key: UInt64) {
+        let cd = Self.permute(key, Self.pc1, inputBits: 64)
+        var c = UInt32(truncatingIfNeeded: cd >> 28) & 0x0fff_ffff
+        var d = UInt32(truncatingIfNeeded: cd) & 0x0fff_ffff
+        for round in 0..<16 {
+            for _ in 0..<Self.shifts[round] {
+                c = ((c << 1) | (c >> 27)) & 0x0fff_ffff
+                d = ((d << 1) | (d >> 27)) & 0x0fff_ffff
+            }
+            subkeys[round] = Self.permute(UInt64(c) << 28 | UInt64(d), Self.pc2, inputBits: 56)
+        }
+    }
+
+    /// Overwrites the round keys.
+    mutating func wipe() {
+        subkeys.withUnsafeMutableBytes { if let b = $0.baseAddress { explicit_bzero(b, $0.count) } }
+    }
+
+    func encrypt(_ block: UInt64) -> UInt64 {
+        let ip = Self.permute(block, Self.initialPermutation, inputBits: 64)
+        var l = UInt32(truncatingIfNeeded: ip >> 32)
+        var r = UInt32(truncatingIfNeeded: ip)
+        for round in 0..<16 {
+            let next = l ^ feistel(r, subkeys[round])
+            l = r
+            r = next
+        }
+        return Self.permute(UInt64(r) << 32 | UInt64(l), Self.finalPermutation, inputBits: 64)
+    }
+
+    private func feistel(_ r: UInt32, _ k: UInt64) -> UInt32 {
+        let e = Self.permute(UInt64(r), Self.expansion, inputBits: 32) ^ k
+        var out: UInt32 = 0
+        for box in 0..<8 {
+            let six = Int((e >> UInt64(42 - 6 * box)) & 0x3f)
+            let row = (six & 0x20) >> 4 | (six & 1)
+            let column = (six >> 1) & 0xf
+            out = out << 4 | UInt32(Self.sBoxes[box][row * 16 + column])
+        }
+        return UInt32(truncatingIfNeeded: Self.permute(UInt64(out), Self.pBox, inputBits: 32))
+    }
+
+    /// Bit i of the output (from the most significant) is bit table[i] of the
+    /// input, counting from 1 at the most significant of `inputBits`.
+    private static func permute(_ v: UInt64, _ table: [UInt8], inputBits: Int) -> UInt64 {
+        var out: UInt64 = 0
+        for position in table {
+            out = out << 1 | ((v >> UInt64(inputBits - Int(position))) & 1)
+        }
+        return out
+    }
+
+    // MARK: FIPS 46-3 tables
+
+    private static let initialPermutation: [UInt8] = [
+        58, 50, 42, 34, 26, 18, 10, 2, 60, 52, 44, 36, 28, 20, 12, 4,
+        62, 54, 46, 38, 30, 22, 14, 6, 64, 56, 48, 40, 32, 24, 16, 8,
+        57, 49, 41, 33, 25, 17, 9, 1, 59, 51, 43, 35, 27, 19, 11, 3,
+        61, 53, 45, 37, 29, 21, 13, 5, 63, 55, 47, 39, 31, 23, 15, 7]
+    private static let finalPermutation: [UInt8] = [
+        40, 8, 48, 16, 56, 24, 64, 32, 39, 7, 47, 15, 55, 23, 63, 31,
+        38, 6, 46, 14, 54, 22, 62, 30, 37, 5, 45, 13, 53, 21, 61, 29,
+        36, 4, 44, 12, 52, 20, 60, 28, 35, 3, 43, 11, 51, 19, 59, 27,
+        34, 2, 42, 10, 50, 18, 58, 26, 33, 1, 41, 9, 49, 17, 57, 25]
+    private static let expansion: [UInt8] = [
+        32, 1, 2, 3, 4, 5, 4, 5, 6, 7, 8, 9, 8, 9, 10, 11, 12, 13, 12, 13, 14, 15, 16, 17,
+        16, 17, 18, 19, 20, 21, 20, 21, 22, 23, 24, 25, 24, 25, 26, 27, 28, 29, 28, 29, 30, 31, 32, 1]
+    private static let pBox: [UInt8] = [
+        16, 7, 20, 21, 29, 12, 28, 17, 1, 15, 23, 26, 5, 18, 31, 10,
+        2, 8, 24, 14, 32, 27, 3, 9, 19, 13, 30, 6, 22, 11, 4, 25]
+    private static let pc1: [UInt8] = [
+        57, 49, 41, 33, 25, 17, 9, 1, 58, 50, 42, 34, 26, 18,
+        10, 2, 59, 51, 43, 35, 27, 19, 11, 3, 60, 52, 44, 36,
+        63, 55, 47, 39, 31, 23, 15, 7, 62, 54, 46, 38, 30, 22,
+        14, 6, 61, 53, 45, 37, 29, 21, 13, 5, 28, 20, 12, 4]
+    private static let pc2: [UInt8] = [
+        14, 17, 11, 24, 1, 5, 3, 28, 15, 6, 21, 10, 23, 19, 12, 4, 26, 8, 16, 7, 27, 20, 13, 2,
+        41, 52, 31, 37, 47, 55, 30, 40, 51, 45, 33, 48, 44, 49, 39, 56, 34, 53, 46, 42, 50, 36, 29, 32]
+    private static let shifts: [Int] = [1, 1, 2, 2, 2, 2, 2, 2, 1, 2, 2, 2, 2, 2, 2, 1]
+    private static let sBoxes: [[UInt8]] = [
+        [14, 4, 13, 1, 2, 15, 11, 8, 3, 10, 6, 12, 5, 9, 0, 7,
+         0, 15, 7, 4, 14, 2, 13, 1, 10, 6, 12, 11, 9, 5, 3, 8,
+         4, 1, 14, 8, 13, 6, 2, 11, 15, 12, 9, 7, 3, 10, 5, 0,
+         15, 12, 8, 2, 4, 9, 1, 7, 5, 11, 3, 14, 10, 0, 6, 13],
+        [15, 1, 8, 14, 6, 11, 3, 4, 9, 7, 2, 13, 12, 0, 5, 10,
+         3, 13, 4, 7, 15, 2, 8, 14, 12, 0, 1, 10, 6, 9, 11, 5,
+         0, 14, 7, 11, 10, 4, 13, 1, 5, 8, 12, 6, 9, 3, 2, 15,
+         13, 8, 10, 1, 3, 15, 4, 2, 11, 6, 7, 12, 0, 5, 14, 9],
+        [10, 0, 9, 14, 6, 3, 15, 5, 1, 13, 12, 7, 11, 4, 2, 8,
+         13, 7, 0, 9, 3, 4, 6, 10, 2, 8, 5, 14, 12, 11, 15, 1,
+         13, 6, 4, 9, 8, 15, 3, 0, 11, 1, 2, 12, 5, 10, 14, 7,
+         1, 10, 13, 0, 6, 9, 8, 7, 4, 15, 14, 3, 11, 5, 2, 12],
+        [7, 13, 14, 3, 0, 6, 9, 10, 1, 2, 8, 5, 11, 12, 4, 15,
+         13, 8, 11, 5, 6, 15, 0, 3, 4, 7, 2, 12, 1, 10, 14, 9,
+         10, 6, 9, 0, 12, 11, 7, 13, 15, 1, 3, 14, 5, 2, 8, 4,
+         3, 15, 0, 6, 10, 1, 13, 8, 9, 4, 5, 11, 12, 7, 2, 14],
+        [2, 12, 4, 1, 7, 10, 11, 6, 8, 5, 3, 15, 13, 0, 14, 9,
+         14, 11, 2, 12, 4, 7, 13, 1, 5, 0, 15, 10, 3, 9, 8, 6,
+         4, 2, 1, 11, 10, 13, 7, 8, 15, 9, 12, 5, 6, 3, 0, 14,
+         11, 8, 12, 7, 1, 14, 2, 13, 6, 15, 0, 9, 10, 4, 5, 3],
+        [12, 1, 10, 15, 9, 2, 6, 8, 0, 13, 3, 4, 14, 7, 5, 11,
+         10, 15, 4, 2, 7, 12, 9, 5, 6, 1, 13, 14, 0, 11, 3, 8,
+         9, 14, 15, 5, 2, 8, 12, 3, 7, 0, 4, 10, 1, 13, 11, 6,
+         4, 3, 2, 12, 9, 5, 15, 10, 11, 14, 1, 7, 6, 0, 8, 13],
+        [4, 11, 2, 14, 15, 0, 8, 13, 3, 12, 9, 7, 5, 10, 6, 1,
+         13, 0, 11, 7, 4, 9, 1, 10, 14, 3, 5, 12, 2, 15, 8, 6,
+         1, 4, 11, 13, 12, 3, 7, 14, 10, 15, 6, 8, 0, 5, 9, 2,
+         6, 11, 13, 8, 1, 4, 10, 7, 9, 5, 0, 15, 14, 2, 3, 12],
+        [13, 2, 8, 4, 6, 15, 11, 1, 10, 9, 3, 14, 5, 0, 12, 7,
+         1, 15, 13, 8, 10, 3, 7, 4, 12, 5, 6, 11, 0, 14, 9, 2,
+         7, 11, 4, 1, 9, 12, 14, 2, 0, 6, 10, 13, 15, 3, 5, 8,
+         2, 1, 14, 7, 4, 10, 8, 13, 15, 12, 9, 0, 3, 5, 6, 11]]
+}
+
+/// VNC authentication (RFC 6143 §7.2.2): the response the client must send
+/// for `challenge` (16 bytes) when the password is `password` (its first 8
+/// bytes, zero-padded). VNC puts each key byte in bit-reversed order (a quirk
+/// of the original code, which every implementation copies).
+func vncAuthResponse(challenge: [UInt8], password: [UInt8]) -> [UInt8] {
+    precondition(challenge.count == 16)
+    var key: UInt64 = 0
+    for i in 0..<8 {
+        let b = i < password.count ? password[i] : 0
+        var r: UInt8 = 0
+        for bit in 0..<8 where b & (1 << bit) != 0 { r |= 0x80 >> bit }
+        key = key << 8 | UInt64(r)
+    }
+    var des = DES(key: key)
+    defer { des.wipe(); key = 0 }
+    var out: [UInt8] = []
+    out.reserveCapacity(16)
+    for half in 0..<2 {
+        var block: UInt64 = 0
+        for i in 0..<8 { block = block << 8 | UInt64(challenge[half * 8 + i]) }
+        let c = des.encrypt(block)
+        for i in 0..<8 { out.append(UInt8(truncatingIfNeeded: c >> UInt64(56 - 8 * i))) }
+    }
+    return out
+}

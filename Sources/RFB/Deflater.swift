@@ -1,0 +1,74 @@
+import CZlib
+
+/// One zlib deflate stream, kept for a connection's lifetime as Zlib, ZRLE
+/// and Tight require (the client inflates with one continuous stream).
+///
+/// Each call compresses one rectangle's data and ends with a sync flush, so
+/// the client can decode the rectangle from the bytes sent so far. The window
+/// and hash sizes are below zlib's defaults (16 KiB window, memLevel 7: about
+/// 130 KiB instead of 256 KiB per stream); any inflater accepts that.
+final class Deflater {
+    static let windowBits: Int32 = 14
+    static let memoryLevel: Int32 = 7
+
+    private let stream: UnsafeMutablePointer<z_stream>
+    private(set) var level: Int32
+
+    init(level: Int32) {
+        self.level = level
+        stream = .allocate(capacity: 1)
+        stream.initialize(to: z_stream())
+        let rc = deflateInit2_(stream, level, Z_DEFLATED, Self.windowBits, Self.memoryLevel, Z_DEFAULT_STRATEGY,
+                               zlibVersion(), Int32(MemoryLayout<z_stream>.size))
+        // Only fails for bad arguments or out of memory; the arguments are fixed.
+        precondition(rc == Z_OK, "deflateInit2 failed: \(rc)")
+    }
+
+    deinit {
+        deflateEnd(stream)
+        stream.deinitialize(count: 1)
+        stream.deallocate()
+    }
+
+    /// Compresses `input` and appends the output (ending in a sync flush) to `out`.
+    func compress(_ input: UnsafeRawBufferPointer, level newLevel: Int32, into out: ByteBuffer) {
+        if newLevel != level {
+            // deflateParams may emit what it had buffered: catch it in `out`.
+            level = newLevel
+            var spare = 64
+            while true {
+                out.reserve(spare)
+                let before = out.count
+                var rc: Int32 = Z_OK
+                out.appendUninitialized(spare) { p in
+                    stream.pointee.next_in = nil
+                    stream.pointee.avail_in = 0
+                    stream.pointee.next_out = p.assumingMemoryBound(to: Bytef.self)
+                    stream.pointee.avail_out = UInt32(spare)
+                    rc = deflateParams(stream, newLevel, Z_DEFAULT_STRATEGY)
+                }
+                let produced = spare - Int(stream.pointee.avail_out)
+                out.truncate(to: before + produced)
+                if rc != Z_BUF_ERROR || stream.pointee.avail_out != 0 { break }
+                spare *= 2
+            }
+        }
+        stream.pointee.next_in = UnsafeMutablePointer(mutating: input.baseAddress?.assumingMemoryBound(to: Bytef.self))
+        stream.pointee.avail_in = UInt32(input.count)
+        while true {
+            let room = Int(deflateBound(stream, UInt(stream.pointee.avail_in))) + 64
+            let before = out.count
+            out.appendUninitialized(room) { p in
+                stream.pointee.next_out = p.assumingMemoryBound(to: Bytef.self)
+                stream.pointee.avail_out = UInt32(room)
+                _ = deflate(stream, Z_SYNC_FLUSH)
+            }
+            let produced = room - Int(stream.pointee.avail_out)
+            out.truncate(to: before + produced)
+            // Done once all input is taken and the flush did not run out of room.
+            if stream.pointee.avail_in == 0 && stream.pointee.avail_out != 0 { break }
+        }
+        stream.pointee.next_in = nil
+        stream.pointee.next_out = nil
+    }
+}

@@ -1,0 +1,580 @@
+import Logging
+
+/// What sessions share, on the server thread: the frame, its size as the
+/// server last learned it, the encoders' scratch space, the password check
+/// and the event sink. Only the server thread (or a test or fuzzer that owns
+/// it) touches it.
+final class SessionContext {
+    /// The most pixels read from the frame at once (one band of one rectangle):
+    /// rectangles are cut so that none is larger, except a single row of a
+    /// frame wider than this.
+    static let bandPixels = 32768
+
+    let source: any RFBFrameSource
+    let desktopName: [UInt8]
+    let passwordRequired: Bool
+    var frameWidth: Int
+    var frameHeight: Int
+    let encoders = Encoders()
+    var checkPassword: (_ challenge: [UInt8], _ response: [UInt8]) -> AuthOutcome
+    var emit: (RFBEvent) -> Void
+    let log: Logger
+    private var band: UnsafeMutablePointer<UInt32>
+    private var bandCapacity = 0
+
+    enum AuthOutcome { case ok, wrongPassword, noPassword, expired }
+
+    init(source: any RFBFrameSource, desktopName: String, passwordRequired: Bool, log: Logger,
+         checkPassword: @escaping (_ challenge: [UInt8], _ response: [UInt8]) -> AuthOutcome,
+         emit: @escaping (RFBEvent) -> Void) {
+        self.source = source
+        self.desktopName = Array(desktopName.utf8.prefix(1024))
+        self.passwordRequired = passwordRequired
+        self.log = log
+        self.checkPassword = checkPassword
+        self.emit = emit
+        (frameWidth, frameHeight) = Self.currentSize(of: source)
+        band = .allocate(capacity: 1)
+    }
+
+    deinit { band.deallocate() }
+
+    static func currentSize(of source: any RFBFrameSource) -> (Int, Int) {
+        source.withPixels { _, w, h, _ in (min(max(w, 0), 65535), min(max(h, 0), 65535)) }
+    }
+
+    /// Copies `r` of the frame into the band scratch, translated, under the
+    /// frame's lock (held only for the copy). What lies outside the frame
+    /// (it may have shrunk since the update was planned) reads as black.
+    func readBand(_ r: RFBRect, _ translator: PixelTranslator) -> UnsafeMutablePointer<UInt32> {
+        let n = r.width * r.height
+        if n > bandCapacity {
+            band.deallocate()
+            band = .allocate(capacity: n)
+            bandCapacity = n
+        }
+        let dst = band
+        source.withPixels { pixels, fw, fh, stride in
+            let usable = fw > 0 && fh > 0 && stride >= fw * 4 && stride % 4 == 0
+                && Int(bitPattern: pixels) % 4 == 0
+            for row in 0..<r.height {
+                let d = dst + row * r.width
+                let sy = r.y + row
+                var done = 0
+                if usable && sy < fh && r.x < fw {
+                    done = min(r.width, fw - r.x)
+                    let src = (pixels + sy * stride + r.x * 4).assumingMemoryBound(to: UInt32.self)
+                    translator.translate(src, into: d, count: done)
+                }
+                if done < r.width { (d + done).update(repeating: translator.translate(0), count: r.width - done) }
+            }
+        }
+        return dst
+    }
+}
+
+/// One client's protocol state, from the version handshake to the end:
+/// an incremental parser on the way in, update planning and encoding on the
+/// way out. It never touches a socket: the connection feeds it bytes and
+/// writes what it queues in `out` (which is also how tests and the fuzzer
+/// drive it).
+///
+/// Updates follow QEMU: a FramebufferUpdateRequest arms one update; an
+/// update is started only when one is armed and something in the client's
+/// area is dirty; a non-incremental request marks its area dirty. Protocol
+/// acknowledgements (extended key event, pointer type, ExtendedDesktopSize,
+/// desktop size changes, the colour map) are sent as messages of their own,
+/// between updates, as QEMU sends them. An update is encoded one batch of
+/// rectangles at a time, and only while `out` holds less than
+/// `outputThreshold`: a client that does not read stops costing anything but
+/// its dirty tiles.
+final class RFBSession {
+    static let outputThreshold = 256 << 10
+    /// Rectangles per update at most (FramebufferUpdate counts them in 16 bits).
+    static let maxRects = 65535
+    /// A batch of rectangles goes out as one chunk of about this size.
+    static let chunkTarget = 64 << 10
+
+    enum Phase: Equatable { case version, securityType, vncAuth, clientInit, normal, closing }
+
+    let context: SessionContext
+    let out: OutputQueue
+    private(set) var phase = Phase.version
+    /// Why the session ended (phase == .closing): sent, then the connection closes.
+    private(set) var closeReason: String?
+    private var handshake: [UInt8] = []
+    private(set) var minor = 8
+    private var challenge: [UInt8] = []
+    private var parser = ClientMessageParser()
+
+    // Negotiated state.
+    private(set) var format = RFBPixelFormat.xrgb8888
+    private(set) var encodings: [Int32] = []
+    private var wantsDesktopSize = false
+    private var wantsExtendedDesktopSize = false
+    private var compressLevel: Int32 = 1
+    private(set) var clientWidth = 0
+    private(set) var clientHeight = 0
+
+    // Update state.
+    private var dirty = DirtyGrid(width: 0, height: 0)
+    private(set) var updateRequested = false
+    private var job: UpdateJob?
+    // Messages owed between updates (flags: repeats merge into one).
+    private var owesColourMap = false
+    private var owesExtendedKeyAck = false
+    private var owesPointerTypeAck = false
+    private var owesDesktopSizeState = false
+    private var owesDesktopSizeReplies = 0
+    private var sizeChanged = false
+
+    private var zlibStream: Deflater?
+    private var zrleStream: Deflater?
+    private var tightStreams: (copy: Deflater, palette: Deflater)?
+
+    /// Statistics for tests and logs.
+    private(set) var updatesSent = 0
+    private(set) var rectsSent = 0
+    private(set) var lastEncoding: Int32?
+
+    private struct UpdateJob {
+        var rects: [RFBRect]
+        var next = 0
+        let encoding: Int32
+        let translator: PixelTranslator
+        let pixel: PixelLayout
+        let cpixel: PixelLayout
+        let tpixel: PixelLayout
+    }
+
+    init(context: SessionContext, out: OutputQueue = OutputQueue()) {
+        self.context = context
+        self.out = out
+        let chunk = out.makeChunk()
+        chunk.append(Array("RFB 003.008\n".utf8))
+        out.enqueue(chunk)
+    }
+
+    /// Whether the connection should read more input now: not while output
+    /// is backed up (so a client cannot make the server queue without bound).
+    var wantsInput: Bool { phase != .closing && out.count < Self.outputThreshold }
+
+    var isUpdating: Bool { job != nil }
+
+    // MARK: Input
+
+    /// Takes bytes from the client. Throws (after queueing any goodbye) when
+    /// the client must be closed.
+    func receive(_ bytes: UnsafeRawBufferPointer) throws(ProtocolError) {
+        var i = 0
+        while i < bytes.count {
+            switch phase {
+            case .closing:
+                return
+            case .normal:
+                do {
+                    try parser.feed(UnsafeRawBufferPointer(rebasing: bytes[i...])) { (m: ClientMessage) throws(ProtocolError) in
+                        try self.handle(m)
+                    }
+                } catch {
+                    phase = .closing
+                    closeReason = closeReason ?? error.description
+                    throw error
+                }
+                return
+            case .version:
+                i += collect(bytes, from: i, need: 12)
+                if handshake.count == 12 { try version() }
+            case .securityType:
+                i += collect(bytes, from: i, need: 1)
+                if handshake.count == 1 { try securityType() }
+            case .vncAuth:
+                i += collect(bytes, from: i, need: 16)
+                if handshake.count == 16 { try vncAuth() }
+            case .clientInit:
+                i += collect(bytes, from: i, need: 1)
+                if handshake.count == 1 { clientInit() }
+            }
+        }
+    }
+
+    /// `receive` for an array (tests, the fuzzer).
+    func receive(_ bytes: [UInt8]) throws(ProtocolError) {
+        var failure: ProtocolError?
+        bytes.withUnsafeBytes { raw in
+            do throws(ProtocolError) { try receive(raw) } catch { failure = error }
+        }
+        if let failure { throw failure }
+    }
+
+    private func collect(_ bytes: UnsafeRawBufferPointer, from i: Int, need: Int) -> Int {
+        let take = min(need - handshake.count, bytes.count - i)
+        handshake.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[i..<i + take]))
+        return take
+    }
+
+    private func send(_ body: (ByteBuffer) -> Void) {
+        let chunk = out.makeChunk()
+        body(chunk)
+        out.enqueue(chunk)
+    }
+
+    /// Ends the session after queueing `goodbye`.
+    private func fail(_ reason: String, goodbye: ((ByteBuffer) -> Void)? = nil) throws(ProtocolError) {
+        if let goodbye { send(goodbye) }
+        phase = .closing
+        closeReason = reason
+        throw ProtocolError(reason)
+    }
+
+    private func version() throws(ProtocolError) {
+        let v = handshake
+        handshake.removeAll()
+        func digits(_ r: Range<Int>) -> Int? {
+            var n = 0
+            for k in r {
+                guard v[k] >= 48 && v[k] <= 57 else { return nil }
+                n = n * 10 + Int(v[k] - 48)
+            }
+            return n
+        }
+        guard Array(v[0..<4]) == Array("RFB ".utf8), v[7] == UInt8(ascii: "."), v[11] == 10,
+              let major = digits(4..<7), let minorVersion = digits(8..<11) else {
+            try fail("malformed protocol version") { $0.u32(0) }
+            return
+        }
+        // QEMU's rule: 3.3, 3.7 and 3.8; 3.4 and 3.5 (broken clients) mean 3.3.
+        guard major == 3, [3, 4, 5, 7, 8].contains(minorVersion) else {
+            try fail("unsupported protocol version \(major).\(minorVersion)") { $0.u32(0) }
+            return
+        }
+        minor = minorVersion == 4 || minorVersion == 5 ? 3 : minorVersion
+        let type: UInt8 = context.passwordRequired ? 2 : 1
+        if minor == 3 {
+            send { $0.u32(UInt32(type)) }
+            if type == 1 { phase = .clientInit } else { startVNCAuth() }
+        } else {
+            send { $0.u8(1); $0.u8(type) }
+            phase = .securityType
+        }
+    }
+
+    private func securityType() throws(ProtocolError) {
+        let chosen = handshake[0]
+        handshake.removeAll()
+        let offered: UInt8 = context.passwordRequired ? 2 : 1
+        guard chosen == offered else {
+            try authFailed("client chose security type \(chosen), offered \(offered)")
+            return
+        }
+        if chosen == 1 {
+            if minor >= 8 { send { $0.u32(0) } }
+            phase = .clientInit
+        } else {
+            startVNCAuth()
+        }
+    }
+
+    private func startVNCAuth() {
+        var g = SystemRandomNumberGenerator()
+        challenge = (0..<16).map { _ in UInt8.random(in: 0...255, using: &g) }
+        send { $0.append(challenge) }
+        phase = .vncAuth
+    }
+
+    private func vncAuth() throws(ProtocolError) {
+        let response = handshake
+        handshake.removeAll()
+        switch context.checkPassword(challenge, response) {
+        case .ok:
+            send { $0.u32(0) }
+            phase = .clientInit
+        case .wrongPassword: try authFailed("wrong password")
+        case .noPassword: try authFailed("no password is set")
+        case .expired: try authFailed("the password has expired")
+        }
+    }
+
+    private func authFailed(_ reason: String) throws(ProtocolError) {
+        let minor = self.minor
+        try fail("authentication failed: \(reason)") { b in
+            b.u32(1)
+            if minor >= 8 {
+                let text = Array("Authentication failed".utf8)
+                b.u32(UInt32(text.count))
+                b.append(text)
+            }
+        }
+    }
+
+    private func clientInit() {
+        handshake.removeAll()
+        // The shared flag is ignored: connections are always shared, so a
+        // person and a CI harness can watch at once (QEMU's share=ignore).
+        clientWidth = context.frameWidth
+        clientHeight = context.frameHeight
+        dirty.reset(width: context.frameWidth, height: context.frameHeight, dirty: true)
+        send { b in
+            b.u16(UInt16(clientWidth))
+            b.u16(UInt16(clientHeight))
+            RFBPixelFormat.xrgb8888.write(to: b)
+            b.u32(UInt32(context.desktopName.count))
+            b.append(context.desktopName)
+        }
+        phase = .normal
+    }
+
+    // MARK: Messages
+
+    private func handle(_ message: ClientMessage) throws(ProtocolError) {
+        switch message {
+        case .setPixelFormat(let requested):
+            switch requested.validated() {
+            case .failure(let e):
+                try fail("unsupported pixel format: \(e)")
+            case .success(let f):
+                format = f
+                owesColourMap = !f.trueColour
+                dirty.markAll()
+                context.log.debug("client pixel format \(f)")
+            }
+        case .setEncodings(let list):
+            setEncodings(list)
+        case .framebufferUpdateRequest(let incremental, let x, let y, let w, let h):
+            if !incremental {
+                dirty.mark(RFBRect(x: Int(x), y: Int(y), width: Int(w), height: Int(h)))
+                if wantsExtendedDesktopSize { owesDesktopSizeState = true }
+            }
+            updateRequested = true
+        case .keyEvent(let down, let keysym):
+            context.emit(.key(keysym: keysym, down: down, scancode: nil))
+        case .pointerEvent(let buttons, let x, let y):
+            let px = min(Int(x), max(context.frameWidth - 1, 0))
+            let py = min(Int(y), max(context.frameHeight - 1, 0))
+            context.emit(.pointer(buttons: buttons, x: px, y: py))
+        case .clientCutText:
+            break
+        case .qemuExtendedKeyEvent(let down, let keysym, let keycode):
+            context.emit(.key(keysym: keysym, down: down, scancode: keycode))
+        case .setDesktopSize:
+            // The guest decides its size: every request is refused, as the
+            // protocol requires, with an ExtendedDesktopSize rectangle.
+            if wantsExtendedDesktopSize { owesDesktopSizeReplies = min(owesDesktopSizeReplies + 1, 1 << 16) }
+        }
+    }
+
+    private func setEncodings(_ list: [Int32]) {
+        encodings = []
+        wantsDesktopSize = false
+        wantsExtendedDesktopSize = false
+        compressLevel = 1
+        for e in list {
+            switch e {
+            case Encoding.raw, Encoding.rre, Encoding.coRRE, Encoding.hextile, Encoding.zlib,
+                 Encoding.tight, Encoding.zrle, Encoding.trle:
+                if !encodings.contains(e) { encodings.append(e) }
+            case Encoding.desktopSize: wantsDesktopSize = true
+            case Encoding.extendedDesktopSize: wantsExtendedDesktopSize = true
+            case Encoding.qemuExtendedKeyEvent: owesExtendedKeyAck = true
+            case Encoding.qemuPointerTypeChange: owesPointerTypeAck = true
+            case Encoding.tightCompressLevel0...(Encoding.tightCompressLevel0 + 9):
+                compressLevel = max(1, e - Encoding.tightCompressLevel0)
+            default:
+                break // quality levels (no JPEG is ever sent), cursors, LED state, …
+            }
+        }
+        if (wantsDesktopSize || wantsExtendedDesktopSize)
+            && (clientWidth != context.frameWidth || clientHeight != context.frameHeight) {
+            sizeChanged = true
+        }
+        context.log.debug("client encodings \(list.map(String.init).joined(separator: ","))")
+    }
+
+    // MARK: Frame changes (from the server)
+
+    /// The frame changed in `r`.
+    func markDirty(_ r: RFBRect) {
+        guard phase == .normal else { return }
+        dirty.mark(r)
+    }
+
+    /// The frame has a new size (already in the context).
+    func frameResized() {
+        guard phase == .normal else { return }
+        dirty.reset(width: context.frameWidth, height: context.frameHeight, dirty: true)
+        if wantsDesktopSize || wantsExtendedDesktopSize {
+            sizeChanged = true
+        }
+        // Without either, the client keeps its size and gets what fits (QEMU).
+    }
+
+    // MARK: Updates
+
+    /// Queues owed messages and encodes updates while the output has room.
+    func pump() {
+        guard phase == .normal else { return }
+        while out.count < Self.outputThreshold {
+            if job == nil {
+                flushOwedMessages()
+                guard updateRequested else { return }
+                let w = min(clientWidth, context.frameWidth)
+                let h = min(clientHeight, context.frameHeight)
+                guard dirty.hasDirty(within: w, h) else { return }
+                startUpdate(width: w, height: h)
+            }
+            encodeBatch()
+        }
+    }
+
+    private func flushOwedMessages() {
+        if owesColourMap {
+            owesColourMap = false
+            send { b in
+                b.u8(MessageType.setColourMapEntries)
+                b.u8(0)
+                b.u16(0)
+                b.u16(256)
+                // BGR233: index = b << 6 | g << 3 | r.
+                for i in 0..<256 {
+                    b.u16(UInt16((i & 7) * 65535 / 7))
+                    b.u16(UInt16(((i >> 3) & 7) * 65535 / 7))
+                    b.u16(UInt16(((i >> 6) & 3) * 65535 / 3))
+                }
+            }
+        }
+        if owesExtendedKeyAck {
+            owesExtendedKeyAck = false
+            pseudoUpdate(x: 0, y: 0, width: context.frameWidth, height: context.frameHeight, encoding: Encoding.qemuExtendedKeyEvent)
+        }
+        if owesPointerTypeAck {
+            owesPointerTypeAck = false
+            // x = 1: absolute (the vkbd pointer is absolute).
+            pseudoUpdate(x: 1, y: 0, width: context.frameWidth, height: context.frameHeight, encoding: Encoding.qemuPointerTypeChange)
+        }
+        if sizeChanged {
+            sizeChanged = false
+            clientWidth = context.frameWidth
+            clientHeight = context.frameHeight
+            owesDesktopSizeState = false
+            if wantsExtendedDesktopSize {
+                extendedDesktopSize(reason: 0, status: 0)
+            } else {
+                pseudoUpdate(x: 0, y: 0, width: clientWidth, height: clientHeight, encoding: Encoding.desktopSize)
+            }
+            dirty.markAll()
+        }
+        if owesDesktopSizeState {
+            owesDesktopSizeState = false
+            extendedDesktopSize(reason: 0, status: 0)
+        }
+        while owesDesktopSizeReplies > 0 {
+            owesDesktopSizeReplies -= 1
+            extendedDesktopSize(reason: 1, status: 1) // client request, administratively prohibited
+            if out.count >= Self.outputThreshold { break }
+        }
+    }
+
+    private func pseudoUpdate(x: Int, y: Int, width: Int, height: Int, encoding: Int32) {
+        send { b in
+            b.updateHeader(rects: 1)
+            b.rectHeader(x: x, y: y, width: width, height: height, encoding: encoding)
+        }
+    }
+
+    private func extendedDesktopSize(reason: Int, status: Int) {
+        send { b in
+            b.updateHeader(rects: 1)
+            b.rectHeader(x: reason, y: status, width: clientWidth, height: clientHeight, encoding: Encoding.extendedDesktopSize)
+            b.u8(1); b.u8(0); b.u8(0); b.u8(0)          // one screen
+            b.u32(0)                                    // id
+            b.u16(0); b.u16(0)                          // x, y
+            b.u16(UInt16(clientWidth)); b.u16(UInt16(clientHeight))
+            b.u32(0)                                    // flags
+        }
+    }
+
+    /// The first encoding in the client's list that suits its pixel format.
+    private func chooseEncoding() -> Int32 {
+        for e in encodings {
+            switch e {
+            case Encoding.zrle, Encoding.trle: if format.cpixelLayout != nil { return e }
+            case Encoding.tight: if format.tpixelLayout != nil { return e }
+            default: return e
+            }
+        }
+        return Encoding.raw
+    }
+
+    private func startUpdate(width: Int, height: Int) {
+        let encoding = chooseEncoding()
+        let areas = dirty.take(within: width, height, limit: 4096)
+        var rects: [RFBRect] = []
+        for a in areas {
+            let maxWidth = encoding == Encoding.tight ? 2048 : encoding == Encoding.coRRE ? 255 : a.width
+            var x = a.x
+            while x < a.maxX {
+                let w = min(maxWidth, a.maxX - x)
+                var rows = max(1, min(64, SessionContext.bandPixels / w))
+                if rows >= 16 { rows -= rows % 16 }
+                var y = a.y
+                while y < a.maxY {
+                    let h = min(rows, a.maxY - y)
+                    let r = RFBRect(x: x, y: y, width: w, height: h)
+                    if rects.count < Self.maxRects { rects.append(r) } else { dirty.mark(r) }
+                    y += h
+                }
+                x += w
+            }
+        }
+        guard !rects.isEmpty else { return }
+        updateRequested = false
+        job = UpdateJob(rects: rects, encoding: encoding, translator: PixelTranslator(format),
+                        pixel: format.pixelLayout, cpixel: format.cpixelLayout ?? format.pixelLayout,
+                        tpixel: format.tpixelLayout ?? format.pixelLayout)
+        lastEncoding = encoding
+    }
+
+    private func encodeBatch() {
+        guard var j = job else { return }
+        let chunk = out.makeChunk(capacity: Self.chunkTarget)
+        if j.next == 0 { chunk.updateHeader(rects: j.rects.count) }
+        let e = context.encoders
+        let level = compressLevel
+        repeat {
+            let r = j.rects[j.next]
+            let v = UnsafePointer(context.readBand(r, j.translator))
+            switch j.encoding {
+            case Encoding.rre, Encoding.coRRE:
+                e.rre(v, x: r.x, y: r.y, width: r.width, height: r.height, layout: j.pixel,
+                      compact: j.encoding == Encoding.coRRE, out: chunk)
+            case Encoding.hextile:
+                e.hextile(v, x: r.x, y: r.y, width: r.width, height: r.height, layout: j.pixel, out: chunk)
+            case Encoding.zlib:
+                let s = zlibStream ?? Deflater(level: level)
+                zlibStream = s
+                e.zlib(v, x: r.x, y: r.y, width: r.width, height: r.height, layout: j.pixel, stream: s, level: level, out: chunk)
+            case Encoding.tight:
+                let s = tightStreams ?? (Deflater(level: level), Deflater(level: level))
+                tightStreams = s
+                e.tight(v, x: r.x, y: r.y, width: r.width, height: r.height, layout: j.tpixel, streams: s, level: level, out: chunk)
+            case Encoding.zrle:
+                let s = zrleStream ?? Deflater(level: level)
+                zrleStream = s
+                e.zrle(v, x: r.x, y: r.y, width: r.width, height: r.height, layout: j.cpixel, stream: s, level: level, out: chunk)
+            case Encoding.trle:
+                e.trle(v, x: r.x, y: r.y, width: r.width, height: r.height, layout: j.cpixel, out: chunk)
+            default:
+                e.raw(v, x: r.x, y: r.y, width: r.width, height: r.height, layout: j.pixel, out: chunk)
+            }
+            j.next += 1
+            rectsSent += 1
+        } while j.next < j.rects.count && chunk.count < Self.chunkTarget && out.count + chunk.count < Self.outputThreshold
+        out.enqueue(chunk)
+        if j.next == j.rects.count {
+            job = nil
+            updatesSent += 1
+        } else {
+            job = j
+        }
+    }
+}

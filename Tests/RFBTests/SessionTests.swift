@@ -1,0 +1,214 @@
+import Testing
+@testable import RFB
+
+@Suite struct SessionTests {
+    @Test func handshake38WithoutPasswordFedByteByByteEndsInServerInit() throws {
+        let h = SessionHarness(frame: FakeFrame(width: 33, height: 21))
+        #expect(h.take(12) == Array("RFB 003.008\n".utf8))
+        try h.send(Array("RFB 003.008\n".utf8), byteByByte: true)
+        #expect(h.take(2) == [1, 1])
+        try h.send([1])
+        #expect(h.take(4) == [0, 0, 0, 0])
+        try h.send([1])
+        #expect(h.take(4) == [0, 33, 0, 21])
+        #expect(h.take(16) == [32, 24, 0, 1, 0, 255, 0, 255, 0, 255, 16, 8, 0, 0, 0, 0])
+        #expect(h.take(8) == [0, 0, 0, 4] + Array("test".utf8))
+        #expect(h.pending.isEmpty)
+        #expect(h.session.phase == .normal)
+    }
+
+    @Test func version37HasNoSecurityResultForNoneAnd33IsToldTheTypeDirectly() throws {
+        let a = SessionHarness(frame: FakeFrame(width: 4, height: 4))
+        _ = a.take(12)
+        try a.send(Array("RFB 003.007\n".utf8))
+        #expect(a.take(2) == [1, 1])
+        try a.send([1, 1])
+        #expect(a.take(4) == [0, 4, 0, 4])
+
+        let b = SessionHarness(frame: FakeFrame(width: 4, height: 4))
+        _ = b.take(12)
+        try b.send(Array("RFB 003.003\n".utf8) + [1])
+        #expect(b.take(4) == [0, 0, 0, 1])
+        #expect(b.take(4) == [0, 4, 0, 4])
+    }
+
+    @Test func vncAuthenticationAcceptsTheRightResponseOnly() throws {
+        for (password, good) in [("secret", true), ("wrong", false)] {
+            let h = SessionHarness(frame: FakeFrame(width: 4, height: 4), passwordRequired: true)
+            h.password = Array("secret".utf8)
+            _ = h.take(12)
+            try h.send(Array("RFB 003.008\n".utf8))
+            #expect(h.take(2) == [1, 2])
+            try h.send([2])
+            let challenge = try #require(h.take(16))
+            let response = vncAuthResponse(challenge: challenge, password: Array(password.utf8))
+            if good {
+                try h.send(response, byteByByte: true)
+                #expect(h.take(4) == [0, 0, 0, 0])
+                try h.send([1])
+                #expect(h.session.phase == .normal)
+            } else {
+                #expect(throws: ProtocolError.self) { try h.send(response) }
+                h.drain()
+                #expect(h.take(4) == [0, 0, 0, 1])
+                #expect(h.take(4) == [0, 0, 0, 21])
+                #expect(h.session.phase == .closing)
+            }
+        }
+    }
+
+    @Test func aClientChoosingNoneWhenAPasswordIsRequiredIsRefused() throws {
+        let h = SessionHarness(frame: FakeFrame(width: 4, height: 4), passwordRequired: true)
+        h.password = Array("secret".utf8)
+        _ = h.take(12)
+        try h.send(Array("RFB 003.008\n".utf8))
+        #expect(throws: ProtocolError.self) { try h.send([1]) }
+        #expect(h.session.phase == .closing)
+    }
+
+    @Test func unknownVersionsAndGarbageAreRefused() {
+        for v in ["RFB 004.000\n", "RFB 003.006\n", "RFB 003.889\n", "GET / HTTP/1.1", "RFB 00x.008\n"] {
+            let h = SessionHarness(frame: FakeFrame(width: 4, height: 4))
+            #expect(throws: ProtocolError.self, "\(v)") { try h.send(Array(v.utf8).prefix(12).map { $0 }) }
+            h.drain()
+            #expect(h.pending == Array("RFB 003.008\n".utf8) + [0, 0, 0, 0], "\(v)")
+        }
+    }
+
+    @Test func updatesGoOutOnlyWhenRequestedAndSomethingChanged() throws {
+        let frame = FakeFrame(width: 40, height: 20)
+        let h = SessionHarness(frame: frame)
+        try h.handshake()
+        try h.send(setEncodings([0]))
+        #expect(h.pending.isEmpty) // dirty, but nothing requested
+        try h.send(updateRequest(incremental: true))
+        let first = try #require(h.nextMessage())
+        #expect(first.rects.map { ($0.x, $0.y, $0.w, $0.h) }.elementsEqual([(0, 0, 40, 20)], by: ==))
+        // The raw pixels are the frame without its padding byte, little-endian.
+        let data = first.rects[0].data
+        for i in stride(from: 0, to: 40 * 20, by: 37) {
+            let v = UInt32(data[4 * i]) | UInt32(data[4 * i + 1]) << 8 | UInt32(data[4 * i + 2]) << 16 | UInt32(data[4 * i + 3]) << 24
+            #expect(v == frame.pixels[i] & 0xffffff)
+        }
+        try h.send(updateRequest(incremental: true))
+        #expect(h.pending.isEmpty) // nothing changed
+        h.session.markDirty(RFBRect(x: 17, y: 3, width: 2, height: 2))
+        h.drain()
+        let second = try #require(h.nextMessage())
+        #expect(second.rects.map { ($0.x, $0.y, $0.w, $0.h) }.elementsEqual([(16, 0, 16, 16)], by: ==))
+        h.session.markDirty(RFBRect(x: 0, y: 0, width: 1, height: 1))
+        h.drain()
+        #expect(h.pending.isEmpty) // no request outstanding
+        try h.send(updateRequest(incremental: false, 30, 10, 5, 5))
+        let third = try #require(h.nextMessage())
+        // The requested tiles (x 16–47, y 0–15) and the one changed at (0,0), clipped to the frame.
+        #expect(third.rects.map { "\($0.x),\($0.y),\($0.w),\($0.h)" } == ["0,0,40,16"])
+    }
+
+    @Test func aClientThatNeverReadsHoldsBoundedOutputAndGetsTheRestWhenItReads() throws {
+        let frame = FakeFrame(width: 1920, height: 1080)
+        let h = SessionHarness(frame: frame)
+        try h.handshake()
+        // `send` would read the output; this client does not.
+        try h.session.receive(setEncodings([0]) + updateRequest(incremental: false))
+        h.session.pump()
+        let queued = h.session.out.count
+        #expect(queued >= RFBSession.outputThreshold)
+        #expect(queued <= RFBSession.outputThreshold + RFBSession.chunkTarget + 32 * 1920 * 4)
+        #expect(h.session.isUpdating)
+        #expect(!h.session.wantsInput)
+        // More damage and input while stalled: nothing more is queued.
+        for _ in 0..<100 { h.session.markDirty(RFBRect(x: 0, y: 0, width: 1920, height: 1080)) }
+        try h.session.receive(updateRequest(incremental: false) + setEncodings([0, -258, -257]))
+        h.session.pump()
+        #expect(h.session.out.count == queued)
+        // Reading resumes the update; it arrives whole and exact.
+        h.drain()
+        let update = try #require(h.nextMessage())
+        #expect(update.rects.reduce(0) { $0 + $1.w * $1.h } == 1920 * 1080)
+        #expect(!h.session.isUpdating)
+    }
+
+    @Test func pseudoEncodingsAreAcknowledgedAsQEMUDoes() throws {
+        let h = SessionHarness(frame: FakeFrame(width: 50, height: 40))
+        try h.handshake()
+        try h.send(setEncodings([0, -258, -257, -308]))
+        let ack1 = try #require(h.nextMessage())
+        #expect(ack1.rects.count == 1 && ack1.rects[0].encoding == -258 && ack1.rects[0].w == 50)
+        let ack2 = try #require(h.nextMessage())
+        #expect(ack2.rects.count == 1 && ack2.rects[0].encoding == -257 && ack2.rects[0].x == 1)
+        #expect(h.pending.isEmpty)
+        // SetDesktopSize is refused: x = 1 (this client asked), y = 1 (prohibited).
+        try h.send([251, 0, 0, 100, 0, 100, 1, 0] + [UInt8](repeating: 0, count: 16))
+        let refusal = try #require(h.nextMessage())
+        #expect(refusal.rects.count == 1 && refusal.rects[0].encoding == -308)
+        #expect((refusal.rects[0].x, refusal.rects[0].y, refusal.rects[0].w, refusal.rects[0].h) == (1, 1, 50, 40))
+        // A non-incremental request gets the current layout first, then pixels.
+        try h.send(updateRequest(incremental: false))
+        let layout = try #require(h.nextMessage())
+        #expect(layout.rects.count == 1 && layout.rects[0].encoding == -308 && layout.rects[0].x == 0)
+        let pixels = try #require(h.nextMessage())
+        #expect(pixels.rects.allSatisfy { $0.encoding == 0 })
+    }
+
+    @Test func aResizeIsAnnouncedBeforePixelsToClientsThatFollowAndClippedForOthers() throws {
+        let frame = FakeFrame(width: 64, height: 48)
+        let follows = SessionHarness(frame: frame)
+        try follows.handshake()
+        try follows.send(setEncodings([0, -223]) + updateRequest(incremental: false))
+        _ = follows.nextMessage()
+        let stays = SessionHarness(frame: frame)
+        try stays.handshake()
+        try stays.send(setEncodings([0]) + updateRequest(incremental: false))
+        _ = stays.nextMessage()
+
+        frame.set(width: 100, height: 30, fill: 0x00ff_0000)
+        for h in [follows, stays] {
+            h.context.frameWidth = 100
+            h.context.frameHeight = 30
+            h.session.frameResized()
+        }
+        follows.drain()
+        let size = try #require(follows.nextMessage())
+        #expect(size.rects.count == 1 && size.rects[0].encoding == -223 && size.rects[0].w == 100 && size.rects[0].h == 30)
+        #expect(follows.pending.isEmpty) // pixels wait for a request
+        try follows.send(updateRequest(incremental: true))
+        let pixels = try #require(follows.nextMessage())
+        #expect(pixels.rects.reduce(0) { $0 + $1.w * $1.h } == 100 * 30)
+
+        try stays.send(updateRequest(incremental: true))
+        let clipped = try #require(stays.nextMessage())
+        #expect(clipped.rects.allSatisfy { $0.x + $0.w <= 64 && $0.y + $0.h <= 30 && $0.encoding == 0 })
+        #expect(clipped.rects.reduce(0) { $0 + $1.w * $1.h } == 64 * 30)
+    }
+
+    @Test func pointerPositionsAreClampedToTheFrameAndKeysReported() throws {
+        let h = SessionHarness(frame: FakeFrame(width: 50, height: 40))
+        try h.handshake()
+        try h.send([5, 1, 0xff, 0xff, 0xff, 0xff, 4, 1, 0, 0, 0, 0, 0, 0x61, 255, 0, 0, 0, 0, 0, 0, 0x61, 0, 0, 0, 0x1e])
+        #expect(h.events == [.pointer(buttons: 1, x: 49, y: 39), .key(keysym: 0x61, down: true, scancode: nil),
+                             .key(keysym: 0x61, down: false, scancode: 0x1e)])
+    }
+
+    @Test func anUnservablePixelFormatClosesTheClient() throws {
+        let h = SessionHarness(frame: FakeFrame(width: 4, height: 4))
+        try h.handshake()
+        #expect(throws: ProtocolError.self) { try h.send([0, 0, 0, 0, 24, 24, 0, 1, 0, 255, 0, 255, 0, 255, 16, 8, 0, 0, 0, 0]) }
+        #expect(h.session.phase == .closing)
+    }
+
+    @Test func randomInputAfterTheHandshakeNeverTraps() throws {
+        var rng = SplitMix(seed: 99)
+        for round in 0..<300 {
+            let h = SessionHarness(frame: FakeFrame(width: 37, height: 23, seed: UInt64(round)))
+            try h.handshake()
+            for _ in 0..<20 {
+                // Mostly valid message types with random bodies.
+                let types: [UInt8] = [0, 2, 3, 4, 5, 6, 251, 255]
+                var bytes = [types[Int(rng.next() % 8)]]
+                bytes += (0..<Int(rng.next() % 40)).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+                do { try h.send(bytes) } catch { break }
+            }
+        }
+    }
+}
