@@ -15,7 +15,6 @@ let package = Package(
     targets: [
         // C libraries, one module map each; all Xen headers in one module (see Sources/CXen/shim.h).
         .systemLibrary(name: "CXen", pkgConfig: "xencontrol", providers: [.apt(["libxen-dev"])]),
-        .systemLibrary(name: "CVNCServer", providers: [.apt(["libvncserver-dev"])]),
         .systemLibrary(name: "CSDL2", providers: [.apt(["libsdl2-dev"])]),
         .systemLibrary(name: "CPNG", pkgConfig: "libpng", providers: [.apt(["libpng-dev"])]),
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
@@ -25,9 +24,8 @@ let package = Package(
         .target(name: "CWriteFault"),
         // The VNC server's C half: Linux calls the Glibc module does not export (epoll, eventfd, accept4).
         .target(name: "CRFB"),
-        // The displays' C half: libvncserver log hooks (variadic), ioctl, and
-        // libSDL2 and libvncserver loaded with dlopen only when asked for (sdl.c, vnc.c).
-        .target(name: "CDisplayShims", dependencies: ["CVNCServer", "CSDL2"]),
+        // The SDL display's C half: libSDL2 loaded with dlopen only when a window is asked for (sdl.c).
+        .target(name: "CDisplayShims", dependencies: ["CSDL2"]),
 
         .target(name: "Support", dependencies: ["CShims", .product(name: "Logging", package: "swift-log")]),
         .target(name: "EventLoop", dependencies: ["Support", "CShims"]),
@@ -44,7 +42,7 @@ let package = Package(
         // The console: frame, display protocol, the one input queue (no C dependencies).
         // Devices publish into it; displays subscribe to it.
         .target(name: "Console", dependencies: ["Damage", "EventLoop", "Support", .product(name: "Logging", package: "swift-log")]),
-        .target(name: "Displays", dependencies: ["Console", "Damage", "EventLoop", "Support", "CShims", "CVNCServer", "CSDL2", "CPNG",
+        .target(name: "Displays", dependencies: ["Console", "Damage", "EventLoop", "Support", "CShims", "RFB", "CSDL2", "CPNG",
                                                 "CDisplayShims", .product(name: "Logging", package: "swift-log")]),
         .target(name: "Devices", dependencies: ["XenBus", "XenProtocol", "XenStore", "Host", "Damage", "Console", "EventLoop", "Support", "CXen"]),
         // The VNC (RFB) server: its own thread, sockets and encoders; reads the frame through RFBFrameSource.

@@ -310,12 +310,13 @@ final class VNCQMPProvider: QMPVNCProvider {
     func queryVNCServers() -> JSON {
         let info = vnc.info
         guard info.enabled else { return [] }
-        return [[
-            "id": "default", "auth": .string(info.auth),
-            "server": [["host": .string(info.host), "service": .string(info.service), "family": .string(info.family),
-                        "websocket": false, "auth": .string(info.auth)]],
-            "clients": clients(info),
-        ]]
+        var servers: [JSON] = [["host": .string(info.host), "service": .string(info.service), "family": .string(info.family),
+                                "websocket": false, "auth": .string(info.auth)]]
+        if let ws = info.websocket {
+            servers.append(["host": .string(ws.host), "service": .string(ws.service), "family": .string(ws.family),
+                            "websocket": true, "auth": .string(info.auth)])
+        }
+        return [["id": "default", "auth": .string(info.auth), "server": .array(servers), "clients": clients(info)]]
     }
 
     func setVNCPassword(_ password: String) throws(QMPError) {
@@ -329,16 +330,9 @@ final class VNCQMPProvider: QMPVNCProvider {
     /// is set.
     func expirePassword(_ time: String) throws(QMPError) {
         guard vnc.requiresPassword else { throw .generic("Could not set password") }
-        let expiry: VNCDisplay.PasswordExpiry
-        if time == "now" {
-            expiry = .now
-        } else if time == "never" {
-            expiry = .never
-        } else if time.hasPrefix("+"), let n = Int(time.dropFirst()), n >= 0 {
-            expiry = .after(seconds: n)
-        } else if let n = Int(time), n >= 0 {
-            expiry = .at(unixTime: n)
-        } else {
+        // "now", "never", "+SECONDS" or "SECONDS"; a number too large for any
+        // clock saturates to never (QMP once crashed the process with one).
+        guard let expiry = VNCDisplay.PasswordExpiry(qmp: time) else {
             throw .generic("Parameter 'time' does not accept value '\(time)'")
         }
         vnc.expirePassword(expiry)

@@ -1,6 +1,7 @@
+import Support
 /// The `-vnc` argument, as QEMU parses it and libxl writes it:
 ///
-///     -vnc [HOST]:DISPLAY[,to=LAST][,password=on][,ipv4=on|ipv6=on][,share=…]
+///     -vnc [HOST]:DISPLAY[,to=LAST][,password=on][,ipv4=on|ipv6=on][,websocket=on|PORT][,lossy=on][,share=…]
 ///     -vnc unix:PATH[,password=on]
 ///     -vnc none
 ///
@@ -10,7 +11,10 @@
 /// QEMU, where it means every interface: say `0.0.0.0:0` or `[::]:0` for that.
 /// `password=on` asks for VNC authentication; the password is set later
 /// through `VNCDisplay.setPassword` (QMP `change-vnc-password`/`set_password`)
-/// and until then nobody can log in.
+/// and until then nobody can log in. `websocket=on` adds a WebSocket listener
+/// on port 5700+DISPLAY, `websocket=PORT` on PORT (QEMU's grammar; for noVNC
+/// and other browser clients); the VNC port never speaks WebSocket.
+/// `lossy=on` allows lossy encodings (the default is lossless, as QEMU's).
 public struct VNCOptions: Equatable, Sendable {
     public enum Address: Equatable, Sendable {
         /// VNC is off (`-vnc none`): no socket is opened.
@@ -28,6 +32,17 @@ public struct VNCOptions: Equatable, Sendable {
     public var family = Family.any
     /// Most clients at once; more are refused (QEMU's `connections=`, default 32).
     public var maxConnections = 32
+    /// `websocket=on` (nil: 5700 + display) or `websocket=PORT`.
+    public var webSocket: WebSocketPort?
+    /// `lossy=on`.
+    public var lossy = false
+
+    /// Where the WebSocket listener goes.
+    public enum WebSocketPort: Equatable, Sendable {
+        /// 5700 + the VNC display (QEMU's `websocket=on`).
+        case displayOffset
+        case port(Int)
+    }
     /// QEMU's `key-delay-ms=N`: input paced like `--input-pace N`.
     public var keyDelayMilliseconds: Int?
 
@@ -87,12 +102,23 @@ public struct VNCOptions: Equatable, Sendable {
                 guard let value, ["allow-exclusive", "force-shared", "ignore"].contains(value) else {
                     throw DisplayError("\(context): share=\(value ?? "") is not allow-exclusive, force-shared or ignore")
                 }
-            case "lossy", "non-adaptive", "lock-key-sync":
+            case "lossy":
+                lossy = try OptionList.bool(value, option: key, in: context)
+            case "websocket":
+                guard case .tcp = address else { throw DisplayError("\(context): websocket needs a TCP address") }
+                if let value, let port = QEMUOptions.integer(value, range: 1...65535) {
+                    webSocket = .port(port)
+                } else if try OptionList.bool(value, option: key, in: context) {
+                    webSocket = .displayOffset
+                } else {
+                    webSocket = nil
+                }
+            case "non-adaptive", "lock-key-sync":
                 _ = try OptionList.bool(value, option: key, in: context)
             case "key-delay-ms":
                 keyDelayMilliseconds = try OptionList.integer(value, option: key, in: context, range: 0...10_000)
             default:
-                throw DisplayError("\(context): unsupported option '\(item)' (supported: to=, password=on, ipv4=on, ipv6=on, connections=, share=)")
+                throw DisplayError("\(context): unsupported option '\(item)' (supported: to=, password=on, ipv4=on, ipv6=on, websocket=, lossy=, connections=, share=, key-delay-ms=)")
             }
         }
         self.address = address

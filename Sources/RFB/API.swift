@@ -15,10 +15,11 @@ public protocol RFBFrameSource: AnyObject, Sendable {
 public enum RFBEvent: Equatable, Sendable {
     /// A key went down or up. `scancode` is set for QEMU's extended key
     /// event: the XT scancode the client sent (0xe0-prefixed keys as 0x80 | code, QEMU's numbering).
-    case key(keysym: UInt32, down: Bool, scancode: UInt32?)
+    /// `client` is the sender's `RFBClientInfo.id`.
+    case key(keysym: UInt32, down: Bool, scancode: UInt32?, client: UInt64)
     /// The pointer: RFB button mask (bit 0 left, 1 middle, 2 right, 3/4 wheel
     /// up/down) and position, clamped to the frame.
-    case pointer(buttons: UInt8, x: Int, y: Int)
+    case pointer(buttons: UInt8, x: Int, y: Int, client: UInt64)
     /// A client connected (before authentication, as QMP's VNC_CONNECTED).
     case connected(RFBClientInfo)
     /// A client went away, or was closed.
@@ -33,12 +34,15 @@ public struct RFBClientInfo: Equatable, Hashable, Sendable {
     public var family: String
     /// Connected through the WebSocket listener.
     public var websocket: Bool
+    /// This connection, among all of the server's (never reused).
+    public var id: UInt64
 
-    public init(host: String, service: String, family: String, websocket: Bool) {
+    public init(host: String, service: String, family: String, websocket: Bool, id: UInt64 = 0) {
         self.host = host
         self.service = service
         self.family = family
         self.websocket = websocket
+        self.id = id
     }
 }
 

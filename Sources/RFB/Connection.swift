@@ -42,7 +42,7 @@ final class Connection {
         if info.websocket {
             webSocket = .handshake(WebSocketHandshake())
         } else {
-            session = RFBSession(context: context, out: out)
+            session = RFBSession(context: context, out: out, client: tag)
         }
     }
 
@@ -113,7 +113,7 @@ final class Connection {
                 out.enqueueUnframed(response)
                 out.frameHeader = { WebSocket.frameHeader(opcode: WebSocket.opBinary, length: $0) }
                 webSocket = .open(WebSocketDecoder())
-                session = RFBSession(context: context, out: out)
+                session = RFBSession(context: context, out: out, client: tag)
                 if consumed < bytes.count { try process(UnsafeRawBufferPointer(rebasing: bytes[consumed...])) }
             }
         case .open(var decoder)?:

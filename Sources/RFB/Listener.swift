@@ -2,18 +2,18 @@
 import Glibc
 #endif
 import CRFB
+import Support
 
 /// A listening socket, non-blocking, close-on-exec.
 struct Listener {
     let fd: Int32
     let info: RFBListenInfo
     let webSocket: Bool
-    /// The socket file to remove on close (Unix sockets).
-    let unixPath: String?
+    /// The Unix socket (Support's one policy for socket files), if it is one.
+    let unix: UnixListener?
 
     func close() {
-        _ = Glibc.close(fd)
-        if let unixPath { unlink(unixPath) }
+        if let unix { unix.close() } else { _ = Glibc.close(fd) }
     }
 
     /// Opens the sockets for `address`: every address a host name resolves
@@ -80,48 +80,21 @@ struct Listener {
                 throw TCPBindError(message: "cannot listen on \(host.isEmpty ? "*" : host) port \(port): \(String(cString: strerror(e)))",
                                    inUse: e == EADDRINUSE)
             }
-            listeners.append(Listener(fd: fd, info: localAddress(fd), webSocket: webSocket, unixPath: nil))
+            listeners.append(Listener(fd: fd, info: localAddress(fd), webSocket: webSocket, unix: nil))
         }
         if listeners.isEmpty { throw TCPBindError(message: "no usable address for \(host)", inUse: false) }
         return listeners
     }
 
-    /// Binds a Unix socket that is never visible with another mode than 0600:
-    /// it is bound inside a fresh 0700 directory next to `path`, set to 0600
-    /// there, then renamed into place (replacing what was there). Changing
-    /// the umask instead would race with other threads.
+    /// A Unix socket at `path`, mode 0600, through Support's `UnixListener`
+    /// (a stale socket is replaced, a live one or a non-socket refused).
     private static func openUnix(_ path: String, webSocket: Bool) throws(RFBError) -> Listener {
-        let parent: String
-        if let slash = path.lastIndex(of: "/") {
-            parent = slash == path.startIndex ? "/" : String(path[..<slash])
-        } else {
-            parent = "."
+        do throws(SocketError) {
+            let unix = try UnixListener(path: path, mode: 0o600)
+            return Listener(fd: unix.fd, info: RFBListenInfo(host: path, service: path, family: "unix"), webSocket: webSocket, unix: unix)
+        } catch {
+            throw RFBError("cannot listen: \(error)")
         }
-        var template = Array((parent + "/.rfb-XXXXXX").utf8CString)
-        guard let dirPointer = mkdtemp(&template) else {
-            throw RFBError("cannot create a directory next to \(path): \(String(cString: strerror(errno)))")
-        }
-        let directory = String(cString: dirPointer)
-        let temporary = directory + "/s"
-        defer { unlink(temporary); rmdir(directory) }
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(temporary.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path), path.utf8.count < MemoryLayout.size(ofValue: addr.sun_path) else {
-            throw RFBError("unix socket path too long: \(path)")
-        }
-        withUnsafeMutableBytes(of: &addr.sun_path) { $0.copyBytes(from: bytes) }
-        let fd = crfb_socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw RFBError("socket: \(String(cString: strerror(errno)))") }
-        let bound = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard bound == 0, chmod(temporary, 0o600) == 0, Glibc.listen(fd, 16) == 0, rename(temporary, path) == 0 else {
-            let e = errno
-            Glibc.close(fd)
-            throw RFBError("cannot listen on \(path): \(String(cString: strerror(e)))")
-        }
-        return Listener(fd: fd, info: RFBListenInfo(host: path, service: path, family: "unix"), webSocket: webSocket, unixPath: path)
     }
 
     static func localAddress(_ fd: Int32) -> RFBListenInfo {

@@ -402,9 +402,9 @@ private final class ServerCore: @unchecked Sendable {
             var one: Int32 = 1
             if Int32(storage.ss_family) != AF_UNIX { setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(4)) }
             let (host, service, family) = Listener.describe(&storage, length)
-            let info = RFBClientInfo(host: host, service: service, family: family == "unix" ? "unix" : family, websocket: l.webSocket)
             let tag = nextTag
             nextTag += 1
+            let info = RFBClientInfo(host: host, service: service, family: family == "unix" ? "unix" : family, websocket: l.webSocket, id: tag)
             let deadline = Self.monotonicNanoseconds() + UInt64(max(options.handshakeTimeoutSeconds, 1)) * 1_000_000_000
             let c = Connection(fd: fd, tag: tag, info: info, context: context, deadline: deadline)
             connections[tag] = c

@@ -147,8 +147,12 @@ final class RFBSession {
         let tpixel: PixelLayout
     }
 
-    init(context: SessionContext, out: OutputQueue = OutputQueue()) {
+    /// The connection this session serves (`RFBClientInfo.id`), carried in its events.
+    let client: UInt64
+
+    init(context: SessionContext, out: OutputQueue = OutputQueue(), client: UInt64 = 0) {
         self.context = context
+        self.client = client
         self.out = out
         let chunk = out.makeChunk()
         chunk.append(Array("RFB 003.008\n".utf8))
@@ -347,15 +351,15 @@ final class RFBSession {
             }
             updateRequested = true
         case .keyEvent(let down, let keysym):
-            context.emit(.key(keysym: keysym, down: down, scancode: nil))
+            context.emit(.key(keysym: keysym, down: down, scancode: nil, client: client))
         case .pointerEvent(let buttons, let x, let y):
             let px = min(Int(x), max(context.frameWidth - 1, 0))
             let py = min(Int(y), max(context.frameHeight - 1, 0))
-            context.emit(.pointer(buttons: buttons, x: px, y: py))
+            context.emit(.pointer(buttons: buttons, x: px, y: py, client: client))
         case .clientCutText:
             break
         case .qemuExtendedKeyEvent(let down, let keysym, let keycode):
-            context.emit(.key(keysym: keysym, down: down, scancode: keycode))
+            context.emit(.key(keysym: keysym, down: down, scancode: keycode, client: client))
         case .setDesktopSize:
             // The guest decides its size: every request is refused, as the
             // protocol requires, with an ExtendedDesktopSize rectangle.

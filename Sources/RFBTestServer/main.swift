@@ -145,7 +145,7 @@ let server: RFBServer
 do {
     server = try RFBServer(options: options, source: frame) { event in
         switch event {
-        case .key(let keysym, let down, let scancode):
+        case .key(let keysym, let down, let scancode, _):
             say("key \(keysym) \(down ? 1 : 0)\(scancode.map { " \($0)" } ?? "")")
             guard down else { return }
             switch keysym {
@@ -157,7 +157,7 @@ do {
             case UInt32(UInt8(ascii: "q")): done.withLock { $0 = true }
             default: break
             }
-        case .pointer(let buttons, let x, let y):
+        case .pointer(let buttons, let x, let y, _):
             say("pointer \(buttons) \(x) \(y)")
         case .connected, .disconnected:
             break

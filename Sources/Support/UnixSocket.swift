@@ -112,10 +112,11 @@ public enum UnixSocket {
 /// A listening Unix stream socket at a path: the one policy for every
 /// socket xenvfb serves (QMP, the embedded xenstored, VNC on `unix:`).
 ///
-/// - The file gets `mode` whatever the umask: it is bound under a
-///   temporary name, chmod-ed before it listens (so nobody can connect
-///   through looser permissions), and renamed into place once listening (so
-///   the path never names a socket that refuses connections).
+/// - The file gets `mode` whatever the umask: it is bound inside a fresh
+///   0700 directory next to the path, chmod-ed before it listens (so nobody
+///   can connect through looser permissions or swap it), and renamed into
+///   place once listening (so the path never names a socket that refuses
+///   connections).
 /// - A socket file that refuses connections is stale (its process died) and
 ///   is replaced; one that accepts belongs to a live process and is an
 ///   error; anything that is not a socket is never touched.
@@ -136,13 +137,22 @@ public final class UnixListener: @unchecked Sendable {
             guard st.st_mode & S_IFMT == S_IFSOCK else { throw .notASocket(path) }
             if Self.accepts(address) { throw .inUse(path) }
         }
-        // The temporary name must fit too; a path that leaves no room for the
-        // suffix is bound in place (stale file removed first).
-        var suffix = UInt32(truncatingIfNeeded: getpid()) ^ UInt32(truncatingIfNeeded: MonotonicClock.now())
-        if suffix == 0 { suffix = 1 }
-        let temporary = path + ".\(String(suffix, radix: 36)).tmp"
-        let bindAddress = (try? UnixSocketAddress(temporary)) ?? address
-        if bindAddress.path == path { unlink(path) } else { unlink(temporary) }
+        // Bound inside a fresh 0700 directory next to `path` (nobody else can
+        // reach or swap the socket there), chmod-ed, listening, then renamed
+        // into place. A path whose directory leaves no room for that is
+        // bound in place (stale file removed first).
+        let parent = path.lastIndex(of: "/").map { $0 == path.startIndex ? "/" : String(path[..<$0]) } ?? "."
+        var template = Array((parent + "/.xenvfb-sock-XXXXXX").utf8CString)
+        var privateDir: String?
+        if let dir = mkdtemp(&template) { privateDir = String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self); _ = dir }
+        defer { if let privateDir { rmdir(privateDir) } }
+        let bindAddress: UnixSocketAddress
+        if let privateDir, let inside = try? UnixSocketAddress(privateDir + "/s") {
+            bindAddress = inside
+        } else {
+            unlink(path)
+            bindAddress = address
+        }
 
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue | SOCK_NONBLOCK.rawValue), 0)
         guard fd >= 0 else { throw .system(SystemError("socket"), path: path) }

@@ -238,14 +238,6 @@ struct VNCFixture {
         }
         #expect(rc == 0)
         #expect(spin(f.loop, seconds: 10) { f.vnc.info.clients.count == 1 })
-        // The accepted socket inherited the listener's frame-sized send buffer
-        // (set while privileged; a per-client setting would need CAP_NET_ADMIN later).
-        for serverFD in f.vnc.clientSocketFDs {
-            var size: Int32 = 0
-            var len = socklen_t(4)
-            #expect(getsockopt(serverFD, SOL_SOCKET, SO_SNDBUF, &size, &len) == 0)
-            #expect(Int(size) / 2 >= 32 * 1024 * 1024)
-        }
         let client = try #require(f.vnc.info.clients.first)
         #expect(client.host == "127.0.0.1" && client.family == "ipv4" && Int(client.service) != nil)
         // The server greets first.
@@ -253,7 +245,7 @@ struct VNCFixture {
         #expect(read(fd, &greeting, 12) == 12)
         #expect(String(decoding: greeting, as: UTF8.self) == "RFB 003.008\n")
         close(fd)
-        #expect(spin(f.loop, seconds: 10) { f.vnc.info.clients.isEmpty })
+        #expect(spin(f.loop, seconds: 10) { f.vnc.info.clients.isEmpty && events.count == 2 })
         #expect(events == [.connected(client), .disconnected(client)])
     }
 
@@ -361,10 +353,14 @@ struct VNCFixture {
         #expect(child.outputText.contains("stuck"), "\(child.outputText)")
         #expect(child.poll() == nil, "the client is still connected")
         #expect(f.vnc.info.clients.count == 1)
-        // Its input is still read while its updates wait.
-        #expect(f.sink.events == [.key(code: LinuxInput.KEY_A, pressed: true), .key(code: LinuxInput.KEY_A, pressed: false)])
-        // libvncserver would wait 5 s in a blocking write to a full socket (the bound leaves room for a busy machine).
-        #expect(longestGap < 2_500_000_000, "the loop was blocked for \(longestGap / 1_000_000) ms")
+        // Its later input waits with its output (the server reads a client
+        // only while its output queue is under the bound: back-pressure, so
+        // it holds bounded memory); nothing of it reaches the guest.
+        #expect(f.sink.events.isEmpty)
+        // The device model's loop never waits on the client: libvncserver
+        // waited up to 2 s in a blocking read or write. A generous bound
+        // for a loaded machine: the loop is only ever away for its own work.
+        #expect(longestGap < 500_000_000, "the loop was blocked for \(longestGap / 1_000_000) ms")
         // Another client is served meanwhile.
         let dir = try makeTempDir("vnc")
         defer { removeTree(dir) }

@@ -23,6 +23,16 @@ import Console
         #expect(b.family == .ipv6 && b.maxConnections == 4)
     }
 
+    @Test func websocketAndLossyFollowQEMUsGrammar() throws {
+        #expect(try VNCOptions(spec: "127.0.0.1:3,websocket=on").webSocket == .displayOffset)
+        #expect(try VNCOptions(spec: "127.0.0.1:3,websocket").webSocket == .displayOffset)
+        #expect(try VNCOptions(spec: "127.0.0.1:3,websocket=5701").webSocket == .port(5701))
+        #expect(try VNCOptions(spec: "127.0.0.1:3,websocket=off").webSocket == nil)
+        #expect(try VNCOptions(spec: "127.0.0.1:3").webSocket == nil)
+        #expect(try VNCOptions(spec: "127.0.0.1:3").lossy == false, "lossless unless asked, as QEMU")
+        #expect(try VNCOptions(spec: "127.0.0.1:3,lossy=on").lossy)
+    }
+
     @Test func badSpecsAreRejectedWithAReason() {
         let cases: [(String, String)] = [
             ("", "expected HOST:DISPLAY"),
@@ -36,7 +46,11 @@ import Console
             ("unix:", "needs a socket path"),
             ("unix:/tmp/s,to=3", "to= needs a TCP address"),
             ("127.0.0.1:0,password=maybe", "is not on or off"),
-            ("127.0.0.1:0,websocket=on", "unsupported option 'websocket=on'"),
+            ("127.0.0.1:0,websocket=maybe", "websocket=maybe is not on or off"),
+            ("127.0.0.1:0,websocket=70000", "websocket=70000 is not on or off"),
+            ("unix:/tmp/s,websocket=on", "websocket needs a TCP address"),
+            ("127.0.0.1:0,lossy=perhaps", "lossy=perhaps is not on or off"),
+            ("127.0.0.1:0,tls=on", "unsupported option 'tls=on'"),
             ("127.0.0.1:0,share=mine", "share=mine"),
             ("none,password=on", "password makes no sense"),
         ]

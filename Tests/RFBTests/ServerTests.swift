@@ -105,8 +105,8 @@ final class ServerFixture: @unchecked Sendable {
         let serverInit = client!.handshake()
         #expect(Array(serverInit.prefix(4)) == [0, 64, 0, 48])
         client!.send([4, 1, 0, 0, 0, 0, 0, 0x62, 5, 4, 0x01, 0x00, 0x00, 0x07])
-        #expect(f.waitFor { $0.contains(.pointer(buttons: 4, x: 63, y: 7)) })
-        #expect(f.events.withLock { $0.contains(.key(keysym: 0x62, down: true, scancode: nil)) })
+        #expect(f.waitFor { $0.contains { if case .pointer(4, 63, 7, _) = $0 { return true } else { return false } } })
+        #expect(f.events.withLock { $0.contains { if case .key(0x62, true, nil, _) = $0 { return true } else { return false } } })
         client = nil
         #expect(f.waitFor { $0.contains { if case .disconnected = $0 { return true }; return false } })
         #expect(f.server.info.clients.isEmpty)

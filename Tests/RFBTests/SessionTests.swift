@@ -186,8 +186,8 @@ import Testing
         let h = SessionHarness(frame: FakeFrame(width: 50, height: 40))
         try h.handshake()
         try h.send([5, 1, 0xff, 0xff, 0xff, 0xff, 4, 1, 0, 0, 0, 0, 0, 0x61, 255, 0, 0, 0, 0, 0, 0, 0x61, 0, 0, 0, 0x1e])
-        #expect(h.events == [.pointer(buttons: 1, x: 49, y: 39), .key(keysym: 0x61, down: true, scancode: nil),
-                             .key(keysym: 0x61, down: false, scancode: 0x1e)])
+        #expect(h.events == [.pointer(buttons: 1, x: 49, y: 39, client: 0), .key(keysym: 0x61, down: true, scancode: nil, client: 0),
+                             .key(keysym: 0x61, down: false, scancode: 0x1e, client: 0)])
     }
 
     @Test func anUnservablePixelFormatClosesTheClient() throws {

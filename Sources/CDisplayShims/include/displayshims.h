@@ -1,29 +1,6 @@
 #pragma once
-// C helpers for the displays: what Swift cannot do with libvncserver
-// (its log hooks are variadic function pointers) and ioctl (variadic).
+// C helpers for the displays: libSDL2 loaded with dlopen (sdl.c).
 #include <stddef.h>
-#include <rfb/rfb.h>
-
-/// Loads libvncserver (dlopen) for the rfb* functions the displays call and
-/// the set-up below; until then calling one crashes. Returns 0, or -1 with
-/// the reason in `error`. Idempotent; call it from the loop's thread.
-int xenvfb_vnc_load(char *error, size_t size);
-
-/// Routes libvncserver's rfbLog/rfbErr lines to `sink` (one call per line,
-/// without the trailing newline). `is_error` is 1 for rfbErr. After xenvfb_vnc_load.
-void xenvfb_vnc_set_log_sink(void (*sink)(int is_error, const char *line));
-
-/// Sets how long libvncserver waits for a stalled client in a blocking read or
-/// write before dropping it (its global rfbMaxClientWait, milliseconds).
-void xenvfb_vnc_set_max_client_wait(int milliseconds);
-
-/// Bytes written to a socket that the peer has not yet received/acknowledged
-/// (SIOCOUTQ), or -1.
-int xenvfb_socket_unsent_bytes(int fd);
-
-/// Whether libvncserver owes `cl` an update: it asked for one and something
-/// changed (FB_UPDATE_PENDING and a non-empty requested region).
-int xenvfb_vnc_update_owed(rfbClientPtr cl);
 
 /// Loads libSDL2 (dlopen) for the SDL_* functions the displays call; until
 /// then calling one crashes. Returns 0, or -1 with the reason in `error`.
