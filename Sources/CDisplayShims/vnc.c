@@ -3,12 +3,14 @@
 // Linked, libvncserver and what it needs (GnuTLS, p11-kit, nettle, gcrypt,
 // libjpeg, lzo...) cost a device model ~2.5 MB of RSS even with -vnc none.
 // As for SDL (sdl.c), this file defines the libvncserver functions the
-// displays call as forwarders to pointers xenvfb_vnc_load fills from
-// dlopen("libvncserver.so.1"); CVNCServer's module map no longer links it.
+// displays call as forwarders to pointers xenvfb_vnc_load fills from dlopen
+// of libvncserver (the row XENVFB_LIBRARY_VNC of libraries.h); CVNCServer's
+// module map no longer links it.
 #include <dlfcn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include "displayshims.h"
+#include "libraries.h"
 #include "vnc.h"
 
 // Every libvncserver function xenvfb calls: X(return type, name, (parameters), (arguments)).
@@ -33,6 +35,11 @@
     X(int, rfbWriteExact, (rfbClientPtr cl, const char *buf, int len), (cl, buf, len)) \
     X(rfbBool, sraRgnEmpty, (const sraRegion *r), (r))
 
+// What xenvfb_vnc_load looks up: the functions and three globals.
+#define XENVFB_VNC_SYMBOLS(X) XENVFB_VNC_FUNCTIONS(X) X(, rfbLog, , ) X(, rfbErr, , ) X(, rfbMaxClientWait, , )
+XENVFB_DLOPEN_NOTE(XENVFB_LIBRARY_VNC, XENVFB_VNC_SYMBOLS);
+static const struct xenvfb_library vnc_library = {XENVFB_LIBRARY_VNC};
+
 #define POINTER(type, name, params, args) static type (*loaded_##name) params;
 XENVFB_VNC_FUNCTIONS(POINTER)
 
@@ -51,26 +58,22 @@ int xenvfb_vnc_load(char *error, size_t size) {
     // itself at load (~0.7 MB of RSS) unless told not to. xenvfb offers no
     // TLS; libvncserver calls gnutls_global_init itself if it ever needs it.
     setenv("GNUTLS_NO_IMPLICIT_INIT", "1", 0);
-    void *handle = dlopen("libvncserver.so.1", RTLD_NOW | RTLD_LOCAL);
-    if (!handle) {
-        snprintf(error, size, "%s", dlerror());
-        return -1;
-    }
+    void *handle = xenvfb_dlopen(&vnc_library, error, size);
+    if (!handle) return -1;
 #define RESOLVE(type, name, params, args) \
     if (!(loaded_##name = (type (*) params)dlsym(handle, #name))) { \
-        snprintf(error, size, "libvncserver.so.1 has no %s", #name); \
-        dlclose(handle); \
+        xenvfb_dlopen_lacks(&vnc_library, handle, #name, error, size); \
         return -1; \
     }
     XENVFB_VNC_FUNCTIONS(RESOLVE)
-    xenvfb_vnc_log = dlsym(handle, "rfbLog");
-    xenvfb_vnc_err = dlsym(handle, "rfbErr");
-    xenvfb_vnc_max_client_wait = dlsym(handle, "rfbMaxClientWait");
-    if (!xenvfb_vnc_log || !xenvfb_vnc_err || !xenvfb_vnc_max_client_wait) {
-        snprintf(error, size, "libvncserver.so.1 lacks rfbLog, rfbErr or rfbMaxClientWait");
-        dlclose(handle);
-        return -1;
+#define RESOLVE_GLOBAL(variable, name) \
+    if (!(variable = dlsym(handle, #name))) { \
+        xenvfb_dlopen_lacks(&vnc_library, handle, #name, error, size); \
+        return -1; \
     }
+    RESOLVE_GLOBAL(xenvfb_vnc_log, rfbLog)
+    RESOLVE_GLOBAL(xenvfb_vnc_err, rfbErr)
+    RESOLVE_GLOBAL(xenvfb_vnc_max_client_wait, rfbMaxClientWait)
     library = handle;
     return 0;
 }

@@ -643,9 +643,10 @@ public final class VNCDisplay: Display {
     /// Loads libvncserver on first use (it is not linked: CDisplayShims/vnc.c),
     /// then sets it up.
     private static func installLibraryHooks() throws(DisplayError) {
-        var reason = [CChar](repeating: 0, count: 256)
+        // Its error names the option and the Debian package to install.
+        var reason = [CChar](repeating: 0, count: 1024)
         guard xenvfb_vnc_load(&reason, reason.count) == 0 else {
-            throw DisplayError("vnc: cannot load libvncserver: \(reason.withUnsafeBufferPointer { String(cString: $0.baseAddress!) })")
+            throw DisplayError("vnc: \(reason.withUnsafeBufferPointer { String(cString: $0.baseAddress!) })")
         }
         _ = libraryHooks
     }

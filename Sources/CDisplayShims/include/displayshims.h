@@ -4,6 +4,25 @@
 #include <stddef.h>
 #include <rfb/rfb.h>
 
+/// A library xenvfb loads with dlopen: one row of the table in libraries.h.
+struct xenvfb_library {
+    const char *soname;    ///< as dlopen takes it: "libvncserver.so.1"
+    const char *package;   ///< the Debian package that ships it: "libvncserver1"
+    const char *feature;   ///< a short name: "vnc"
+    const char *priority;  ///< "required", "recommended" or "suggested"
+    const char *needed_by; ///< what needs it, naming the option: "the VNC server (-vnc, ...)"
+};
+
+/// dlopens `library` (RTLD_NOW | RTLD_LOCAL). Returns the handle, or NULL
+/// with a message in `error` that says what needed the library, the Debian
+/// package to install and why dlopen failed.
+void *xenvfb_dlopen(const struct xenvfb_library *library, char *error, size_t size);
+
+/// For a loader that found `library` but not `symbol` in it (too old a
+/// version): closes `handle` and writes a message saying so into `error`.
+void xenvfb_dlopen_lacks(const struct xenvfb_library *library, void *handle, const char *symbol,
+                         char *error, size_t size);
+
 /// Loads libvncserver (dlopen) for the rfb* functions the displays call and
 /// the set-up below; until then calling one crashes. Returns 0, or -1 with
 /// the reason in `error`. Idempotent; call it from the loop's thread.
