@@ -12,7 +12,8 @@ let arguments = Array(CommandLine.arguments.dropFirst())
 // their errors reported) by the command.
 switch arguments.first {
 case "demo": Log.bootstrap(level: DeviceModelOptions.logLevel(in: Array(arguments.dropFirst()), mode: .demo))
-case "xenstored", "screenshot", "__sim-guest", "bench", "__write-fault-crash", "-h", "--help", "help": Log.bootstrap()
+case "xenstored", "screenshot", "__sim-guest", "bench", "__write-fault-crash", "-h", "--help", "help", "--version", "-version":
+    Log.bootstrap()
 default: Log.bootstrap(level: DeviceModelOptions.logLevel(in: arguments))
 }
 let status: Int32
@@ -31,6 +32,9 @@ case "__write-fault-crash": // hidden: DamageTests' crash-chaining check
     status = WriteFaultCrashCommand.main(Array(arguments.dropFirst()))
 case "-h", "--help", "help":
     print(usageText)
+    status = 0
+case "--version", "-version": // -version: QEMU's spelling
+    print("xenvfb \(XenvfbVersion.string)")
     status = 0
 default:
     status = DeviceModelCommand.main(arguments)
