@@ -4,17 +4,22 @@
 # installs it on a dom0,
 #     apt-get install --no-install-recommends ./xenvfb_VERSION_amd64.deb
 # so that apt resolves its Depends from Debian's mirror: if the package lacks
-# a library xenvfb needs, dom0 lacks it too and the test fails. The packages
-# its Recommends add (libSDL2 for the SDL window) are only downloaded, into
-# RECOMMENDS_DIR: dom0's test installs them with dpkg before the SDL run, so
-# the runs before it show that Depends alone serve VNC and headless guests.
+# a library xenvfb needs, dom0 lacks it too and the test fails.
+#
+# Then, on top, what a plain `apt install ./xenvfb_*.deb` adds: the package's
+# Recommends (libSDL2 for the SDL window), installed by apt in the same
+# chroot, but kept out of the image: every file that install created or
+# changed goes into RECOMMENDS_TAR, which dom0's test unpacks over / just
+# before the SDL run. So the runs before it show that Depends alone serve VNC
+# and headless guests, and dom0 (under TCG) need not run dpkg itself.
+#
 # The cached tree is left as it is: apt works in an overlay on top of it (or
 # a copy where overlayfs is missing); apt's downloads and lists are cached in
 # CACHE_DIR.
-# Usage: install.sh TREE DEB IMAGE RECOMMENDS_DIR CACHE_DIR   (as root)
+# Usage: install.sh TREE DEB IMAGE RECOMMENDS_TAR CACHE_DIR   (as root)
 set -euo pipefail
-[ $# -eq 5 ] || { echo "usage: install.sh TREE DEB IMAGE RECOMMENDS_DIR CACHE_DIR" >&2; exit 2; }
-tree=$1 deb=$2 image=$3 recommends=$4 cache=$5
+[ $# -eq 5 ] || { echo "usage: install.sh TREE DEB IMAGE RECOMMENDS_TAR CACHE_DIR" >&2; exit 2; }
+tree=$1 deb=$2 image=$3 recommends_tar=$4 cache=$5
 [ -f "$tree/.complete" ] || { echo "install: $tree is not a finished dom0 tree" >&2; exit 1; }
 [ -f "$deb" ] || { echo "install: no package $deb" >&2; exit 1; }
 
@@ -22,9 +27,13 @@ work=$cache/overlay
 root=$work/root
 mounts=() # inside the tree, in mount order
 overlay=no
-cleanup() {
+unmount_inside() {
   local i
   for ((i = ${#mounts[@]} - 1; i >= 0; i--)); do umount "${mounts[$i]}" 2>/dev/null || umount -l "${mounts[$i]}" 2>/dev/null || true; done
+  mounts=()
+}
+cleanup() {
+  unmount_inside
   [ "$overlay" = no ] || umount "$root" 2>/dev/null || umount -l "$root" 2>/dev/null || true
   rm -rf --one-file-system "$work"
 }
@@ -40,9 +49,13 @@ else
   echo "install: no overlayfs here; copying the dom0 tree" >&2
   cp -a "$tree/." "$root/"
 fi
-mount --bind "$cache/archives" "$root/var/cache/apt/archives"; mounts+=("$root/var/cache/apt/archives")
-mount --bind "$cache/lists" "$root/var/lib/apt/lists"; mounts+=("$root/var/lib/apt/lists")
-mount -t proc proc "$root/proc"; mounts+=("$root/proc")
+# apt's lists and downloads (cached across runs) and /proc, while apt runs.
+mount_inside() {
+  mount --bind "$cache/archives" "$root/var/cache/apt/archives"; mounts+=("$root/var/cache/apt/archives")
+  mount --bind "$cache/lists" "$root/var/lib/apt/lists"; mounts+=("$root/var/lib/apt/lists")
+  mount -t proc proc "$root/proc"; mounts+=("$root/proc")
+}
+mount_inside
 # No daemon may start inside the chroot while packages are configured.
 printf '#!/bin/sh\nexit 101\n' > "$root/usr/sbin/policy-rc.d"
 chmod +x "$root/usr/sbin/policy-rc.d"
@@ -56,24 +69,32 @@ in_root() { chroot "$root" env DEBIAN_FRONTEND=noninteractive "$@"; }
 timeout 300 chroot "$root" apt-get update -qq || { sleep 5; timeout 300 chroot "$root" apt-get update -qq; }
 echo "install: apt-get install --no-install-recommends ./$name" >&2
 in_root timeout 600 apt-get install -y --no-install-recommends "/tmp/$name"
-# Recommends: downloaded only, into an empty folder of their own.
+echo "install: installed in dom0: $(in_root dpkg-query -W -f='${Package} ${Version}' xenvfb)" >&2
 recs=$(in_root dpkg-query -W -f='${Recommends}' xenvfb | sed 's/([^)]*)//g; s/|[^,]*//g; s/,/ /g')
-rm -rf "$recommends"
-mkdir -p "$recommends" "$root/tmp/recommends/partial"
-if [ -n "${recs// /}" ]; then
-  echo "install: downloading the Recommends ($recs) for dom0's test" >&2
-  # With what they depend on, not what they recommend in turn (dbus, fonts,
-  # cairo...: dozens of packages that would only slow dom0's dpkg under TCG).
-  in_root timeout 600 apt-get install -y -qq --no-install-recommends --download-only \
-    -o Dir::Cache::archives=/tmp/recommends/ $recs
-  cp "$root"/tmp/recommends/*.deb "$recommends/" 2>/dev/null || true
-fi
-echo "install: installed in dom0: $(in_root dpkg-query -W -f='${Package} ${Version}\n' xenvfb)" >&2
-rm -rf "$root/tmp/$name" "$root/tmp/recommends" "$root/usr/sbin/policy-rc.d"
-# Only dom0's own files go into the image: unmount proc and apt's caches.
-for ((i = ${#mounts[@]} - 1; i >= 0; i--)); do umount "${mounts[$i]}"; done
-mounts=()
 
-# The image, from the merged tree (mke2fs -d: no loop device, no mount).
+# The image: the tree as it is now, without the test's chroot helpers and
+# apt's caches (mke2fs -d: no loop device, no mount).
+rm -f "$root/usr/sbin/policy-rc.d"
+unmount_inside
 rm -f "$image"
 mke2fs -q -t ext4 -L dom0 -d "$root" "$image" 2G
+
+# The Recommends layer: whatever apt's install of them creates or changes
+# (files and directories with a newer ctime than the marker; it removes
+# nothing).
+rm -f "$recommends_tar"
+if [ -n "${recs// /}" ]; then
+  echo "install: apt-get install $recs (for the SDL run; into $(basename "$recommends_tar"))" >&2
+  mount_inside
+  printf '#!/bin/sh\nexit 101\n' > "$root/usr/sbin/policy-rc.d"
+  chmod +x "$root/usr/sbin/policy-rc.d"
+  marker=$work/marker
+  touch "$marker"
+  sleep 1 # ctime granularity
+  in_root timeout 600 apt-get install -y -qq $recs >/dev/null
+  rm -f "$root/usr/sbin/policy-rc.d"
+  unmount_inside
+  (cd "$root" && find . -xdev -cnewer "$marker" ! -type c ! -path ./tmp/\* -print0 |
+     tar --null --no-recursion -T - -cf "$recommends_tar")
+  echo "install: $(tar -tf "$recommends_tar" | wc -l) files and folders, $(du -h "$recommends_tar" | cut -f1)" >&2
+fi
