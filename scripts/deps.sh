@@ -1,13 +1,22 @@
 #!/usr/bin/env bash
-# Installs the Debian packages xenvfb needs to build, run and test.
-# Usage: scripts/deps.sh [build|test]   (default: build)
+# Installs the Debian packages xenvfb needs to build, run and test, and to
+# build its Debian package (scripts/package.sh).
+# Usage: scripts/deps.sh [build|test|package]   (default: build)
 set -euo pipefail
 what=${1:-build}
-build_pkgs=(pkg-config libvncserver-dev libsdl2-dev libpng-dev libxen-dev zlib1g-dev)
+build_pkgs=(pkg-config libsdl2-dev libpng-dev libxen-dev zlib1g-dev)
+# dpkg-buildpackage, debhelper and lintian; debian/control's Build-Depends
+# beyond build_pkgs (python3 for debian/dlopen-deps).
+package_pkgs=(dpkg-dev debhelper lintian python3)
 test_pkgs=(xenstore-utils mandoc socat python3-venv python3-pip xvfb x11-apps imagemagick gvncviewer xdotool x11-utils
            libxkbcommon0 xkb-data)  # the last two: scripts/keymaps/generate.py and the keymap tests
 pkgs=("${build_pkgs[@]}")
-[ "$what" = test ] && pkgs+=("${test_pkgs[@]}")
+case "$what" in
+  build) ;;
+  test) pkgs+=("${test_pkgs[@]}") ;;
+  package) pkgs+=("${package_pkgs[@]}") ;;
+  *) echo "deps: unknown group '$what' (build, test or package)" >&2; exit 2 ;;
+esac
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -4,12 +4,14 @@
 // PulseAudio, ALSA, codecs...) into every device model, ~3.5 MB of RSS that
 // a headless or VNC-only device model never uses. Instead this file defines
 // the SDL functions the displays call as forwarders to pointers that
-// xenvfb_sdl_load fills from dlopen("libSDL2-2.0.so.0"). Swift calls SDL_*
-// as declared in <SDL2/SDL.h>; CSDL2's module map no longer links SDL2.
+// xenvfb_sdl_load fills from dlopen of libSDL2 (the row XENVFB_LIBRARY_SDL of
+// libraries.h). Swift calls SDL_* as declared in <SDL2/SDL.h>; CSDL2's module
+// map no longer links SDL2.
 #include <dlfcn.h>
 #include <stdio.h>
 #include <SDL2/SDL.h>
 #include "displayshims.h"
+#include "libraries.h"
 
 // Every SDL function xenvfb calls: X(return type, name, (parameters), (arguments)).
 #define XENVFB_SDL_FUNCTIONS(X) \
@@ -41,6 +43,9 @@
     X(void, SDL_SetWindowTitle, (SDL_Window *w, const char *t), (w, t)) \
     X(int, SDL_UpdateTexture, (SDL_Texture *t, const SDL_Rect *r, const void *p, int pitch), (t, r, p, pitch))
 
+XENVFB_DLOPEN_NOTE(XENVFB_LIBRARY_SDL, XENVFB_SDL_FUNCTIONS);
+static const struct xenvfb_library sdl_library = {XENVFB_LIBRARY_SDL};
+
 #define POINTER(type, name, params, args) static type (*loaded_##name) params;
 XENVFB_SDL_FUNCTIONS(POINTER)
 
@@ -51,15 +56,11 @@ XENVFB_SDL_FUNCTIONS(FORWARDER)
 int xenvfb_sdl_load(char *error, size_t size) {
     static void *library;
     if (library) return 0;
-    void *handle = dlopen("libSDL2-2.0.so.0", RTLD_NOW | RTLD_LOCAL);
-    if (!handle) {
-        snprintf(error, size, "%s", dlerror());
-        return -1;
-    }
+    void *handle = xenvfb_dlopen(&sdl_library, error, size);
+    if (!handle) return -1;
 #define RESOLVE(type, name, params, args) \
     if (!(loaded_##name = (type (*) params)dlsym(handle, #name))) { \
-        snprintf(error, size, "libSDL2-2.0.so.0 has no %s", #name); \
-        dlclose(handle); \
+        xenvfb_dlopen_lacks(&sdl_library, handle, #name, error, size); \
         return -1; \
     }
     XENVFB_SDL_FUNCTIONS(RESOLVE)

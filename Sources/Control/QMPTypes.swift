@@ -1,9 +1,13 @@
 /// The version xenvfb reports, and the QEMU version whose QMP it speaks.
 public enum XenvfbVersion {
+    /// The package's version: the one at the top of debian/changelog, which
+    /// is where it is set (ControlTests' VersionTests and debian/rules check
+    /// that they agree).
     public static let string = "0.1.0"
     /// QMP clients (libxl among them) read `{"qemu": {major, minor, micro}}`;
     /// xenvfb answers like the QEMU 7.2 it stands in for.
     public static let qemu: (major: Int64, minor: Int64, micro: Int64) = (7, 2, 0)
+    /// QMP `query-version`'s `package` (QEMU's build: "Debian 1:7.2+dfsg-7").
     public static var package: String { "xenvfb \(string)" }
 }
 

@@ -4,6 +4,7 @@ usage: xenvfb [OPTIONS]                 run as the device model of a Xen domain
        xenvfb xenstored --socket PATH   the embedded xenstored, standalone
        xenvfb screenshot (--domid N | --qmp PATH) [-o FILE] [--wait-still MS]
                                         a picture of a guest's screen over QMP
+       xenvfb --version                 the version (that of the Debian package)
 
 Device model options (the QEMU-style ones libxl passes work too):
   --domid N                    the guest's domain id (-xen-domid N)

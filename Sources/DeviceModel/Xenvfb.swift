@@ -12,7 +12,7 @@ public enum Xenvfb {
         // (and their errors reported) by the command.
         switch arguments.first {
         case "demo": Log.bootstrap(level: DeviceModelOptions.logLevel(in: rest, mode: .demo))
-        case "xenstored", "screenshot", "-h", "--help", "help": Log.bootstrap()
+        case "xenstored", "screenshot", "-h", "--help", "help", "--version", "-version": Log.bootstrap()
         default: Log.bootstrap(level: DeviceModelOptions.logLevel(in: arguments))
         }
         switch arguments.first {
@@ -21,6 +21,9 @@ public enum Xenvfb {
         case "screenshot": return ScreenshotCommand.main(rest)
         case "-h", "--help", "help":
             print(usageText)
+            return 0
+        case "--version", "-version": // -version: QEMU's spelling
+            print("xenvfb \(XenvfbVersion.string)")
             return 0
         default: return DeviceModelCommand.main(arguments)
         }

@@ -88,9 +88,10 @@ public final class SDLDisplay: Display {
         self.frame = console.frame
         self.log = Log.logger("display.sdl")
         // libSDL2 is loaded on first use, not linked (CDisplayShims/sdl.c).
-        var reason = [CChar](repeating: 0, count: 256)
+        // Its error names the option and the Debian package to install.
+        var reason = [CChar](repeating: 0, count: 1024)
         guard xenvfb_sdl_load(&reason, reason.count) == 0 else {
-            throw DisplayError("sdl: cannot load SDL: \(reason.withUnsafeBufferPointer { String(cString: $0.baseAddress!) })")
+            throw DisplayError("sdl: \(reason.withUnsafeBufferPointer { String(cString: $0.baseAddress!) })")
         }
         // Our loop handles signals (signalfd); SDL must not install handlers.
         SDL_SetHint(SDL_HINT_NO_SIGNAL_HANDLERS, "1")

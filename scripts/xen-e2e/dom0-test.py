@@ -1,12 +1,21 @@
 #!/usr/bin/env python3
 """The end-to-end test, run inside dom0 (real Xen, under QEMU/TCG).
 
-For each run listed in /job/job.json — a device model (QEMU or xenvfb) and a
-vfb variant (headless or VNC) — it starts a PV guest with `xl create` and
-`device_model_override`, and checks:
+For each run listed in /job/job.json — Debian's QEMU with a vfb variant
+(headless or VNC), or xenvfb with one of the example configurations in
+configs/ (its guest's kernel, ramdisk, memory and name replaced by the test's)
+— it starts a PV guest with `xl create` and `device_model_override`, and
+checks:
+  package     (once) xenvfb's Debian package is installed and /usr/bin/xenvfb
+              --version prints its version;
+  recommends  (before the SDL example) what apt installed for the package's
+              Recommends (install.sh, in a chroot of dom0's root filesystem)
+              is unpacked over / and libSDL2 is then installed: the runs
+              before it had only what its Depends brought;
   create      `xl create` succeeds;
   dm-spawned  the process in image/device-model-pid is the device model
-              under test (argv[0] is device_model_override's path);
+              under test (argv[0] is device_model_override's path, for the
+              examples the installed /usr/bin/xenvfb);
   connected   vfb and vkbd reach state 4 (Connected) on both ends;
   guest-fb    the guest drew the pattern: its /dev/fb0 read back matches it;
   vnc         (VNC variant) libxl published console/vnc-port and an RFB
@@ -22,7 +31,9 @@ vfb variant (headless or VNC) — it starts a PV guest with `xl create` and
   vnc-input   (VNC variant) vncdotool's `key a` and `click 1` reach the
               guest's evdev as KEY_A and BTN_LEFT press and release;
   png-display (runs that pass --display png:... in device_model_args) the
-              PNG display's latest.ppm shows the guest's last screen;
+              PNG display's latest.png (or .ppm) shows the guest's last screen;
+  sdl-window  (SDL example, on an Xvfb display started here) the SDL window
+              on the X screen shows the guest's last screen;
   destroy     `xl destroy` leaves no device-model process and no
               /local/domain/0/device-model/<domid> node.
 It records time to Connected, the device model's CPU time and peak RSS, and
@@ -231,7 +242,66 @@ def guest_key_events(name):
     return events
 
 
+# The settings the test gives every guest, in place of an example's.
+GUEST_KEYS = ("name", "kernel", "ramdisk", "extra", "memory", "on_crash")
+
+
+def quoted(text):
+    """The strings between single or double quotes in text, in order."""
+    out, quote, current = [], None, ""
+    for ch in text:
+        if quote:
+            if ch == quote:
+                out.append(current)
+                quote, current = None, ""
+            else:
+                current += ch
+        elif ch in "'\"":
+            quote = ch
+    return out
+
+
+def example_settings(path):
+    """What the test needs to know of an example configuration: its
+    device_model_override, the vfb's vnc/sdl keys, and the PNG display's
+    folder and format when device_model_args adds one."""
+    settings = {"override": None, "vnc": False, "sdl": False, "pngdir": None, "pngformat": "png"}
+    with open(path) as f:
+        for line in f:
+            key, _, value = line.split("#", 1)[0].partition("=")
+            key = key.strip()
+            if key == "device_model_override":
+                settings["override"] = quoted(value)[0]
+            elif key == "vfb":
+                keys = dict(kv.partition("=")[::2] for kv in quoted(value)[0].split(","))
+                settings["vnc"] = keys.get("vnc", "1") == "1"  # xl's default: vnc=1
+                settings["sdl"] = keys.get("sdl", "0") == "1"
+            elif key == "device_model_args":
+                for arg in quoted(value):
+                    if arg.startswith("png:"):
+                        opts = dict(kv.partition("=")[::2] for kv in arg[4:].split(","))
+                        settings["pngdir"] = opts.get("dir")
+                        settings["pngformat"] = opts.get("format", "png")
+    return settings
+
+
 def write_config(cfg_path, name, spec, job):
+    if spec.get("config"):
+        # The example as it is, but for the guest's own settings.
+        with open(spec["config"]) as f:
+            kept = [l.rstrip("\n") for l in f
+                    if l.split("=", 1)[0].strip() not in GUEST_KEYS]
+        kept += [
+            'name = "%s"' % name,
+            'kernel = "%s"' % job["kernel"],
+            'ramdisk = "%s"' % job["ramdisk"],
+            'extra = "console=hvc0"',
+            'memory = 256',
+            'on_crash = "preserve"',
+        ]
+        with open(cfg_path, "w") as f:
+            f.write("\n".join(kept) + "\n")
+        return
     vfb = {
         "vnc0": "vnc=0,sdl=0",
         "vnc1": "vnc=1,vnclisten=127.0.0.1,vncdisplay=0",
@@ -264,13 +334,70 @@ def take_screenshot(domid, dest):
     return read_ppm(dest)
 
 
-def copy_latest(directory, dest):
-    """Copies the PNG display's latest.ppm (replaced atomically) to dest."""
-    with open(os.path.join(directory, "latest.ppm"), "rb") as f:
+def copy_latest(directory, fmt, dest, pylib):
+    """Copies the PNG display's latest.png or latest.ppm (replaced
+    atomically) to dest as PPM; Pillow (from pylib) converts a PNG."""
+    with open(os.path.join(directory, "latest." + fmt), "rb") as f:
         data = f.read()
-    with open(dest, "wb") as f:
+    if fmt == "ppm":
+        with open(dest, "wb") as f:
+            f.write(data)
+        return read_ppm(dest)
+    png = dest + ".png"
+    with open(png, "wb") as f:
         f.write(data)
+    rc, out = run(["python3", "-c", TO_PPM, png, dest], timeout=60, env={"PYTHONPATH": pylib or ""})
+    if rc != 0:
+        raise RuntimeError("converting latest.png to PPM failed: %s" % out.strip()[-300:])
     return read_ppm(dest)
+
+
+TO_PPM = "import sys; from PIL import Image; Image.open(sys.argv[1]).convert('RGB').save(sys.argv[2], format='PPM')"
+XVFB_DIR = "/tmp/xvfb"
+
+
+def start_xvfb():
+    """An X display (:0) for the SDL example: Xvfb, whose screen is also the
+    XWD file XVFB_DIR/Xvfb_screen0. Returns (process or None, note)."""
+    os.makedirs(XVFB_DIR, exist_ok=True)
+    try:
+        p = subprocess.Popen(["Xvfb", ":0", "-screen", "0", "1024x768x24", "-fbdir", XVFB_DIR, "-nolisten", "tcp"],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=open(os.path.join(OUT, "xvfb.log"), "w"))
+    except OSError as e:
+        return None, "cannot start Xvfb: %s" % e
+    ok = wait_for("xvfb", 30, 0.2, lambda: os.path.exists("/tmp/.X11-unix/X0") or p.poll() is not None)
+    if p.poll() is not None or not ok:
+        return None, "Xvfb did not start (exit %s; xvfb.log)" % p.poll()
+    return p, "Xvfb :0 running"
+
+
+def sdl_window_shows(expected, width, height):
+    """Looks for the guest's screen (expected RGB, width x height) at 1:1 on
+    Xvfb's screen. Returns (found, note)."""
+    import struct
+    with open(os.path.join(XVFB_DIR, "Xvfb_screen0"), "rb") as f:
+        data = f.read()
+    (header_size, _version, _format, _depth, sw, sh, _xoff, byte_order, _unit, _bit_order, _pad, bpp,
+     bytes_per_line, _vclass, _rm, _gm, _bm, _bits, _centries, ncolors) = struct.unpack_from(">20I", data, 0)
+    if bpp != 32 or byte_order != 0:
+        return False, "Xvfb screen is %d bpp, byte order %d: expected 32, LSBFirst" % (bpp, byte_order)
+    base = header_size + ncolors * 12
+    rows = []
+    for y in range(sh):
+        row = data[base + y * bytes_per_line: base + y * bytes_per_line + sw * 4]
+        rgb = bytearray(sw * 3)
+        rgb[0::3], rgb[1::3], rgb[2::3] = row[2::4], row[1::4], row[0::4]
+        rows.append(bytes(rgb))
+    first = expected[:width * 3]
+    for y in range(sh - height + 1):
+        x3 = rows[y].find(first)
+        while x3 >= 0:
+            if x3 % 3 == 0 and all(rows[y + i][x3:x3 + width * 3] == expected[i * width * 3:(i + 1) * width * 3]
+                                   for i in range(height)):
+                return True, "the guest's screen is at (%d, %d) of the %dx%d X screen" % (x3 // 3, y, sw, sh)
+            x3 = rows[y].find(first, x3 + 1)
+    return False, "the guest's screen is nowhere on the %dx%d X screen" % (sw, sh)
 
 
 def one_run(spec, job, images):
@@ -289,12 +416,27 @@ def one_run(spec, job, images):
         mark("%s %s %s%s" % (label, key, "ok" if ok else "FAILED", (" (%s)" % note) if note else ""))
         return ok
 
+    if spec.get("config"):
+        settings = example_settings(spec["config"])
+        if settings["override"] != spec["path"]:
+            result["notes"].append("config: device_model_override is %s, the package installs %s"
+                                   % (settings["override"], spec["path"]))
+    else:
+        settings = {"override": spec["path"], "vnc": variant == "vnc1", "sdl": False, "pngdir": None}
+    result["vnc"], result["sdl"] = settings["vnc"], settings["sdl"]
+    env = dict(spec.get("env") or {})
+    if settings["sdl"]:
+        # libxl passes xl's DISPLAY (and XAUTHORITY) to the device model.
+        env["DISPLAY"] = ":0"
+    if settings["pngdir"]:
+        # As the example's comment says: the folder must exist.
+        os.makedirs(settings["pngdir"], exist_ok=True)
     cfg = os.path.join(outdir, "xl.cfg")
     write_config(cfg, name, spec, job)
     mark("%s xl create" % label)
     t0 = time.monotonic()
-    # libxl gives the device model xl's environment (XENVFB_LOG, say).
-    rc, out = run(["xl", "-vvv", "create", cfg], timeout=120, env=spec.get("env"))
+    # libxl gives the device model xl's environment (XENVFB_LOG, DISPLAY).
+    rc, out = run(["xl", "-vvv", "create", cfg], timeout=120, env=env or None)
     result["create_seconds"] = round(time.monotonic() - t0, 2)
     with open(os.path.join(outdir, "xl-create.log"), "w") as f:
         f.write(out)
@@ -336,7 +478,7 @@ def one_run(spec, job, images):
         argv = []
     with open(os.path.join(outdir, "dm-argv.txt"), "w") as f:
         f.write("\n".join(argv) + "\n")
-    check("dm-spawned", argv[:1] == [spec["path"]],
+    check("dm-spawned", argv[:1] == [spec["path"]] and settings["override"] == spec["path"],
           "pid %s runs %s (its argv is in dm-argv.txt)" % (pid, argv[0] if argv else "nothing: no such process"))
 
     drawn = wait_for("drawn", 60, 0.5, lambda: guest_marker(name, "drawn"))
@@ -348,7 +490,7 @@ def one_run(spec, job, images):
     check("guest-fb", guest_md5 == images["first"]["md5"],
           "guest read back md5 %s, expected %s" % (guest_md5, images["first"]["md5"]))
 
-    if variant == "vnc1":
+    if settings["vnc"]:
         port = xs_read("/local/domain/%d/console/vnc-port" % domid)
         listen = xs_read("/local/domain/%d/console/vnc-listen" % domid)
         banner = b""
@@ -430,13 +572,25 @@ def one_run(spec, job, images):
                  "guest read back md5 %s, expected %s" % (md5, images["second"]["md5"])):
             screenshot_check("update", images["second"], "screenshot-2.ppm")
 
-    if spec.get("pngdir"):
+    last_image = images["second"] if checks.get("guest-fb-2") else images["first"]
+    if settings["pngdir"]:
         # The PNG display (device_model_args) must have saved the last screen.
-        last_image = images["second"] if checks.get("guest-fb-2") else images["first"]
         screenshot_check("png-display", last_image, "png-display-latest.ppm",
-                         take=lambda dest: copy_latest(spec["pngdir"], dest))
+                         take=lambda dest: copy_latest(settings["pngdir"], settings["pngformat"], dest, job.get("pylib")))
 
-    if variant == "vnc1":
+    if settings["sdl"]:
+        found, note = False, "no look at the X screen"
+        for _ in range(15):
+            try:
+                found, note = sdl_window_shows(last_image["rgb"], job["width"], job["height"])
+            except Exception as e:  # report whatever went wrong, keep polling
+                note = "reading Xvfb's screen failed: %r" % e
+            if found:
+                break
+            time.sleep(1)
+        check("sdl-window", found, note)
+
+    if settings["vnc"]:
         # A VNC client the project did not write (vncdotool, from /job/pylib)
         # must see what the guest drew and deliver key and mouse to its evdev.
         last_image = images["second"] if checks.get("guest-fb-2") else images["first"]
@@ -591,6 +745,35 @@ def image(raw, job):
     return {"md5": hashlib.md5(raw).hexdigest(), "rgb": bytes(rgb)}
 
 
+def package_check():
+    """xenvfb's package as install.sh left it: installed, and the binary's
+    version is the package's. Also lists dom0's packages (dom0-packages.txt)."""
+    rc, listing = run(["dpkg-query", "-W", "-f", "${Package} ${Version}\\n"], timeout=60)
+    with open(os.path.join(OUT, "dom0-packages.txt"), "w") as f:
+        f.write(listing)
+    rc, version = run(["dpkg-query", "-W", "-f", "${Version}", "xenvfb"], timeout=30)
+    vrc, said = run(["/usr/bin/xenvfb", "--version"], timeout=30)
+    ok = rc == 0 and vrc == 0 and said.strip() == "xenvfb " + version.strip()
+    note = "dpkg: xenvfb %s; /usr/bin/xenvfb --version: %s" % (version.strip() if rc == 0 else "NOT INSTALLED", said.strip())
+    mark("package %s (%s)" % ("ok" if ok else "FAILED", note))
+    return {"package": ok, "package_note": note}
+
+
+def install_recommends(job):
+    """Adds what apt installed for the package's Recommends (install.sh made
+    the layer with apt in a chroot of this root filesystem): unpacked over /."""
+    layer = os.path.join(JOB, "recommends.tar")
+    if not os.path.exists(layer):
+        ok, note = False, "no %s: install.sh found no Recommends" % layer
+    else:
+        rc, out = run(["tar", "-C", "/", "-xpf", layer], timeout=300)
+        prc, state = run(["dpkg-query", "-W", "-f", "${Package} ${db:Status-Abbrev}\\n", "libsdl2-2.0-0"], timeout=60)
+        ok = rc == 0 and prc == 0 and state.split()[1:2] == ["ii"]
+        note = "tar exit %d%s; dpkg: %s" % (rc, (": " + out.strip()[-300:]) if rc else "", state.strip() or "libsdl2-2.0-0 unknown")
+    mark("recommends %s (%s)" % ("ok" if ok else "FAILED", note))
+    return {"recommends": ok, "recommends_note": note}
+
+
 def main():
     with open(os.path.join(JOB, "job.json")) as f:
         job = json.load(f)
@@ -613,6 +796,10 @@ def main():
         configs[os.path.basename(cfg)] = rc == 0
         mark("config %s %s" % (os.path.basename(cfg), "parses" if rc == 0 else "FAILED: " + out.strip()[-300:]))
     results = []
+    package = {}
+    if any(spec["dm"] == "xenvfb" for spec in job["runs"]):
+        package = package_check()
+    xvfb = None
     budget_end = T_START + job.get("budget_seconds", 3600)
     for spec in job["runs"]:
         if time.monotonic() > budget_end - job.get("run_reserve_seconds", 90):
@@ -620,6 +807,11 @@ def main():
             results.append({"dm": spec["dm"], "variant": spec["variant"],
                             "checks": {"harness": False}, "notes": ["harness: not run, time budget spent"]})
             continue
+        if spec.get("config") and example_settings(spec["config"])["sdl"]:
+            package.update(install_recommends(job))
+            if xvfb is None:
+                xvfb, note = start_xvfb()
+                mark("xvfb: %s" % note)
         try:
             results.append(one_run(spec, job, images))
         except Exception as e:
@@ -628,13 +820,16 @@ def main():
                             "checks": {"harness": False}, "notes": ["harness error: %r" % e]})
             run(["xl", "destroy", "e2e-%s-%s" % (spec["dm"], spec["variant"])], timeout=60)
         with open(os.path.join(OUT, "results.json"), "w") as f:
-            json.dump({"runs": results, "configs": configs}, f, indent=1)
+            json.dump({"runs": results, "configs": configs, "package": package}, f, indent=1)
         # The host may have to stop the VM; what is on disk must be complete.
         os.sync()
+    if xvfb is not None:
+        xvfb.terminate()
     run_list = run(["xl", "list"], timeout=20)[1]
     with open(os.path.join(OUT, "xl-list-at-end.txt"), "w") as f:
         f.write(run_list)
-    passed = all(all(r["checks"].values()) and r["checks"] for r in results) and all(configs.values())
+    passed = all(all(r["checks"].values()) and r["checks"] for r in results) and all(configs.values()) \
+        and all(v for k, v in package.items() if k in ("package", "recommends"))
     mark("all runs done: %s" % ("PASS" if passed else "FAIL"))
     return 0 if passed else 1
 

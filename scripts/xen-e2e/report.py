@@ -7,7 +7,15 @@ import json
 import os
 import sys
 
-CHECKS = ["create", "dm-spawned", "connected", "guest-fb", "vnc", "screenshot", "input", "guest-fb-2", "update", "png-display", "vnc-capture", "vnc-input", "destroy", "harness"]
+CHECKS = ["create", "dm-spawned", "connected", "guest-fb", "vnc", "screenshot", "input", "guest-fb-2", "update", "png-display",
+          "sdl-window", "vnc-capture", "vnc-input", "destroy", "harness"]
+
+
+def label(run):
+    """A column's title: QEMU's variants, or the xenvfb example run."""
+    if run["dm"] == "qemu":
+        return "qemu " + {"vnc1": "vnc", "vnc0": "headless"}.get(run["variant"], run["variant"])
+    return "xenvfb " + run["variant"]
 
 
 def main():
@@ -15,14 +23,14 @@ def main():
     try:
         with open(os.path.join(directory, "results.json")) as f:
             data = json.load(f)
-        results, configs = data["runs"], data.get("configs", {})
+        results, configs, package = data["runs"], data.get("configs", {}), data.get("package", {})
     except (OSError, ValueError, KeyError) as e:
         print("xen-e2e: no results from dom0 (%s); see %s/serial.log and dom0-test.log" % (e, directory))
         return 1
     if not results:
         print("xen-e2e: dom0 ran no test")
         return 1
-    header = ["", *["%s %s" % (r["dm"], "vnc" if r["variant"] == "vnc1" else "headless") for r in results]]
+    header = ["", *[label(r) for r in results]]
     rows = []
     for check in CHECKS:
         if any(check in r["checks"] for r in results):
@@ -55,6 +63,10 @@ def main():
         "screen stands still. All runs share one VM, so they compare fairly\n" \
         "with each other; absolute numbers depend on the host's load under TCG.\n\n" + load + \
         "## Details\n\n" + "\n".join(notes) + "\n"
+    if package:
+        text += "\n## xenvfb's Debian package in dom0\n\n" + "".join(
+            "- %s: %s (%s)\n" % (key, "ok" if package[key] else "FAILED", package.get(key + "_note", ""))
+            for key in ("package", "recommends") if key in package)
     if configs:
         text += "\n## Example configurations (xl create -n)\n\n" + "\n".join(
             "- configs/%s: %s" % (name, "parses" if ok else "FAILED") for name, ok in sorted(configs.items())) + "\n"
@@ -68,7 +80,11 @@ def main():
                       "; ".join(n for n in r.get("notes", []) if n.startswith(check + ":"))))
     for name, ok in sorted(configs.items()):
         print("configs/%s: %s" % (name, "parses" if ok else "FAILED (xl create -n)"))
-    return 0 if all(r["checks"] and all(r["checks"].values()) for r in results) and all(configs.values()) else 1
+    for key in ("package", "recommends"):
+        if key in package:
+            print("%s: %s (%s)" % (key, "ok" if package[key] else "FAILED", package.get(key + "_note", "")))
+    return 0 if all(r["checks"] and all(r["checks"].values()) for r in results) and all(configs.values()) \
+        and all(package.get(key, True) for key in ("package", "recommends")) else 1
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 cache="$root/.build-xen"
 mirror=${XEN_E2E_MIRROR:-http://deb.debian.org/debian}
+security=${XEN_E2E_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
 mkdir -p "$cache"
 pkgs=$(grep -v '^#' "$here/dom0-packages" | tr -s ' \n' ' ')
 key=$( { echo "$pkgs"; cat "$here/rootfs.sh"; } | sha256sum | cut -c1-16)
@@ -33,6 +34,14 @@ echo "rootfs: debootstrap bookworm into $work ($(date +%T))" >&2
 # hanging CI; each normally takes well under 2 minutes.
 timeout 900 debootstrap --variant=minbase bookworm "$work" "$mirror" >"$cache/debootstrap.log" 2>&1 || {
   tail -n 30 "$cache/debootstrap.log" >&2; exit 1; }
+# The suites a Debian 12 installation uses: its security updates too, where
+# the Xen libraries xenvfb is built against come from (the package depends on
+# at least their version).
+cat > "$work/etc/apt/sources.list" <<EOF
+deb $mirror bookworm main
+deb $mirror bookworm-updates main
+deb $security bookworm-security main
+EOF
 # No daemon may start inside the chroot while packages are configured.
 printf '#!/bin/sh\nexit 101\n' > "$work/usr/sbin/policy-rc.d"
 chmod +x "$work/usr/sbin/policy-rc.d"
