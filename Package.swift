@@ -87,6 +87,7 @@ let package = Package(
         .testTarget(name: "EndToEndTests", dependencies: ["XenProtocol", "GuestKit", "Devices", "XenBus", "Host", "Console", "Displays", "XenStore", "Damage", "EventLoop", "Support"],
                     exclude: ["device_model.py", "faults.py", "convergence.py"]),
         .testTarget(name: "GuestKitTests", dependencies: ["XenProtocol", "GuestKit", "Devices", "XenBus", "Host", "Console", "Displays", "Damage", "EventLoop", "Support"]),
+        .testTarget(name: "DeviceModelTests", dependencies: ["DeviceModel", "Console", "Damage", "Control", "EventLoop", "Support"]),
         .testTarget(name: "ControlTests", dependencies: ["Control", "EventLoop", "Support", "CShims"],
                     exclude: ["qmp_client.py"]),
     ]
