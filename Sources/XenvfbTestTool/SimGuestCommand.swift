@@ -6,6 +6,7 @@ import EventLoop
 import GuestKit
 import Host
 import Support
+import XenProtocol
 
 /// `xenvfb-testtool sim-guest --machine DIR --xenstore SOCKET --domid N [--demo] [--commands]`
 /// a simulated guest as a process of its own, as under Xen —
@@ -23,8 +24,22 @@ import Support
 /// - `scribble SEED COUNT`: COUNT random writes, all reported by UPDATE
 ///   events, then says `scribbled SEED`;
 /// - `dump PATH`: writes its framebuffer as a binary PPM (P6) to PATH, then
-///   says `dumped PATH`.
+///   says `dumped PATH`;
+/// - `animate FPS SECONDS`: a 160-row band moves down the screen FPS times a
+///   second (one UPDATE of the band's rows each frame), then `animated N`;
+/// - `noise FPS SECONDS`: every frame also fills the rest of the screen with
+///   noise (one UPDATE each), as a video or a hostile guest does;
+/// - `storm FPS SECONDS`: every frame also fills the OUT ring with RESIZE
+///   events alternating between two heights (a RESIZE storm);
+///   each ends with `noised N` / `stormed N`.
 enum SimGuestCommand {
+    /// What the timers of `animate`, `noise` and `storm` do.
+    final class Activity {
+        var frames = 0
+        var timer: EventLoop.TimerID?
+    }
+    nonisolated(unsafe) static var activities: [String: Activity] = [:]
+
     /// The test pattern, a pure function of the position.
     static func pattern(x: Int, y: Int) -> UInt32 {
         UInt32((x * 7) & 0xff) << 16 | UInt32((y * 3) & 0xff) << 8 | UInt32((x ^ y) & 0xff)
@@ -113,7 +128,7 @@ enum SimGuestCommand {
                     while let nl = input.firstIndex(of: 10) {
                         let line = String(decoding: input[..<nl], as: UTF8.self)
                         input.removeSubrange(...nl)
-                        command(line, fb: fb)
+                        command(line, fb: fb, loop: loop)
                     }
                 }
             }
@@ -131,9 +146,67 @@ enum SimGuestCommand {
         UInt32((x &* 3 &+ seed &* 41) & 0xff) << 16 | UInt32((y &* 5 &+ seed &* 13) & 0xff) << 8 | UInt32((x &+ y &+ seed) & 0xff)
     }
 
-    static func command(_ line: String, fb: FramebufferFrontend) {
+    /// Runs `frame` FPS times a second for SECONDS on the loop, then says `done N`.
+    static func repeatEvery(_ name: String, fps: Int, seconds: Int, loop: EventLoop, done: String, _ frame: @escaping (Int) -> Void) {
+        if let old = activities[name], let t = old.timer { loop.cancelTimer(t) }
+        let activity = Activity()
+        activities[name] = activity
+        let interval = Duration.nanoseconds(Int64(1_000_000_000 / max(1, min(fps, 1000))))
+        let end = EventLoop.now() + UInt64(max(0, seconds)) * 1_000_000_000
+        activity.timer = loop.addTimer(after: interval, repeating: interval) {
+            guard EventLoop.now() < end else {
+                if let t = activity.timer { loop.cancelTimer(t) }
+                activity.timer = nil
+                say("\(done) \(activity.frames)")
+                return
+            }
+            frame(activity.frames)
+            activity.frames += 1
+        }
+    }
+
+    static func command(_ line: String, fb: FramebufferFrontend, loop: EventLoop) {
         let words = line.split(separator: " ", maxSplits: 1).map(String.init)
+        let numbers = words.count == 2 ? words[1].split(separator: " ").compactMap { Int($0) } : []
         switch (words.first, words.count) {
+        case ("animate", 2) where numbers.count == 2:
+            repeatEvery("animate", fps: numbers[0], seconds: numbers[1], loop: loop, done: "animated") { n in
+                guard fb.state == .connected, fb.height > 160 else { return }
+                let top = (n * 8) % (fb.height - 160)
+                _ = fb.withPixels { px in
+                    for y in 0..<fb.height where y < 600 {
+                        let inBand = y >= top && y < top + 160
+                        let row = (px.baseAddress! + y * fb.stride).assumingMemoryBound(to: UInt32.self)
+                        if inBand { for x in 0..<fb.width { row[x] = pattern(x: x, y: y - top, seed: n) } }
+                    }
+                }
+                // The band's new rows and the rows it left.
+                fb.update(Rect(x: 0, y: max(0, top - 8), width: fb.width, height: 168))
+            }
+        case ("noise", 2) where numbers.count == 2:
+            var rng: UInt64 = 0x9E37_79B9_7F4A_7C15
+            repeatEvery("noise", fps: numbers[0], seconds: numbers[1], loop: loop, done: "noised") { _ in
+                guard fb.state == .connected else { return }
+                _ = fb.withPixels { px in
+                    let words = px.count / 8
+                    let p = px.baseAddress!.assumingMemoryBound(to: UInt64.self)
+                    // Every 7th word: enough noise to defeat compression, cheap to make.
+                    for i in stride(from: 0, to: words, by: 7) {
+                        rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17
+                        p[i] = rng
+                    }
+                }
+                fb.update(Rect(x: 0, y: 0, width: fb.width, height: fb.height))
+            }
+        case ("storm", 2) where numbers.count == 2:
+            repeatEvery("storm", fps: numbers[0], seconds: numbers[1], loop: loop, done: "stormed") { n in
+                guard fb.state == .connected else { return }
+                // As many as the ring has room for (a full ring each frame).
+                for i in 0..<max(0, HostileGuest(fb: fb).outRoom) {
+                    let h = (n + i) % 2 == 0 ? fb.height : fb.height - 1
+                    fb.sendResize(width: fb.width, height: h, stride: fb.stride, depth: 32, offset: 0)
+                }
+            }
         case ("draw", 2):
             guard let seed = Int(words[1]), fb.state == .connected else { return say("error \(line)") }
             let r = Rect(x: 100, y: 50, width: min(200, fb.width - 100), height: min(150, fb.height - 50))
