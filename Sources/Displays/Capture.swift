@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CShims
 import Console
 import CPNG
 import EventLoop
@@ -247,6 +248,10 @@ public final class CaptureWorker: @unchecked Sendable {
     }
 
     private func run() {
+        // Encoding is background work: the guest's loop (and the VNC
+        // server) win the CPU when both want it.
+        _ = cshims_set_thread_name("xenvfb-capture")
+        _ = cshims_set_thread_nice(10)
         while true {
             lock.lock()
             while jobs.isEmpty && !stopping { wake.wait(lock) }

@@ -28,3 +28,13 @@ static inline int cshims_set_cloexec(int fd) {
 static inline int cshims_set_thread_name(const char *name) {
     return prctl(PR_SET_NAME, (unsigned long)name, 0, 0, 0);
 }
+
+#include <sys/resource.h>
+#include <sys/syscall.h>
+
+/// Lowers the calling thread's scheduling priority to `nice` (Linux applies
+/// setpriority(PRIO_PROCESS) to one thread when given its tid): for
+/// background work that must not compete with the guest's loop.
+static inline int cshims_set_thread_nice(int nice) {
+    return setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), nice);
+}
