@@ -26,6 +26,8 @@ let package = Package(
         .target(name: "CRFB"),
         // The SDL display's C half: libSDL2 loaded with dlopen only when a window is asked for (sdl.c).
         .target(name: "CDisplayShims", dependencies: ["CSDL2"]),
+        // libpng's row-by-row writer (its errors longjmp, so it is C).
+        .target(name: "CPNGWrite", dependencies: ["CPNG"]),
 
         .target(name: "Support", dependencies: ["CShims", .product(name: "Logging", package: "swift-log")]),
         .target(name: "EventLoop", dependencies: ["Support", "CShims"]),
@@ -42,7 +44,7 @@ let package = Package(
         // The console: frame, display protocol, the one input queue (no C dependencies).
         // Devices publish into it; displays subscribe to it.
         .target(name: "Console", dependencies: ["Damage", "EventLoop", "Support", .product(name: "Logging", package: "swift-log")]),
-        .target(name: "Displays", dependencies: ["Console", "Damage", "EventLoop", "Support", "CShims", "RFB", "CSDL2", "CPNG",
+        .target(name: "Displays", dependencies: ["Console", "Damage", "EventLoop", "Support", "CShims", "RFB", "CSDL2", "CPNG", "CPNGWrite",
                                                 "CDisplayShims", .product(name: "Logging", package: "swift-log")]),
         .target(name: "Devices", dependencies: ["XenBus", "XenProtocol", "XenStore", "Host", "Damage", "Console", "EventLoop", "Support", "CXen"]),
         // The VNC (RFB) server: its own thread, sockets and encoders; reads the frame through RFBFrameSource.

@@ -9,7 +9,9 @@ client connected while it does. Then prints VmHWM/VmRSS from
 /proc/PID/status and the largest mappings of /proc/PID/smaps (Rss and
 Private_Dirty), and exits 1 if VmHWM is above --limit-kb.
 
-Usage: memory.py [--vnc] [--limit-kb N] [--smaps] XENVFB
+Usage: memory.py [--vnc | --png] [--limit-kb N] [--smaps] XENVFB
+(--png: headless with the PNG display writing every change, as the real-Xen
+test's headless-png guest.)
 With MEMORY_PAUSE=1 in the environment it waits for a line on stdin at the
 peak (printing the device model's pid) so /proc/PID can be inspected.
 Run with .build-tools/venv/bin/python3 (vncdo). Build XENVFB as shipped:
@@ -72,6 +74,7 @@ def smaps(pid):
 def main():
     args = sys.argv[1:]
     vnc = "--vnc" in args
+    png = "--png" in args
     show_smaps = "--smaps" in args
     limit = None
     if "--limit-kb" in args:
@@ -130,6 +133,8 @@ def main():
             dm_args += ["-vnc", f"127.0.0.1:{port - 5900}"]
         else:
             dm_args += ["-vnc", "none", "-display", "none", "-nographic"]
+        if png:
+            dm_args += ["--display", f"png:dir={os.path.join(machine, 'png')},interval=0"]
         dm = spawn(dm_args)
         wait_for(lambda: xs_read(f"/local/domain/0/device-model/{DOMID}/state") == "running", "device-model state", procs)
         for t in ("vfb", "vkbd"):
@@ -175,8 +180,9 @@ def main():
         time.sleep(0.3)
 
         if os.environ.get("MEMORY_PAUSE"): input(f"pid {dm.pid}; enter to end ")
+        if os.environ.get("MEMORY_DETAIL"): subprocess.run([os.environ["MEMORY_DETAIL"], str(dm.pid)])
         s = status(dm.pid)
-        mode = "VNC (one vncdo client)" if vnc else "headless"
+        mode = "VNC (one vncdo client)" if vnc else "headless, PNG display" if png else "headless"
         print(f"memory: {mode}: VmHWM {s['VmHWM']} kB ({s['VmHWM'] / 1024:.1f} MiB), VmRSS {s['VmRSS']} kB "
               f"(anon {s['RssAnon']}, file {s['RssFile']}, shmem {s['RssShmem']}), threads {s['Threads']}")
         if show_smaps:

@@ -90,12 +90,19 @@ public protocol InputSink: AnyObject {
 public protocol Display: AnyObject {
     /// A short name for logs and QMP (`vnc`, `sdl`, `png`).
     var name: String { get }
+    /// Added to `console` (before the first `frameDidResize`): a display that
+    /// reads the frame from a thread of its own keeps it.
+    func attach(to console: Console)
     /// The frame was (re)allocated: new geometry, repaint everything.
     func frameDidResize(_ frame: Frame)
     /// The pixels inside `rects` changed; rects lie within the frame.
     func frameDidUpdate(_ frame: Frame, rects: [Rect])
     /// The device model is shutting down or the device went away.
     func close()
+}
+
+extension Display {
+    public func attach(to console: Console) {}
 }
 
 /// The console: one frame, the displays that show it, and the input path
@@ -113,6 +120,7 @@ public final class Console: @unchecked Sendable {
     /// The one input queue displays send to (`InputQueue`), set by the owner.
     public weak var input: InputSink?
     private var sizeSnapshot: (width: Int, height: Int)
+    private var changes: UInt64 = 0
 
     public init(width: Int = 800, height: Int = 600) {
         frame = Frame(width: width, height: height)
@@ -121,6 +129,11 @@ public final class Console: @unchecked Sendable {
 
     /// The frame's size, from any thread.
     public var size: (width: Int, height: Int) { lock.withLock { sizeSnapshot } }
+
+    /// Counts every change published (updates and resizes), from any thread:
+    /// a reader that took longer than a loop handler compares it before and
+    /// after to know whether it saw one consistent picture.
+    public var generation: UInt64 { lock.withLock { changes } }
 
     /// Runs `body` with the frame, holding the console's lock: from any
     /// thread, to read it; on the loop's thread, to write into it. Keep
@@ -132,6 +145,7 @@ public final class Console: @unchecked Sendable {
 
     public func add(_ display: Display) {
         displays.append(display)
+        display.attach(to: self)
         display.frameDidResize(frame)
     }
 
@@ -144,6 +158,7 @@ public final class Console: @unchecked Sendable {
         lock.withLock {
             frame.resize(width: width, height: height)
             sizeSnapshot = (width, height)
+            changes &+= 1
         }
         for d in displays { d.frameDidResize(frame) }
     }
@@ -152,6 +167,7 @@ public final class Console: @unchecked Sendable {
     public func update(_ rects: [Rect]) {
         let clipped = rects.map { $0.intersection(frame.bounds) }.filter { !$0.isEmpty }
         guard !clipped.isEmpty else { return }
+        lock.withLock { changes &+= 1 }
         for d in displays { d.frameDidUpdate(frame, rects: clipped) }
     }
 

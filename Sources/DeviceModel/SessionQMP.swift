@@ -31,12 +31,12 @@ extension Session {
                 case let other: throw .generic("Parameter 'format' does not accept value '\(other)'")
                 }
                 // As QEMU's screendump: refresh first, then write what is
-                // current. The snapshot is taken now, on the loop; encoding and
-                // writing run on the capture thread and the reply follows.
+                // current. The capture thread reads the console row by row (no
+                // copy of the frame), encodes and writes; the reply follows.
                 refresh()
-                let snapshot = Snapshot(console.frame)
+                let console = self.console
                 let accepted = captures.submit({ () -> CaptureError? in
-                    do throws(CaptureError) { try snapshot.write(to: filename, format: format); return nil } catch { return error }
+                    do throws(CaptureError) { try capture(console, to: filename, format: format); return nil } catch { return error }
                 }) { failure in
                     if let failure { reply.failure(.generic("\(failure)")) } else { reply.success() }
                 }

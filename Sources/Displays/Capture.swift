@@ -4,6 +4,7 @@ import Glibc
 import CShims
 import Console
 import CPNG
+import CPNGWrite
 import EventLoop
 import Support
 
@@ -38,44 +39,105 @@ public struct CaptureError: Error, CustomStringConvertible, Equatable {
     public var description: String { "cannot write \(path): \(reason)" }
 }
 
-/// A picture of the frame as packed R, G, B bytes: what the encoders take.
-///
-/// Taking one is the only part of a capture that reads the frame; it runs on
-/// the loop's thread (where the frame does not change under it) and costs a
-/// pass over the pixels. Encoding and writing then run anywhere
-/// (`CaptureWorker`), so a slow encode never holds the guest's loop.
-public struct Snapshot: Sendable {
-    public let width: Int
-    public let height: Int
-    public let rgb: [UInt8]
+/// Where a capture reads its rows from: a frame on the loop's thread, or the
+/// console from any thread (each row under the console's lock). Only one row
+/// of RGB is ever held: a capture costs no copy of the frame.
+struct RowSource {
+    let width: Int
+    let height: Int
+    /// Fills one row of packed R, G, B; false if the picture changed size.
+    let row: (_ y: Int, _ rgb: UnsafeMutablePointer<UInt8>) -> Bool
 
-    /// Converts the frame's XRGB words. Call on the loop's thread (or inside
-    /// `Console.withFrame`).
-    public init(_ frame: Frame) {
+    /// A frame read on the loop's thread (where it does not change under us).
+    init(_ frame: Frame) {
         width = frame.width
         height = frame.height
-        let rowBytes = frame.width * 3
-        rgb = [UInt8](unsafeUninitializedCapacity: rowBytes * frame.height) { buffer, count in
-            for y in 0..<frame.height {
-                convertRowToRGB(frame, y: y, into: UnsafeMutableRawPointer(buffer.baseAddress! + y * rowBytes))
-            }
-            count = rowBytes * frame.height
+        row = { y, rgb in
+            guard y < frame.height else { return false }
+            convertRowToRGB(frame, y: y, into: UnsafeMutableRawPointer(rgb))
+            return true
         }
     }
 
-    /// Writes the picture to `path` as PNG or PPM (P6), in place, as QEMU's
-    /// screendump does. The final path component must not be a symbolic
-    /// link (the writer may be root and the directory shared).
-    public func write(to path: String, format: CaptureFormat) throws(CaptureError) {
+    /// The console's frame, read from another thread, row by row under its lock.
+    init(_ console: Console) {
+        let (w, h) = console.size
+        width = w
+        height = h
+        row = { y, rgb in
+            console.withFrame { frame in
+                guard frame.width == w, frame.height == h else { return false }
+                convertRowToRGB(frame, y: y, into: UnsafeMutableRawPointer(rgb))
+                return true
+            }
+        }
+    }
+
+    /// Writes the picture to `fd` (and closes it) as PNG or PPM (P6).
+    func write(fd: Int32, path: String, format: CaptureFormat) throws(CaptureError) {
+        switch format {
+        case .png: try writePNG(fd: fd, path: path)
+        case .ppm:
+            defer { close(fd) }
+            try writePPM(fd: fd, path: path)
+        }
+    }
+
+    /// PNG through libpng's row API (CPNGWrite: fast zlib level, the Sub
+    /// filter), one row at a time.
+    private func writePNG(fd: Int32, path: String) throws(CaptureError) {
+        guard let file = fdopen(fd, "wb") else {
+            let e = errno
+            close(fd)
+            throw CaptureError(path: path, reason: String(cString: strerror(e)))
+        }
+        var error = [CChar](repeating: 0, count: 256)
+        let box = Unmanaged.passRetained(RowBox(row))
+        defer { box.release() }
+        let rc = xenvfb_png_write(file, Int32(width), Int32(height), { context, y, rgb in
+            let row = Unmanaged<RowBox>.fromOpaque(context!).takeUnretainedValue().row
+            return row(Int(y), rgb!) ? 0 : 1
+        }, box.toOpaque(), &error, error.count)
+        let closed = fclose(file)
+        guard rc == 0 else { throw CaptureError(path: path, reason: error.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }) }
+        guard closed == 0 else { throw CaptureError(path: path, reason: String(cString: strerror(errno))) }
+    }
+
+    /// PPM P6 (binary RGB, maxval 255), in chunks of rows.
+    private func writePPM(fd: Int32, path: String) throws(CaptureError) {
+        let header = Array("P6\n\(width) \(height)\n255\n".utf8)
+        let rowBytes = width * 3
+        let rowsPerChunk = max(1, 65536 / max(rowBytes, 1))
+        let chunk = UnsafeMutablePointer<UInt8>.allocate(capacity: max(rowBytes * rowsPerChunk, header.count))
+        defer { chunk.deallocate() }
+        chunk.initialize(from: header, count: header.count)
+        try writeAll(fd, UnsafeRawBufferPointer(start: chunk, count: header.count), path: path)
+        var y = 0
+        while y < height {
+            let rows = min(rowsPerChunk, height - y)
+            for r in 0..<rows {
+                guard row(y + r, chunk + r * rowBytes) else {
+                    throw CaptureError(path: path, reason: "the picture changed size while it was written")
+                }
+            }
+            try writeAll(fd, UnsafeRawBufferPointer(start: chunk, count: rows * rowBytes), path: path)
+            y += rows
+        }
+    }
+
+    /// Writes the picture to `path` in place, as QEMU's screendump does; the
+    /// final path component must not be a symbolic link (the writer may be
+    /// root and the directory shared).
+    func write(to path: String, format: CaptureFormat) throws(CaptureError) {
         let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw CaptureError(path: path, reason: Self.reason(errno, path)) }
+        guard fd >= 0 else { throw CaptureError(path: path, reason: capturePathReason(errno)) }
         try write(fd: fd, path: path, format: format)
     }
 
     /// Writes the picture to a new file with an unpredictable name in
     /// `directory` (created with O_EXCL, never through a link) and returns
     /// that name: for writers that then rename it into place.
-    public func writeTemporary(in directory: String, prefix: String, format: CaptureFormat) throws(CaptureError) -> String {
+    func writeTemporary(in directory: String, prefix: String, format: CaptureFormat) throws(CaptureError) -> String {
         var attempt = 0
         while true {
             let name = "\(directory)/.\(prefix)-\(String(UInt64.random(in: 0 ... .max), radix: 36)).tmp"
@@ -90,64 +152,37 @@ public struct Snapshot: Sendable {
                 return name
             }
             attempt += 1
-            guard errno == EEXIST, attempt < 16 else { throw CaptureError(path: name, reason: Self.reason(errno, name)) }
-        }
-    }
-
-    private static func reason(_ code: Int32, _ path: String) -> String {
-        code == ELOOP ? "it is a symbolic link" : String(cString: strerror(code))
-    }
-
-    /// Writes to `fd` (and closes it).
-    private func write(fd: Int32, path: String, format: CaptureFormat) throws(CaptureError) {
-        switch format {
-        case .png: try writePNG(fd: fd, path: path)
-        case .ppm:
-            defer { close(fd) }
-            try writePPM(fd: fd, path: path)
-        }
-    }
-
-    /// PNG through libpng's simplified API with `PNG_IMAGE_FLAG_FAST` (no
-    /// filtering, fast zlib level): about 20 ms for 1080p desktop content.
-    /// The simplified API reports errors by return value, so no setjmp is
-    /// needed.
-    private func writePNG(fd: Int32, path: String) throws(CaptureError) {
-        guard let file = fdopen(fd, "wb") else {
-            let e = errno
-            close(fd)
-            throw CaptureError(path: path, reason: String(cString: strerror(e)))
-        }
-        var image = png_image()
-        image.version = UInt32(PNG_IMAGE_VERSION)
-        image.width = UInt32(width)
-        image.height = UInt32(height)
-        image.format = UInt32(PNG_FORMAT_RGB)
-        image.flags = UInt32(PNG_IMAGE_FLAG_FAST)
-        let ok = rgb.withUnsafeBytes { png_image_write_to_stdio(&image, file, 0, $0.baseAddress, Int32(width * 3), nil) }
-        let message = withUnsafeBytes(of: image.message) { raw in String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self) }
-        if ok == 0 { png_image_free(&image) }
-        let closed = fclose(file)
-        guard ok != 0 else { throw CaptureError(path: path, reason: message.isEmpty ? "libpng failed" : message) }
-        guard closed == 0 else { throw CaptureError(path: path, reason: String(cString: strerror(errno))) }
-    }
-
-    /// PPM P6 (binary RGB, maxval 255).
-    private func writePPM(fd: Int32, path: String) throws(CaptureError) {
-        let header = Array("P6\n\(width) \(height)\n255\n".utf8)
-        for part in [header, rgb] {
-            let failure: CaptureError? = part.withUnsafeBytes { bytes in
-                do throws(CaptureError) { try writeAll(fd, bytes, path: path); return nil } catch { return error }
-            }
-            if let failure { throw failure }
+            guard errno == EEXIST, attempt < 16 else { throw CaptureError(path: name, reason: capturePathReason(errno)) }
         }
     }
 }
 
-/// Writes `frame` to `path` as PNG or PPM, replacing the file (QMP
-/// `screendump` on the loop: snapshot, encode and write in one go).
+private final class RowBox {
+    let row: (Int, UnsafeMutablePointer<UInt8>) -> Bool
+    init(_ row: @escaping (Int, UnsafeMutablePointer<UInt8>) -> Bool) { self.row = row }
+}
+
+private func capturePathReason(_ code: Int32) -> String {
+    code == ELOOP ? "it is a symbolic link" : String(cString: strerror(code))
+}
+
+/// Writes `frame` to `path` as PNG or PPM, replacing the file (on the
+/// loop's thread: nothing changes the frame meanwhile).
 public func capture(_ frame: Frame, to path: String, format: CaptureFormat) throws(CaptureError) {
-    try Snapshot(frame).write(to: path, format: format)
+    try RowSource(frame).write(to: path, format: format)
+}
+
+/// Writes what `console` shows to `path`, from any thread (the capture
+/// thread: QMP `screendump`), reading it row by row under the console's
+/// lock. If the picture changed while it was written, it is written again
+/// (at most `attempts` times), so the file shows one consistent frame unless
+/// the guest never stops changing it.
+public func capture(_ console: Console, to path: String, format: CaptureFormat, attempts: Int = 3) throws(CaptureError) {
+    for attempt in 1...max(attempts, 1) {
+        let before = console.generation
+        try RowSource(console).write(to: path, format: format)
+        if console.generation == before || attempt == attempts { return }
+    }
 }
 
 /// One frame row (XRGB little-endian words) as packed R, G, B bytes.

@@ -14,9 +14,11 @@ import Support
 /// `--display png:dir=DIR[,interval=MS][,format=png|ppm][,keep=N]`
 ///
 /// Nothing a guest draws can hold the loop or fill the disk:
-/// - the loop only takes a `Snapshot` (a pass over the pixels); encoding
-///   and writing run on a `CaptureWorker` thread, one capture at a time —
-///   if the encoder lags, intermediate frames are skipped, never queued;
+/// - encoding and writing run on a `CaptureWorker` thread, one capture at a
+///   time, reading the console row by row under its lock (no copy of the
+///   frame: only one row is held) — the loop does nothing but arm a timer;
+///   if the encoder lags, intermediate frames are skipped, never queued,
+///   and a capture the guest drew into meanwhile is followed by another;
 /// - only the newest `keep` numbered files stay (default 1000; 0 keeps all);
 /// - numbered files stop while the file system has less than
 ///   `minimumFree` bytes free (and resume when it has room); `latest` is
@@ -86,7 +88,7 @@ public final class PNGDisplay: Display {
     private let log: Logger
     private let worker: CaptureWorker
     private let ownsWorker: Bool
-    private var frame: Frame?
+    private weak var console: Console?
     private var timer: EventLoop.TimerID?
     /// A capture is being encoded and written on the worker.
     private var inFlight = false
@@ -133,13 +135,15 @@ public final class PNGDisplay: Display {
         }
     }
 
+    public func attach(to console: Console) {
+        self.console = console
+    }
+
     public func frameDidResize(_ frame: Frame) {
-        self.frame = frame
         schedule()
     }
 
     public func frameDidUpdate(_ frame: Frame, rects: [Rect]) {
-        self.frame = frame
         schedule()
     }
 
@@ -155,12 +159,12 @@ public final class PNGDisplay: Display {
         worker.drain()
         // The completion of the last capture is still on the loop's queue: take it now.
         while inFlight { _ = loop.runOnce(timeoutMilliseconds: 10) }
-        if pending, let frame {
-            let result = Self.write(Snapshot(frame), number: framesWritten + 1, options: options, minimumFree: minimumFree)
+        if pending, let console {
+            let result = Self.write(RowSource(console), number: framesWritten + 1, options: options, minimumFree: minimumFree)
             finish(result)
         }
         closed = true
-        frame = nil
+        console = nil
         if ownsWorker { worker.stop() }
     }
 
@@ -183,17 +187,23 @@ public final class PNGDisplay: Display {
         }
     }
 
-    /// Takes the snapshot on the loop and hands the rest to the worker.
+    /// Hands the capture to the worker, which reads the console itself.
     private func startWrite() {
-        guard let frame, !closed else { return }
+        guard let console, !closed else { return }
         lastWrite = EventLoop.now()
-        let snapshot = Snapshot(frame)
         let options = self.options, number = framesWritten + 1, minimumFree = self.minimumFree
         inFlight = true
-        let accepted = worker.submit({ Self.write(snapshot, number: number, options: options, minimumFree: minimumFree) }) { [weak self] result in
+        let accepted = worker.submit({
+            let before = console.generation
+            let outcome = Self.write(RowSource(console), number: number, options: options, minimumFree: minimumFree)
+            return (outcome, console.generation != before)
+        }) { [weak self] (result: (Outcome, Bool)) in
             guard let self else { return }
             self.inFlight = false
-            self.finish(result)
+            self.finish(result.0)
+            // The guest drew while the file was written: it may show two
+            // frames at once, so another capture follows.
+            if result.1 { self.changedDuringWrite = true }
             if self.changedDuringWrite {
                 self.changedDuringWrite = false
                 self.schedule()
@@ -208,7 +218,7 @@ public final class PNGDisplay: Display {
     }
 
     /// What one capture did.
-    enum Outcome: Sendable {
+    enum Outcome {
         case written(number: Int)
         /// Only `latest` was replaced: the file system is short of space.
         case latestOnly(free: UInt64)
@@ -237,7 +247,7 @@ public final class PNGDisplay: Display {
     /// Encodes and writes one capture (on the worker): `frame-NNNNNN` and a
     /// second name `latest`, both renamed into place from exclusive
     /// temporaries, and the numbered file that falls out of `keep` removed.
-    static func write(_ snapshot: Snapshot, number: Int, options: Options,
+    static func write(_ source: RowSource, number: Int, options: Options,
                       minimumFree: @Sendable (UInt64) -> UInt64) -> Outcome {
         let ext = options.format.fileExtension
         let dir = options.directory
@@ -252,7 +262,7 @@ public final class PNGDisplay: Display {
             roomy = true
         }
         do throws(CaptureError) {
-            let temp = try snapshot.writeTemporary(in: dir, prefix: "frame", format: options.format)
+            let temp = try source.writeTemporary(in: dir, prefix: "frame", format: options.format)
             guard roomy else {
                 guard rename(temp, latest) == 0 else {
                     let e = CaptureError(path: latest, reason: String(cString: strerror(errno)))
@@ -265,7 +275,7 @@ public final class PNGDisplay: Display {
             // latest.* becomes a second name of the same file: one encode, two names.
             let second = "\(dir)/.latest-\(String(UInt64.random(in: 0 ... .max), radix: 36)).tmp"
             if link(temp, second) != 0 {
-                let copy = try snapshot.writeTemporary(in: dir, prefix: "latest", format: options.format)
+                let copy = try source.writeTemporary(in: dir, prefix: "latest", format: options.format)
                 guard rename(copy, latest) == 0 else { unlink(copy); unlink(temp); throw CaptureError(path: latest, reason: String(cString: strerror(errno))) }
             } else if rename(second, latest) != 0 {
                 let e = CaptureError(path: latest, reason: String(cString: strerror(errno)))

@@ -38,3 +38,4 @@ static inline int cshims_set_thread_name(const char *name) {
 static inline int cshims_set_thread_nice(int nice) {
     return setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), nice);
 }
+
