@@ -16,12 +16,22 @@ import FuzzSupport
 import Host
 import XenProtocol
 
-let fbLimit = 256 << 10
+let fbLimit = 64 << 10
 let fallback = try! VfbGeometry.configure(fbLen: 64 << 10, width: 64, height: 48, depth: 32, stride: 256, offset: 0)
 
 /// One loop for every input: the pipeline needs one for its timers, and
 /// making one per input (an epoll, a timerfd, an eventfd) was most of the cost.
 let loop = try! EventLoop()
+
+/// Guest memory made once: the shared page is cleared for every input; the
+/// framebuffer (read-only to the backend) keeps its pixels.
+nonisolated(unsafe) let pageMemory = allocateGuestMemory(bytes: 4096)
+nonisolated(unsafe) let framebufferMemory: UnsafeMutableRawPointer = {
+    let p = allocateGuestMemory(bytes: fbLimit)
+    // Some pixels, so the copy has something to convert.
+    for i in stride(from: 0, to: fbLimit, by: 97) { p.storeBytes(of: UInt8(truncatingIfNeeded: i), toByteOffset: i, as: UInt8.self) }
+    return p
+}()
 
 func checkInvariants(_ vfb: VfbDevice, _ console: Console, fbLen: Int, afterTick: Bool) {
     guard let g = vfb.geometry else { return require(false, "geometry lost") }
@@ -41,8 +51,8 @@ func checkInvariants(_ vfb: VfbDevice, _ console: Console, fbLen: Int, afterTick
 func fuzzOne(_ raw: UnsafeRawBufferPointer) {
     var input = FuzzInput(raw)
     let proto: String? = [nil, "x86_32-abi", "x86_64-abi", "junk"][Int(input.u8() & 3)]
-    let pagePointer = allocateGuestMemory(bytes: 4096)
-    let page = GuestMapping(base: pagePointer, byteCount: 4096, writable: true) { p, _ in p.deallocate() }
+    pageMemory.initializeMemory(as: UInt8.self, repeating: 0, count: 4096)
+    let page = GuestMapping(base: pageMemory, byteCount: 4096, writable: true) { _, _ in }
     let head = input.take(40)
     head.withUnsafeBytes { page.write($0, at: 0) }
 
@@ -58,10 +68,7 @@ func fuzzOne(_ raw: UnsafeRawBufferPointer) {
         fbLen = layout.length
         geometry = g
     }
-    let fbPointer = allocateGuestMemory(bytes: fbLen)
-    let framebuffer = GuestMapping(base: fbPointer, byteCount: fbLen, writable: false) { p, _ in p.deallocate() }
-    // Some pixels, so the copy has something to convert.
-    for i in stride(from: 0, to: fbLen, by: 97) { fbPointer.storeBytes(of: UInt8(truncatingIfNeeded: i), toByteOffset: i, as: UInt8.self) }
+    let framebuffer = GuestMapping(base: framebufferMemory, byteCount: fbLen, writable: false) { _, _ in }
 
     let console = Console(width: 16, height: 16)
     var config = BackendConfig()
