@@ -28,6 +28,7 @@
     X(int, SDL_InitSubSystem, (Uint32 f), (f)) \
     X(int, SDL_PollEvent, (SDL_Event *e), (e)) \
     X(int, SDL_PushEvent, (SDL_Event *e), (e)) \
+    X(Uint32, SDL_RegisterEvents, (int n), (n)) \
     X(void, SDL_QuitSubSystem, (Uint32 f), (f)) \
     X(int, SDL_RenderClear, (SDL_Renderer *r), (r)) \
     X(int, SDL_RenderCopy, (SDL_Renderer *r, SDL_Texture *t, const SDL_Rect *s, const SDL_Rect *d), (r, t, s, d)) \
@@ -41,7 +42,8 @@
     X(void, SDL_SetWindowKeyboardGrab, (SDL_Window *w, SDL_bool g), (w, g)) \
     X(void, SDL_SetWindowSize, (SDL_Window *w, int cw, int ch), (w, cw, ch)) \
     X(void, SDL_SetWindowTitle, (SDL_Window *w, const char *t), (w, t)) \
-    X(int, SDL_UpdateTexture, (SDL_Texture *t, const SDL_Rect *r, const void *p, int pitch), (t, r, p, pitch))
+    X(int, SDL_UpdateTexture, (SDL_Texture *t, const SDL_Rect *r, const void *p, int pitch), (t, r, p, pitch)) \
+    X(int, SDL_WaitEvent, (SDL_Event *e), (e))
 
 XENVFB_DLOPEN_NOTE(XENVFB_LIBRARY_SDL, XENVFB_SDL_FUNCTIONS);
 static const struct xenvfb_library sdl_library = {XENVFB_LIBRARY_SDL};

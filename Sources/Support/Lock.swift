@@ -60,3 +60,25 @@ public final class Condition: @unchecked Sendable {
 extension Lock {
     fileprivate func wait(on cond: UnsafeMutablePointer<pthread_cond_t>) { pthread_cond_wait(cond, mutexPointer) }
 }
+
+/// A value one thread hands another once: `put` wakes every `take`.
+public final class Handoff<Value: Sendable>: @unchecked Sendable {
+    private let lock = Lock()
+    private let ready = Condition()
+    private var value: Value?
+
+    public init() {}
+
+    public func put(_ v: Value) {
+        lock.withLock { value = v }
+        ready.broadcast()
+    }
+
+    /// Waits for `put`; returns its value.
+    public func take() -> Value {
+        lock.lock()
+        defer { lock.unlock() }
+        while value == nil { ready.wait(lock) }
+        return value!
+    }
+}

@@ -257,3 +257,15 @@ func decodeWithPillow(_ path: String) throws -> (width: Int, height: Int, rgb: [
     unlink(out)
     return (w, h, rgb)
 }
+
+/// The names in a directory (without . and ..).
+func listDirectory(_ path: String) throws -> [String] {
+    guard let dir = opendir(path) else { throw TestFailure("cannot open \(path)") }
+    defer { closedir(dir) }
+    var names: [String] = []
+    while let entry = readdir(dir) {
+        let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self) }
+        if name != "." && name != ".." { names.append(name) }
+    }
+    return names
+}
