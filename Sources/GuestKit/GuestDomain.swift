@@ -2,12 +2,14 @@ import EventLoop
 import Host
 import Support
 
-/// A simulated guest domain: its RAM and event channels on `SimHost`, and its
-/// xenstore connection (which acts as this domain).
+/// A simulated guest domain: its RAM, grant table and event channels on
+/// `SimHost`, and its xenstore connection (which acts as this domain).
 public final class GuestDomain {
     public let domid: UInt32
     public let host: SimHost
     public let memory: SimGuestMemory
+    /// What the domain grants other domains (`gnttab`).
+    public let grants: SimGrantTable
     public let store: XenStoreAccess
     public let loop: EventLoop
 
@@ -18,6 +20,7 @@ public final class GuestDomain {
         self.store = store
         self.loop = loop
         memory = try host.createMemory(bytes: memoryBytes)
+        grants = try host.createGrantTable()
     }
 
     public var path: String { "/local/domain/\(domid)" }
