@@ -60,6 +60,9 @@ public struct DeviceModelOptions: Equatable, Sendable {
     public var useXenstore = true
     /// `xenvfb demo --seconds N`: how long the demo runs; nil for until a signal.
     public var seconds: UInt32?
+    /// `xenvfb demo --vdispl`: the demo guest also has a vdispl device (one
+    /// 800×600 connector) and flips pages on it.
+    public var demoVdispl = false
     /// `--input-pace MS`: at most one input event per MS milliseconds goes to
     /// the guest (bursts wait in the input queue); nil or 0 for no pacing.
     public var inputPaceMilliseconds: UInt32?
@@ -326,6 +329,9 @@ private struct ArgumentParser {
             let v = try value(arg, inline: inline)
             guard !v.isEmpty else { throw OptionError(arg, "needs a SimHost machine directory") }
             options.simHost = v
+        case "vdispl" where mode == .demo:
+            try flagOnly(&self)
+            options.demoVdispl = true
         case "seconds" where mode == .demo:
             let v = try value(arg, inline: inline)
             guard let s = Self.decimal(v, max: 86_400 * 365), s > 0 else {

@@ -224,8 +224,8 @@ extension DeviceModel {
     /// - Unless `--no-xenstore`: the host (XenHost, or SimHost with the
     ///   hidden `--sim-host DIR`) with its event-channel handles opened now,
     ///   the xenstore client (`XENSTORED_PATH` or libxenstore's default),
-    ///   `xentoolcore_restrict_all` for `-xen-domid-restrict`, then the vfb
-    ///   and vkbd backends, which register under
+    ///   `xentoolcore_restrict_all` for `-xen-domid-restrict`, then the vfb,
+    ///   vkbd and vdispl backends, which register under
     ///   `/local/domain/0/device-model/<domid>/backends` and then write
     ///   `state` = `running` for libxl. Their shutdown hook takes the devices
     ///   to Closing and Closed and removes those device-model nodes again.
@@ -249,16 +249,20 @@ extension DeviceModel {
         guard options.useXenstore, let domid = options.domid else { return }
 
         let host: Host
+        var xenHost: XenHost?
         if let dir = options.simHost {
             host = SimHost(directory: dir, domid: 0)
             log.info("acting on the simulated machine in \(dir) (SimHost)")
         } else {
             do throws(HostError) {
                 let xen = try XenHost(domid: 0)
-                // Two devices, each reconnecting with a fresh handle: opened
-                // now, before -xen-domid-restrict and -runas.
-                try xen.preopenEventChannels(4)
+                // A vfb, a vkbd and a vdispl device (one handle for all its
+                // connectors), each reconnecting with a fresh handle, and
+                // room for a second vdispl: opened now, before
+                // -xen-domid-restrict and -runas.
+                try xen.preopenEventChannels(8)
                 host = xen
+                xenHost = xen
             } catch {
                 throw DeviceModelError("cannot open Xen: \(error)")
             }
@@ -282,7 +286,11 @@ extension DeviceModel {
             } else if xentoolcore_restrict_all(domid_t(domid)) != 0 {
                 throw DeviceModelError("-xen-domid-restrict: xentoolcore_restrict_all(\(domid)) failed: \(SystemError("xentoolcore_restrict_all"))")
             } else {
-                log.info("Xen handles restricted to the guest's domain")
+                // libxengnttab restricts its handle by turning it into
+                // /dev/null (tools/libs/gnttab/gnttab_core.c): vdispl,
+                // which maps grants, cannot be served from here on.
+                xenHost?.disableGrantMapping(reason: "-xen-domid-restrict closed the grant-table handle (vdispl needs it; see xenvfb(1))")
+                log.info("Xen handles restricted to the guest's domain; vdispl devices cannot be served (no grant mapping)")
             }
         }
         do {

@@ -22,18 +22,34 @@ extension Session {
             do throws(QMPError) {
                 try args.onlyKeys(["filename", "device", "head", "format"])
                 let filename = try args.string("filename")!
-                _ = try args.string("device", required: false)
-                _ = try args.int("head", required: false)
+                let device = try args.string("device", required: false)
+                let head = try args.int("head", required: false)
                 let format: CaptureFormat
                 switch try args.string("format", required: false) ?? "ppm" {
                 case "ppm": format = .ppm
                 case "png": format = .png
                 case let other: throw .generic("Parameter 'format' does not accept value '\(other)'")
                 }
+                // QEMU's console lookup (ui/console.c): by device id and head,
+                // or console 0; `head` alone is an error.
+                let target: Console
+                if let device {
+                    let h = head ?? 0
+                    guard let found = consoles.lookup(device: device, head: Int(clamping: h)) else {
+                        if (0..<consoles.all.count).contains(where: { consoles.owner(of: $0)?.device == device }) {
+                            throw .generic("Device \(device) (head \(h)) is not bound to a QemuConsole")
+                        }
+                        throw .deviceNotFound("Device '\(device)' not found")
+                    }
+                    target = found
+                } else {
+                    guard head == nil else { throw .generic("'head' must be specified together with 'device'") }
+                    target = console
+                }
                 // As QEMU's screendump: refresh first, then write what is current.
                 refresh()
                 do throws(CaptureError) {
-                    try capture(console.frame, to: filename, format: format)
+                    try capture(target.frame, to: filename, format: format)
                 } catch {
                     throw .generic("\(error)")
                 }
@@ -281,12 +297,27 @@ extension Session {
 }
 
 /// `query-vnc`, `query-vnc-servers` and the VNC password commands, answered
-/// from the VNC display.
+/// from the VNC displays: console 0's (`query-vnc`, what libxl reads) and
+/// those of the other consoles (in `query-vnc-servers`, id `consoleN`). A
+/// password applies to every server, including those that appear later.
 final class VNCQMPProvider: QMPVNCProvider {
     let vnc: VNCDisplay
+    private(set) var servers: [(id: String, vnc: VNCDisplay)]
+    private var password: String?
+    private var expiry: VNCDisplay.PasswordExpiry?
 
     init(vnc: VNCDisplay) {
         self.vnc = vnc
+        servers = [("default", vnc)]
+    }
+
+    /// Another console's server.
+    func add(_ server: VNCDisplay, id: String) {
+        servers.append((id, server))
+        if server.requiresPassword, let password {
+            server.setPassword(password)
+            if let expiry { server.expirePassword(expiry) }
+        }
     }
 
     private func clients(_ info: VNCServerInfo) -> JSON {
@@ -304,20 +335,24 @@ final class VNCQMPProvider: QMPVNCProvider {
     }
 
     func queryVNCServers() -> JSON {
-        let info = vnc.info
-        guard info.enabled else { return [] }
-        return [[
-            "id": "default", "auth": .string(info.auth),
-            "server": [["host": .string(info.host), "service": .string(info.service), "family": .string(info.family),
-                        "websocket": false, "auth": .string(info.auth)]],
-            "clients": clients(info),
-        ]]
+        .array(servers.compactMap { id, server -> JSON? in
+            let info = server.info
+            guard info.enabled else { return nil }
+            return [
+                "id": .string(id), "auth": .string(info.auth),
+                "server": [["host": .string(info.host), "service": .string(info.service), "family": .string(info.family),
+                            "websocket": false, "auth": .string(info.auth)]],
+                "clients": clients(info),
+            ]
+        })
     }
 
     func setVNCPassword(_ password: String) throws(QMPError) {
         // QEMU refuses a password for a server started without password=on.
         guard vnc.requiresPassword else { throw .generic("Could not set password") }
-        vnc.setPassword(password)
+        self.password = password
+        expiry = nil
+        for (_, server) in servers where server.requiresPassword { server.setPassword(password) }
     }
 
     /// `expire_password`: `now`, `never`, `+SECONDS` from now, or SECONDS
@@ -337,6 +372,7 @@ final class VNCQMPProvider: QMPVNCProvider {
         } else {
             throw .generic("Parameter 'time' does not accept value '\(time)'")
         }
-        vnc.expirePassword(expiry)
+        self.expiry = expiry
+        for (_, server) in servers where server.requiresPassword { server.expirePassword(expiry) }
     }
 }

@@ -17,6 +17,7 @@ Device model options (the QEMU-style ones libxl passes work too):
   --update-interval MS         the vfb coalescing tick (default 10)
   --log-level LEVEL            trace, debug, info, notice, warning, error, critical
   -S                           start in prelaunch, until QMP cont
-demo also takes --seconds N and --dirty-tracking auto|uffd|mprotect|compare.
+demo also takes --seconds N, --vdispl (a KMS screen too, on console 1) and
+--dirty-tracking auto|uffd|mprotect|compare.
 See xenvfb(1) for every option.
 """

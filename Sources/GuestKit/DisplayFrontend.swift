@@ -103,6 +103,8 @@ public final class DisplayFrontend: FrontendBase {
     /// Events dropped because their id was not the next one.
     public private(set) var eventsDropped = 0
     public var onFlipDone: ((Int, UInt64) -> Void)?
+    /// Called each time the backend is seen Connected (the frontend may send requests).
+    public var onBackendConnected: (() -> Void)?
     private var buffers: [UInt64: DumbBuffer] = [:]
     private var nextCookie: UInt64 = 1
 
@@ -148,6 +150,8 @@ public final class DisplayFrontend: FrontendBase {
         }
         switchState(.initialised)
     }
+
+    override func backendConnected() { onBackendConnected?() }
 
     override func releaseResources() {
         for c in connectors {
@@ -216,19 +220,24 @@ public final class DisplayFrontend: FrontendBase {
         }
     }
 
-    /// evtchnl_interrupt_ctrl: take every response, then ask for the next notification.
+    /// evtchnl_interrupt_ctrl: take every response, then ask for the next
+    /// notification; completions run after the ring's state is stored (they
+    /// may send the next request).
     private func consumeResponses(_ c: Connector) {
         guard var ring = c.ring else { return }
+        var got: [DisplifResponse] = []
         repeat {
             guard case .success(let n) = ring.unconsumedResponses() else { break }
             for _ in 0..<n {
                 guard let e = ring.nextResponse() else { break }
-                let r = DisplifResponse(e)
-                responses.append((c.index, r))
-                c.waiting.removeValue(forKey: r.id)?(r)
+                got.append(DisplifResponse(e))
             }
         } while ring.finalCheckForResponses()
         c.ring = ring
+        for r in got {
+            responses.append((c.index, r))
+            c.waiting.removeValue(forKey: r.id)?(r)
+        }
     }
 
     /// evtchnl_interrupt_evt: events from in_cons to in_prod; one whose id is

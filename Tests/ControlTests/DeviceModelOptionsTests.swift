@@ -92,6 +92,13 @@ let libxlVNCArgv = """
         #expect(throws: OptionError.self) { try DeviceModelOptions.parse(["--domid", "1", "--seconds", "3"]) }
     }
 
+    @Test func demoModeTakesVdisplAndTheDeviceModelDoesNot() throws {
+        #expect(try DeviceModelOptions.parse(["--vdispl"], mode: .demo).demoVdispl)
+        #expect(try !DeviceModelOptions.parse([], mode: .demo).demoVdispl)
+        #expect(throws: OptionError.self) { try DeviceModelOptions.parse(["--vdispl=1"], mode: .demo) }
+        #expect(throws: OptionError("--vdispl", "unknown option")) { try DeviceModelOptions.parse(["--domid", "1", "--vdispl"]) }
+    }
+
     @Test func missingDomidIsAnErrorNamingTheOption() {
         #expect(throws: OptionError("-xen-domid", "missing: the guest's domain id is required (-xen-domid N or --domid N)")) {
             try DeviceModelOptions.parse(["-name", "x"])

@@ -212,3 +212,27 @@ func frameShows(_ frame: Frame, _ b: DisplayFrontend.DumbBuffer, x ox: Int = 0, 
         #expect(frameShows(m.console.frame, a))
     }
 }
+
+/// GuestKit's `DisplayGuest` (the demo's and the device-model tests' KMS
+/// client): two buffers per connector, the first shown, flips one at a time.
+@Suite(.serialized) struct DisplayGuestTests {
+    @Test func itShowsItsFirstBufferThenFlipsEachOnlyAfterTheLastCompleted() throws {
+        let m = try Machine()
+        try Toolstack.addDisplay(store: m.store, domid: m.domid, connectors: [("a", 64, 48), ("b", 32, 16)])
+        try m.startBackends()
+        let g = DisplayGuest(domain: m.guest)
+        g.initialDraw = { c, b in b.fill(Rect(x: 0, y: 0, width: b.width, height: b.height), color: c == 0 ? 0x0000ff : 0x00ff00) }
+        try g.start()
+        #expect(m.run { g.ready })
+        #expect(g.failure == nil)
+        let consoles = try #require(m.backends.consoles)
+        #expect(m.run { frameShows(consoles.all[0].frame, try! #require(g.front(0))) && frameShows(consoles.all[1].frame, try! #require(g.front(1))) })
+        var done = 0
+        #expect(g.flip(connector: 0, draw: { $0.fill(Rect(x: 0, y: 0, width: 64, height: 48), color: 0xff0000) }, done: { done += 1 }))
+        #expect(!g.flip(connector: 0, draw: { _ in Issue.record("drew while a flip was waiting") }), "one flip at a time")
+        #expect(m.run { done == 1 })
+        #expect(frameShows(consoles.all[0].frame, try #require(g.front(0))))
+        #expect(g.front(0)?.pixel(x: 0, y: 0) == 0xff0000)
+        #expect(g.flipsDone == [1, 0])
+    }
+}
