@@ -94,6 +94,7 @@ if Context.environment["XENVFB_FUZZ"] == "1" {
     let fuzzTargets: [(String, [Target.Dependency])] = [
         ("FuzzVfbRing", ["Devices", "XenProtocol", "Console", "EventLoop", "Host"]),
         ("FuzzVkbdRing", ["Devices", "XenProtocol", "Console", "Host"]),
+        ("FuzzVdisplRing", ["Devices", "XenProtocol", "Console", "EventLoop", "Host", "Support"]),
         ("FuzzGeometry", ["Devices", "XenProtocol"]),
         ("FuzzXenstored", ["XenStore", "EventLoop", "CShims"]),
         ("FuzzJSON", ["Control"]),

@@ -211,29 +211,65 @@ public final class VdisplDevice: XenBusDeviceHandler {
             let eventRef = try Self.decimal(UInt32.self, device, p + DisplifLayout.keyEventRingRef)
             let eventPort = try Self.decimal(UInt32.self, device, p + DisplifLayout.keyEventChannel)
             let ringPage = try device.host.mapGrants(domid: device.domid, refs: [ringRef], writable: true)
-            guard let ring = BackRing<RingEntry64>(page: ringPage) else { throw XenBusError("connector \(c.index): request ring page too small") }
-            c.requestRing = ring
-            c.eventPage = try device.host.mapGrants(domid: device.domid, refs: [eventRef], writable: true)
-            c.eventProd = c.eventPage?.load(UInt32.self, at: DisplifLayout.eventInProd) ?? 0
-            c.nextEventID = 0
+            let eventPage: GuestMapping
+            do {
+                eventPage = try device.host.mapGrants(domid: device.domid, refs: [eventRef], writable: true)
+            } catch {
+                ringPage.unmap()
+                throw error
+            }
+            try attach(c, requestPage: ringPage, eventPage: eventPage, loop: device.loop)
             c.requestPort = try channels.bindInterdomain(remoteDomain: device.domid, remotePort: requestPort)
             c.eventPort = try channels.bindInterdomain(remoteDomain: device.domid, remotePort: eventPort)
-            c.scanout = nil
-            c.repaint = true
-            c.pendingFlips.removeAll()
-            c.warnedRing = false
-            let bounds = FramebufferGeometry(width: c.resolution.width, height: c.resolution.height, lineLength: c.resolution.width * 4)!
-            let pipeline = DamagePipeline(
-                loop: device.loop, tracker: nil, geometry: bounds, delay: config.updateDelay, maxRects: config.maxQueuedRects,
-                scheduling: .leading, pollInterval: config.vdisplPollInterval,
-                confirm: { [unowned self, unowned c] rects in self.confirm(rects, on: c) },
-                onUpdate: { [unowned c] rects in c.console.update(rects) })
-            c.pipeline = pipeline
-            try pipeline.start()
+            try c.pipeline?.start()
         }
         log.info("connected: \(connectors.count) connector(s)")
         // Requests may be waiting already.
         for c in connectors { processRequests(c) }
+    }
+
+    /// Sets up connector `c` on mapped pages: its request ring, its event
+    /// page and its damage pipeline (not started).
+    private func attach(_ c: Connector, requestPage: GuestMapping, eventPage: GuestMapping, loop: EventLoop) throws {
+        guard let ring = BackRing<RingEntry64>(page: requestPage) else {
+            requestPage.unmap()
+            eventPage.unmap()
+            throw XenBusError("connector \(c.index): request ring page too small")
+        }
+        c.requestRing = ring
+        c.eventPage = eventPage
+        c.eventProd = eventPage.load(UInt32.self, at: DisplifLayout.eventInProd) ?? 0
+        c.nextEventID = 0
+        c.scanout = nil
+        c.repaint = true
+        c.pendingFlips.removeAll()
+        c.warnedRing = false
+        let bounds = FramebufferGeometry(width: c.resolution.width, height: c.resolution.height, lineLength: c.resolution.width * 4)!
+        c.pipeline = DamagePipeline(
+            loop: loop, tracker: nil, geometry: bounds, delay: config.updateDelay, maxRects: config.maxQueuedRects,
+            scheduling: .leading, pollInterval: config.vdisplPollInterval,
+            confirm: { [unowned self, unowned c] rects in self.confirm(rects, on: c) },
+            onUpdate: { [unowned c] rects in c.console.update(rects) })
+    }
+
+    /// Takes connectors on already mapped pages as `initialise` and
+    /// `connect` do, without xenstore or event channels, so the request
+    /// ring and the copy into the consoles can be driven directly (the
+    /// fuzz target in Fuzz/): `processRequests`, then `refreshNow`. Buffers
+    /// are mapped through `host`'s grants of domain `domid`. Nothing runs on
+    /// `loop` by itself.
+    public func attach(resolutions: [DisplifResolution], pages: [(request: GuestMapping, events: GuestMapping)],
+                       host: Host, domid: UInt32, loop: EventLoop) throws {
+        self.host = host
+        self.domid = domid
+        connectors = []
+        for (i, (r, p)) in zip(resolutions, pages).enumerated() {
+            guard let (index, console) = consoles.claim(Consoles.Owner(device: "vdispl-0", head: i), width: r.width, height: r.height) else { break }
+            if console.frame.width != r.width || console.frame.height != r.height { console.resize(width: r.width, height: r.height) }
+            let c = Connector(index: i, resolution: r, uniqueID: "", console: console, consoleIndex: index)
+            try attach(c, requestPage: p.request, eventPage: p.events, loop: loop)
+            connectors.append(c)
+        }
     }
 
     public func frontendConnected(_ device: XenBusDevice) throws {}
@@ -643,7 +679,8 @@ public final class VdisplDevice: XenBusDeviceHandler {
         return Coalescer.coalesce(changed, maxRects: maxRects, mergeSlack: 4096)
     }
 
-    /// Takes in the shown buffers now (QMP screendump).
+    /// Takes in the shown buffers now (QMP screendump), and sends the flip
+    /// events that copy completes.
     public func refreshNow() {
         for c in connectors {
             processRequests(c)
