@@ -604,13 +604,27 @@ async def keymap_unknown(m):
 
 
 async def vdispl(m):
-    """A guest's vdispl connector is console 1 (its vfb keeps console 0): it
+    """A vdispl device added once the model runs reaches InitWait within
+    libxl's 10 s. Its connector is console 1 (the vfb keeps console 0): it
     gets a VNC server of its own, whose capture by vncdo is what the guest
     shows; the PNG display's DIR/console-1; QMP screendump by device and
     head, as QEMU names consoles. A page flip completes and reaches all
     three, and keys typed on console 1's VNC reach the guest's one keyboard."""
     png = os.path.join(m.dir, "png")
     m.start_dm("--vnc", "127.0.0.1:30,to=99", "--display", f"png:dir={png},format=ppm,interval=100")
+    m.wait_for(lambda: m.xs_read(f"/local/domain/0/device-model/{m.domid}/state") == "running", "device-model state = running")
+    # As libxl does after `running` (and `xl vdispl-attach` at any time): the
+    # frontend's keys, then the backend directory; libxl then waits 10 s for InitWait.
+    fe, be = f"/local/domain/{m.domid}/device/vdispl/0", f"/local/domain/0/backend/vdispl/{m.domid}/0"
+    xs = lambda *a: subprocess.run(list(a), env=m.env, check=True, capture_output=True)
+    xs("xenstore-write", f"{fe}/backend", be, f"{fe}/backend-id", "0", f"{fe}/state", "1", f"{fe}/be-alloc", "0",
+       f"{fe}/0/resolution", "320x200", f"{fe}/0/unique-id", "id0")
+    xs("xenstore-chmod", "-r", fe, f"n{m.domid}", "r0")
+    t0 = time.monotonic()
+    xs("xenstore-write", f"{be}/frontend", fe, f"{be}/frontend-id", str(m.domid), f"{be}/online", "1", f"{be}/state", "1")
+    xs("xenstore-chmod", "-r", be, "n0", f"r{m.domid}")
+    m.wait_for(lambda: m.xs_read(f"{be}/state") == "2", "vdispl backend InitWait", timeout=10)
+    print(f"vdispl: backend InitWait {1000 * (time.monotonic() - t0):.0f} ms after the device appeared (libxl waits 10 s)")
     m.start_guest_when_ready("--vdispl", kinds=("vfb", "vkbd", "vdispl"))
     m.wait_connected()
     m.wait_for(lambda: m.xs_read(f"/local/domain/0/backend/vdispl/{m.domid}/0/state") == "4", "vdispl backend Connected")
