@@ -33,8 +33,12 @@ public struct BackendConfig: Sendable {
     public var vdisplMaxMappedBytes: Int = 128 << 20
     /// How often a connector's shown buffer is compared with its screen,
     /// for a guest that draws into it without flipping (drm/xen-front
-    /// reports no damage); flips are shown at once.
+    /// reports no damage); flips are shown at once. While the compares find
+    /// nothing the interval doubles, up to `vdisplPollIntervalMax`; a change
+    /// it finds or a new configuration brings it back (a flip does not: a
+    /// program that flips draws into the buffer not shown).
     public var vdisplPollInterval: Duration = .milliseconds(50)
+    public var vdisplPollIntervalMax: Duration = .milliseconds(800)
 
     public init() {}
 

@@ -38,8 +38,9 @@ import XenProtocol
 /// PG_FLIP, at (x, y) on a screen of the connector's resolution, converted
 /// to XRGB8888, through the one `DamagePipeline`: a flip or a new
 /// configuration makes the whole screen damage, and a periodic compare
-/// (`vdisplPollInterval`) catches drawing into the shown buffer without a
-/// flip (drm/xen-front reports no damage). The confirm stage copies what
+/// (`vdisplPollInterval`, backing off to `vdisplPollIntervalMax` while
+/// nothing changes) catches drawing into the shown buffer without a flip
+/// (drm/xen-front reports no damage). The confirm stage copies what
 /// changed into the console; the tick that copies a flipped buffer then
 /// sends its XENDISPL_EVT_PG_FLIP event with the cookie, so flips complete
 /// at the pipeline's pace (at once when idle, at most once per
@@ -112,6 +113,13 @@ public final class VdisplDevice: XenBusDeviceHandler {
         var repaint = true
         var pendingFlips: [UInt64] = []
         var pipeline: DamagePipeline?
+        /// The compare for drawing without a flip: one-shot, re-armed with a
+        /// delay that doubles while compares find nothing.
+        var pollTimer: EventLoop.TimerID?
+        var pollDelay: Duration = .zero
+        var polling = false
+        /// The delay until the next compare (tests, logs).
+        public var pollInterval: Duration { pollDelay }
         var warnedRing = false
         /// Flip events sent (tests, logs).
         public internal(set) var flipsCompleted = 0
@@ -221,7 +229,7 @@ public final class VdisplDevice: XenBusDeviceHandler {
             try attach(c, requestPage: ringPage, eventPage: eventPage, loop: device.loop)
             c.requestPort = try channels.bindInterdomain(remoteDomain: device.domid, remotePort: requestPort)
             c.eventPort = try channels.bindInterdomain(remoteDomain: device.domid, remotePort: eventPort)
-            try c.pipeline?.start()
+            try run(c, loop: device.loop)
         }
         log.info("connected: \(connectors.count) connector(s)")
         // Requests may be waiting already.
@@ -244,12 +252,40 @@ public final class VdisplDevice: XenBusDeviceHandler {
         c.repaint = true
         c.pendingFlips.removeAll()
         c.warnedRing = false
+        c.pollDelay = config.vdisplPollInterval
         let bounds = FramebufferGeometry(width: c.resolution.width, height: c.resolution.height, lineLength: c.resolution.width * 4)!
         c.pipeline = DamagePipeline(
             loop: loop, tracker: nil, geometry: bounds, delay: config.updateDelay, maxRects: config.maxQueuedRects,
-            scheduling: .leading, pollInterval: config.vdisplPollInterval,
+            scheduling: .leading,
             confirm: { [unowned self, unowned c] rects in self.confirm(rects, on: c) },
             onUpdate: { [unowned c] rects in c.console.update(rects) })
+    }
+
+    /// Starts connector `c`'s pipeline and its compares.
+    private func run(_ c: Connector, loop: EventLoop) throws {
+        try c.pipeline?.start()
+        armPoll(c, loop: loop)
+    }
+
+    private func armPoll(_ c: Connector, loop: EventLoop) {
+        if let t = c.pollTimer { loop.cancelTimer(t) }
+        c.pollTimer = loop.addTimer(after: c.pollDelay) { [weak self, weak c] in
+            guard let self, let c else { return }
+            c.pollTimer = nil
+            if c.scanout != nil {
+                c.polling = true
+                c.pipeline?.add([c.console.frame.bounds])
+            }
+            self.armPoll(c, loop: loop)
+        }
+    }
+
+    /// The screen changed or will (a compare found a change, a new
+    /// configuration): compare often again.
+    private func pollSoon(_ c: Connector) {
+        guard c.pollDelay != config.vdisplPollInterval else { return }
+        c.pollDelay = config.vdisplPollInterval
+        if let loop, c.pollTimer != nil { armPoll(c, loop: loop) }
     }
 
     /// Takes connectors on already mapped pages as `initialise` and
@@ -283,6 +319,8 @@ public final class VdisplDevice: XenBusDeviceHandler {
         for c in connectors {
             c.pipeline?.stop()
             c.pipeline = nil
+            if let t = c.pollTimer { loop?.cancelTimer(t) }
+            c.pollTimer = nil
             c.requestRing?.page.unmap()
             c.requestRing = nil
             c.eventPage?.unmap()
@@ -548,6 +586,7 @@ public final class VdisplDevice: XenBusDeviceHandler {
             c.repaint = true
         }
         c.scanout = shown
+        pollSoon(c)
         c.pipeline?.add([c.console.frame.bounds])
     }
 
@@ -560,6 +599,7 @@ public final class VdisplDevice: XenBusDeviceHandler {
         shown.fb = cookie
         c.scanout = shown
         c.pendingFlips.append(cookie)
+        // No sooner compare: a program that flips draws into the hidden buffer.
         c.pipeline?.add([c.console.frame.bounds])
     }
 
@@ -610,7 +650,7 @@ public final class VdisplDevice: XenBusDeviceHandler {
         let repaint = c.repaint
         c.repaint = false
         let maxRects = config.maxQueuedRects
-        return c.console.withFrame { frame in
+        let changed = c.console.withFrame { frame in
             var changed: [Rect] = []
             if repaint { changed += Self.blank(frame, except: visible) }
             if let (fb, s) = source, !visible.isEmpty {
@@ -618,6 +658,17 @@ public final class VdisplDevice: XenBusDeviceHandler {
             }
             return Coalescer.coalesce(changed, maxRects: maxRects, mergeSlack: 4096)
         }
+        if c.polling {
+            // A compare that found nothing: look less often; one that did: often again.
+            c.polling = false
+            if changed.isEmpty {
+                let doubled = c.pollDelay * 2
+                c.pollDelay = doubled < config.vdisplPollIntervalMax ? doubled : config.vdisplPollIntervalMax
+            } else {
+                pollSoon(c)
+            }
+        }
+        return changed
     }
 
     /// Paints the frame black outside `visible`; returns what was painted.
@@ -658,7 +709,15 @@ public final class VdisplDevice: XenBusDeviceHandler {
             for y in r.y ..< r.maxY {
                 let rowOffset = b.dataOffset + (y - s.y) * b.stride
                 let dst = frame.pixels + y * frame.stride + r.x * 4
-                let differs: Bool = row.withUnsafeMutableBytes { tmp in
+                let differs: Bool
+                if fb.format == .xrgb8888 {
+                    // The frame's own format: compare in place, copy what differs.
+                    differs = b.mapping.withBytes(at: rowOffset + bytes.lowerBound, count: bytes.count) { src in
+                        guard memcmp(src.baseAddress!, dst, r.width * 4) != 0 else { return false }
+                        dst.copyMemory(from: src.baseAddress!, byteCount: r.width * 4)
+                        return true
+                    } ?? false
+                } else { differs = row.withUnsafeMutableBytes { tmp in
                     let converted = b.mapping.withBytes(at: rowOffset + bytes.lowerBound, count: bytes.count) {
                         PixelConversion.convert(format: fb.format, source: $0, x: sx, count: r.width, dest: tmp.baseAddress!)
                         return true
@@ -666,7 +725,7 @@ public final class VdisplDevice: XenBusDeviceHandler {
                     guard converted, memcmp(tmp.baseAddress!, dst, r.width * 4) != 0 else { return false }
                     dst.copyMemory(from: tmp.baseAddress!, byteCount: r.width * 4)
                     return true
-                }
+                } }
                 if differs {
                     if runStart < 0 { runStart = y }
                 } else if runStart >= 0 {

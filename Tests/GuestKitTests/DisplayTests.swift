@@ -148,6 +148,31 @@ func frameShows(_ frame: Frame, _ b: DisplayFrontend.DumbBuffer, x ox: Int = 0, 
         #expect(m.run { m.console.frame.pixel(x: 105, y: 105) & 0xffffff == 0xabcdef })
     }
 
+    @Test func comparesBackOffWhileNothingChangesAndAChangeOrANewModeBringsThemBack() throws {
+        var config = BackendConfig()
+        config.vdisplPollInterval = .milliseconds(10)
+        config.vdisplPollIntervalMax = .milliseconds(80)
+        let m = try Machine(config: config)
+        let d = try m.connectDisplay()
+        let a = try m.framebuffer(d, fb: 1, color: 0)
+        _ = try m.framebuffer(d, fb: 2, color: 0x0000ff)
+        #expect(m.perform(d, show(1)) == 0)
+        let c = try #require(m.vdisplDevice?.connectors.first)
+        #expect(c.pollInterval == .milliseconds(10))
+        #expect(m.run(seconds: 3) { c.pollInterval == .milliseconds(80) }, "an idle screen is compared at most every 80 ms")
+        // Flips do not make compares more frequent: a flipping program draws into the hidden buffer.
+        #expect(m.perform(d, .pageFlip(fbCookie: 2)) == 0)
+        #expect(m.perform(d, .pageFlip(fbCookie: 1)) == 0)
+        #expect(c.pollInterval == .milliseconds(80))
+        #expect(m.perform(d, show(1)) == 0)
+        #expect(c.pollInterval == .milliseconds(10), "a new mode is compared often again")
+        #expect(m.run(seconds: 3) { c.pollInterval == .milliseconds(80) })
+        // Even backed off, drawing without a flip shows within the longest interval.
+        a.fill(Rect(x: 0, y: 0, width: 4, height: 4), color: 0xfedcba)
+        #expect(m.run(seconds: 1) { m.console.frame.pixel(x: 1, y: 1) & 0xffffff == 0xfedcba })
+        #expect(c.pollInterval == .milliseconds(10), "a compare that found a change looks often again")
+    }
+
     @Test func everyPixelFormatOfDrmXenFrontIsConverted() throws {
         let m = try Machine()
         let d = try m.connectDisplay(connectors: [("id0", 8, 2)])
