@@ -80,6 +80,8 @@ final class DeviceModel {
     var xenstore: XenStoreConnection?
     /// What `run` returns: 1 once the device model shut down because xenstored went away.
     private var exitStatus: Int32 = 0
+    /// With `--domain` or `--vdispl-only`: the guest's name node, gone when the guest is.
+    private var domainWatch: XenStoreWatch?
 
     init(options: DeviceModelOptions) throws(DeviceModelError) {
         self.options = options
@@ -246,7 +248,7 @@ extension DeviceModel {
             session.closeDisplays()
             done()
         }
-        guard options.useXenstore, let domid = options.domid else { return }
+        guard options.useXenstore else { return }
 
         let host: Host
         var xenHost: XenHost?
@@ -280,6 +282,14 @@ extension DeviceModel {
             self.exitStatus = 1
             self.beginShutdown(reason: "xenstore connection lost")
         }
+        let domid: UInt32
+        if let d = options.domid {
+            domid = d
+        } else if let name = options.domainName {
+            domid = try waitForDomain(named: name, store: store)
+        } else {
+            return
+        }
         if options.restrictToDomain {
             if options.simHost != nil {
                 log.warning("-xen-domid-restrict has no effect on a simulated host")
@@ -300,17 +310,72 @@ extension DeviceModel {
             throw DeviceModelError("cannot start the backends for domain \(domid): \(error)")
         }
         let dmPath = "/local/domain/\(host.domid)/device-model/\(domid)"
+        let vdisplOnly = options.vdisplOnly
         shutdown.add("backends") { [log] done in
             session.backends?.shutdown {
                 // What this process wrote for libxl goes too: the state key
                 // and the backends it registered (and the directory, if
-                // nothing else is left in it).
-                try? store.remove(dmPath + "/state")
-                try? store.remove(dmPath + "/backends")
+                // nothing else is left in it). With --vdispl-only the state
+                // key and the other backends belong to another model, if any.
+                if vdisplOnly {
+                    try? store.remove(dmPath + "/backends/vdispl")
+                } else {
+                    try? store.remove(dmPath + "/state")
+                    try? store.remove(dmPath + "/backends")
+                }
+                if let left = try? store.directory(dmPath + "/backends"), left.isEmpty { try? store.remove(dmPath + "/backends") }
                 if let left = try? store.directory(dmPath), left.isEmpty { try? store.remove(dmPath) }
                 log.info("backends closed")
                 done()
             }
         }
+        // Started by hand (--domain, --vdispl-only), nobody will signal it
+        // when the guest goes: stop then.
+        if options.vdisplOnly || options.domainName != nil {
+            do {
+                domainWatch = try store.watch("/local/domain/\(domid)/name") { [unowned self] _ in
+                    let gone: Bool
+                    do { gone = try store.read("/local/domain/\(domid)/name") == nil } catch { gone = false }
+                    if gone { self.beginShutdown(reason: "domain \(domid) is gone") }
+                }
+            } catch {
+                throw DeviceModelError("cannot watch domain \(domid): \(error)")
+            }
+        }
+    }
+
+    /// The id of the domain named `name`: at once if it exists, else when
+    /// it appears (`@introduceDomain`), running the loop meanwhile.
+    private func waitForDomain(named name: String, store: XenStoreConnection) throws(DeviceModelError) -> UInt32 {
+        func find() -> UInt32? {
+            guard let ids = try? store.directory("/local/domain") else { return nil }
+            for id in ids {
+                guard let d = UInt32(xenstoreDecimal: id), d != 0, (try? store.read("/local/domain/\(id)/name")) == name else { continue }
+                return d
+            }
+            return nil
+        }
+        if let d = find() {
+            log.info("domain \(name) is domain \(d)")
+            return d
+        }
+        log.info("waiting for domain \(name) to appear")
+        var found: UInt32?
+        let watch: XenStoreWatch
+        do {
+            watch = try store.watch("@introduceDomain") { _ in if found == nil { found = find() } }
+        } catch {
+            throw DeviceModelError("cannot watch @introduceDomain: \(error)")
+        }
+        defer { watch.cancel() }
+        // Looked for again each second too: the name may be written after
+        // the domain is introduced (a toolstack other than libxl).
+        while found == nil && !shutdown.isRunning {
+            _ = loop.runOnce(timeoutMilliseconds: 1000)
+            if found == nil { found = find() }
+        }
+        guard let d = found else { throw DeviceModelError("stopped while waiting for domain \(name)") }
+        log.info("domain \(name) appeared as domain \(d)")
+        return d
     }
 }

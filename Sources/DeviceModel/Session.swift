@@ -165,12 +165,14 @@ final class Session {
     /// Starts the vfb, vkbd and vdispl backends for `domid`; input from
     /// the queue goes to each vkbd device as it appears, and each console
     /// after the first gets its displays as it appears.
+    /// With `--vdispl-only` only the vdispl backend, and no `running` state.
     func startBackends(host: Host, xenstore: XenStoreAccess, domid: UInt32) throws {
         let backends = Backends(loop: loop)
         backends.connectInput = { [input] device in input.target = device }
         self.backends = backends
         consoles.onAdd = { [unowned self] index, console in self.addDisplays(console: console, index: index) }
-        try backends.start(host: host, xenstore: xenstore, domid: domid, consoles: consoles, config: backendConfig)
+        try backends.start(host: host, xenstore: xenstore, domid: domid, consoles: consoles, config: backendConfig,
+                           kinds: options.vdisplOnly ? .vdispl : .all, markRunning: !options.vdisplOnly)
     }
 
     /// Takes in every update the guest has announced, now (screendump,

@@ -41,11 +41,21 @@ public final class Backends {
                   config: config)
     }
 
-    /// Starts the three backends. A vfb device shows on the console it
+    /// Which device kinds a device model serves.
+    public struct Kinds: OptionSet, Sendable {
+        public let rawValue: Int
+        public init(rawValue: Int) { self.rawValue = rawValue }
+        public static let vfb = Kinds(rawValue: 1), vkbd = Kinds(rawValue: 2), vdispl = Kinds(rawValue: 4)
+        public static let all: Kinds = [.vfb, .vkbd, .vdispl]
+    }
+
+    /// Starts the backends of `kinds`. A vfb device shows on the console it
     /// claims (console 0 when it is there from the start, as under libxl),
     /// each vdispl connector on one of its own; input from every console's
-    /// displays goes to the vkbd device.
-    public func start(host: Host, xenstore: XenStoreAccess, domid: UInt32, consoles: Consoles, config: BackendConfig) throws {
+    /// displays goes to the vkbd device. With `markRunning` (a device model
+    /// libxl started) it then writes `device-model/<domid>/state` = running.
+    public func start(host: Host, xenstore: XenStoreAccess, domid: UInt32, consoles: Consoles, config: BackendConfig,
+                      kinds: Kinds = .all, markRunning: Bool = true) throws {
         self.consoles = consoles
         let log = Log.logger("backends", ["domid": "\(domid)"])
         let vfb = XenBusBackend(type: "vfb", domid: domid, host: host, store: xenstore, loop: loop) { dev in
@@ -67,15 +77,13 @@ public final class Backends {
         let vdispl = XenBusBackend(type: "vdispl", domid: domid, host: host, store: xenstore, loop: loop) { _ in
             VdisplDevice(consoles: consoles, config: config)
         }
-        self.vfb = vfb
-        self.vkbd = vkbd
-        self.vdispl = vdispl
-        try vfb.start()
-        try vkbd.start()
-        try vdispl.start()
-        try xenstore.write("/local/domain/\(host.domid)/device-model/\(domid)/state", "running")
+        var names: [String] = []
+        if kinds.contains(.vfb) { self.vfb = vfb; try vfb.start(); names.append("vfb") }
+        if kinds.contains(.vkbd) { self.vkbd = vkbd; try vkbd.start(); names.append("vkbd") }
+        if kinds.contains(.vdispl) { self.vdispl = vdispl; try vdispl.start(); names.append("vdispl") }
+        if markRunning { try xenstore.write("/local/domain/\(host.domid)/device-model/\(domid)/state", "running") }
         started = true
-        log.info("vfb, vkbd and vdispl backends registered")
+        log.info("backends registered: \(names.joined(separator: ", "))")
     }
 
     /// Takes in, now, everything every display device has announced

@@ -7,7 +7,7 @@ import GuestKit
 import Host
 import Support
 
-/// `xenvfb-testtool sim-guest --machine DIR --xenstore SOCKET --domid N [--demo] [--vdispl] [--commands]`
+/// `xenvfb-testtool sim-guest --machine DIR --xenstore SOCKET --domid N [--demo] [--vdispl] [--vdispl-only] [--commands]`
 /// a simulated guest as a process of its own, as under Xen —
 /// GuestKit's vfb and vkbd frontends on the SimHost machine in DIR, talking
 /// to xenstored through SOCKET (a domain socket, so it acts as domain N).
@@ -18,7 +18,8 @@ import Support
 ///
 /// With `--vdispl` it also runs GuestKit's `DisplayGuest` on vdispl device
 /// 0: two buffers per connector, the first shown with
-/// `vdisplPattern(seed: 0)`, then `vdispl-shown`.
+/// `vdisplPattern(seed: 0)`, then `vdispl-shown`; `--vdispl-only` runs it
+/// without the vfb and vkbd frontends (a guest whose only screen is vdispl).
 ///
 /// With `--commands` it also takes commands on stdin, one per line, for
 /// tests that change the screen and compare pictures:
@@ -45,16 +46,17 @@ enum SimGuestCommand {
 
     static func main(_ args: [String]) -> Int32 {
         let log = Log.logger("sim-guest")
-        var machine: String?, socket: String?, domid: UInt32?, demo = false, commands = false, vdispl = false
+        var machine: String?, socket: String?, domid: UInt32?, demo = false, commands = false, vdispl = false, vdisplOnly = false
         do throws(UsageError) {
             for option in try SubcommandArguments.parse(args, valued: ["--machine", "--xenstore", "--domid"],
-                                                        flags: ["--demo", "--commands", "--vdispl"]) {
+                                                        flags: ["--demo", "--commands", "--vdispl", "--vdispl-only"]) {
                 switch option.name {
                 case "--machine": machine = option.value
                 case "--xenstore": socket = option.value
                 case "--domid": domid = option.value.flatMap { UInt32(xenstoreDecimal: $0) }
                 case "--demo": demo = true
                 case "--vdispl": vdispl = true
+                case "--vdispl-only": vdispl = true; vdisplOnly = true
                 default: commands = true
                 }
             }
@@ -109,7 +111,7 @@ enum SimGuestCommand {
             }
             fb.onChange = check
             kbd.onChange = check
-            if let demoGuest { try demoGuest.start() } else { try fb.start(); try kbd.start() }
+            if let demoGuest { try demoGuest.start() } else if !vdisplOnly { try fb.start(); try kbd.start() }
             var displayGuest: DisplayGuest?
             if vdispl {
                 let g = DisplayGuest(domain: domain)

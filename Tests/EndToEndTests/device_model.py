@@ -59,10 +59,10 @@ class Machine:
             time.sleep(0.02)
 
     # the device model
-    def start_dm(self, *extra):
+    def start_dm(self, *extra, domid=True):
         self.log = tempfile.TemporaryFile()
-        args = [self.binary, "--domid", str(self.domid), "--name", "simguest", "--sim-host", self.dir,
-                "--qmp", "unix:" + self.qmp_path] + list(extra)
+        args = [self.binary] + (["--domid", str(self.domid)] if domid else []) + [
+            "--name", "simguest", "--sim-host", self.dir, "--qmp", "unix:" + self.qmp_path] + list(extra)
         self.dm = subprocess.Popen(args, env=self.env, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
         self.wait_for(lambda: os.path.exists(self.qmp_path), "the QMP socket")
 
@@ -603,18 +603,11 @@ async def keymap_unknown(m):
           f"-k xx: exit {r.returncode}, {r.stderr!r}")
 
 
-async def vdispl(m):
-    """A vdispl device added once the model runs reaches InitWait within
-    libxl's 10 s. Its connector is console 1 (the vfb keeps console 0): it
-    gets a VNC server of its own, whose capture by vncdo is what the guest
-    shows; the PNG display's DIR/console-1; QMP screendump by device and
-    head, as QEMU names consoles. A page flip completes and reaches all
-    three, and keys typed on console 1's VNC reach the guest's one keyboard."""
-    png = os.path.join(m.dir, "png")
-    m.start_dm("--vnc", "127.0.0.1:30,to=99", "--display", f"png:dir={png},format=ppm,interval=100")
-    m.wait_for(lambda: m.xs_read(f"/local/domain/0/device-model/{m.domid}/state") == "running", "device-model state = running")
-    # As libxl does after `running` (and `xl vdispl-attach` at any time): the
-    # frontend's keys, then the backend directory; libxl then waits 10 s for InitWait.
+def add_vdispl(m):
+    """Adds vdispl device 0 (one 320x200 connector) as libxl does after
+    `running` (and `xl vdispl-attach` at any time): the frontend's keys, then
+    the backend directory, with libxl's permissions; libxl then waits 10 s
+    for InitWait."""
     fe, be = f"/local/domain/{m.domid}/device/vdispl/0", f"/local/domain/0/backend/vdispl/{m.domid}/0"
     xs = lambda *a: subprocess.run(list(a), env=m.env, check=True, capture_output=True)
     xs("xenstore-write", f"{fe}/backend", be, f"{fe}/backend-id", "0", f"{fe}/state", "1", f"{fe}/be-alloc", "0",
@@ -625,6 +618,74 @@ async def vdispl(m):
     xs("xenstore-chmod", "-r", be, "n0", f"r{m.domid}")
     m.wait_for(lambda: m.xs_read(f"{be}/state") == "2", "vdispl backend InitWait", timeout=10)
     print(f"vdispl: backend InitWait {1000 * (time.monotonic() - t0):.0f} ms after the device appeared (libxl waits 10 s)")
+
+
+async def vdispl_only(m):
+    """A guest whose only screen is vdispl, served by `xenvfb --domain NAME
+    --vdispl-only` started by hand before the guest exists: it waits for the
+    name, serves only vdispl (no running state: that node is libxl's), shows
+    the connector as console 0 (VNC, PNG, screendump), and exits by itself,
+    cleaning up, once the domain is gone."""
+    png = os.path.join(m.dir, "png")
+    m.start_dm("--domain", "later-guest", "--vdispl-only", "--vnc", "127.0.0.1:40,to=99",
+               "--display", f"png:dir={png},format=ppm,interval=100", domid=False)
+    time.sleep(1.5)
+    check(m.dm.poll() is None and b"waiting for domain later-guest" in (m.log.seek(0) or m.log.read()),
+          f"not waiting for the domain\n{m.dm_log()}")
+    subprocess.run(["xenstore-write", f"/local/domain/{m.domid}/name", "later-guest"], env=m.env, check=True)
+    m.wait_for(lambda: m.xs_exists(f"/local/domain/0/device-model/{m.domid}/backends/vdispl"), "backends/vdispl registered")
+    check(not m.xs_exists(f"/local/domain/0/device-model/{m.domid}/state"), "a --vdispl-only model wrote device-model state")
+    check(not m.xs_exists(f"/local/domain/0/device-model/{m.domid}/backends/vfb"), "a --vdispl-only model registered vfb")
+    add_vdispl(m)
+    m.start_guest("--vdispl-only")
+    m.wait_for(lambda: m.said("vdispl-shown"), "the guest's first vdispl picture")
+    q = await qmp_connect(m)
+    try:
+        port = int((await q.execute("query-vnc"))["service"])
+        vncdo = os.path.join(os.path.dirname(sys.executable), "vncdo")
+        for seed in (None, 3):
+            if seed is not None:
+                m.tell(f"vflip {seed}", f"vflipped {seed}")
+            want = m.vdispl_frame()
+            out = os.path.join(m.dir, f"only{seed}.ppm")
+            await q.execute("screendump", {"filename": out})
+            with open(out, "rb") as f:
+                check(f.read() == want, f"vflip {seed}: console 0 is not the connector's picture")
+            shot = os.path.join(m.dir, f"only{seed}.png")
+            r = subprocess.run([vncdo, "-s", f"127.0.0.1::{port}", "capture", shot], capture_output=True, timeout=TIMEOUT)
+            check(r.returncode == 0, f"vncdo: {r.stderr.decode()}")
+            check(rgb_of_png(shot)[2] == ppm_body(want)[2], f"vflip {seed}: the VNC capture differs from the guest's buffer")
+
+            def png_matches():
+                try:
+                    with open(os.path.join(png, "latest.ppm"), "rb") as f:
+                        return f.read() == want
+                except OSError:
+                    return False
+            m.wait_for(png_matches, f"vflip {seed}: the PNG display to show the guest's buffer")
+    finally:
+        await q.disconnect()
+    # The domain goes (libxl removes its nodes): the model stops by itself.
+    m.guest.kill()
+    subprocess.run(["xenstore-rm", f"/local/domain/0/backend/vdispl/{m.domid}"], env=m.env, check=True)
+    subprocess.run(["xenstore-rm", f"/local/domain/{m.domid}"], env=m.env, check=True)
+    status = m.dm.wait(TIMEOUT)
+    log = m.dm_log()
+    check(status == 0 and f"domain {m.domid} is gone" in log, f"exit status {status} after the domain went\n{log}")
+    check(not m.xs_exists(f"/local/domain/0/device-model/{m.domid}"), "device-model directory left behind")
+
+
+async def vdispl(m):
+    """A vdispl device added once the model runs reaches InitWait within
+    libxl's 10 s. Its connector is console 1 (the vfb keeps console 0): it
+    gets a VNC server of its own, whose capture by vncdo is what the guest
+    shows; the PNG display's DIR/console-1; QMP screendump by device and
+    head, as QEMU names consoles. A page flip completes and reaches all
+    three, and keys typed on console 1's VNC reach the guest's one keyboard."""
+    png = os.path.join(m.dir, "png")
+    m.start_dm("--vnc", "127.0.0.1:30,to=99", "--display", f"png:dir={png},format=ppm,interval=100")
+    m.wait_for(lambda: m.xs_read(f"/local/domain/0/device-model/{m.domid}/state") == "running", "device-model state = running")
+    add_vdispl(m)
     m.start_guest_when_ready("--vdispl", kinds=("vfb", "vkbd", "vdispl"))
     m.wait_connected()
     m.wait_for(lambda: m.xs_read(f"/local/domain/0/backend/vdispl/{m.domid}/0/state") == "4", "vdispl backend Connected")
@@ -684,7 +745,7 @@ async def vdispl(m):
         await q.disconnect()
 
 
-SCENARIOS = {f.__name__: f for f in (lifecycle, qmp, vnc, vnc_password, screenshot, burst, paced, paced_vnc_option, vdispl,
+SCENARIOS = {f.__name__: f for f in (lifecycle, qmp, vnc, vnc_password, screenshot, burst, paced, paced_vnc_option, vdispl, vdispl_only,
                                      keymap_unknown, *(keymap_scenario(n) for n in KEYMAP_TEXTS))}
 
 
