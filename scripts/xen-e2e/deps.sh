@@ -2,9 +2,10 @@
 # Host Debian packages the real-Xen end-to-end test needs: QEMU to boot Xen,
 # debootstrap to build dom0's root filesystem, e2fsprogs to make and read ext4
 # images without mounting them, cpio for the guest's initramfs, binutils
-# (objdump) to check that dom0 has every library xenvfb needs.
+# (objdump) to check that dom0 has every library xenvfb needs, gcc and
+# libc6-dev to build the vdispl guest's static KMS program (kms-flip.c).
 set -euo pipefail
-pkgs=(qemu-system-x86 qemu-utils debootstrap e2fsprogs cpio gzip binutils)
+pkgs=(qemu-system-x86 qemu-utils debootstrap e2fsprogs cpio gzip binutils gcc libc6-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -7,7 +7,10 @@ import json
 import os
 import sys
 
-CHECKS = ["create", "dm-spawned", "connected", "guest-fb", "vnc", "screenshot", "input", "guest-fb-2", "update", "png-display", "vnc-capture", "vnc-input", "destroy", "harness"]
+CHECKS = ["create", "dm-spawned", "connected", "guest-fb", "vnc", "screenshot", "input", "guest-fb-2", "update", "png-display", "vnc-capture", "vnc-input",
+          # the vdispl guest (vdispl_test.py)
+          "no-dm", "kms-setcrtc", "screendump-a", "vnc-capture-a", "flips", "screendump-b", "vnc-capture-b",
+          "destroy", "harness"]
 
 
 def main():
@@ -22,7 +25,7 @@ def main():
     if not results:
         print("xen-e2e: dom0 ran no test")
         return 1
-    header = ["", *["%s %s" % (r["dm"], "vnc" if r["variant"] == "vnc1" else "headless") for r in results]]
+    header = ["", *["%s %s" % (r["dm"], {"vnc1": "vnc", "vdispl": "vdispl", "vdispl-standalone": "vdispl alone"}.get(r["variant"], "headless")) for r in results]]
     rows = []
     for check in CHECKS:
         if any(check in r["checks"] for r in results):
@@ -35,6 +38,9 @@ def main():
     rows.append(["time to Connected (s)", *[num(r.get("connected_seconds"), "%.1f") for r in results]])
     rows.append(["DM CPU time (s)", *[num(r.get("dm_stats", {}).get("cpu_seconds"), "%.2f") for r in results]])
     rows.append(["DM CPU, guest idle 5 s (%)", *[num(r.get("idle_cpu_percent"), "%.1f") for r in results]])
+    if any("flip_avg_us" in r for r in results):
+        rows.append(["page flip, avg / max (ms)", *[("%.1f / %.1f" % (r["flip_avg_us"] / 1000, r["flip_max_us"] / 1000))
+                                                   if "flip_avg_us" in r else "-" for r in results]])
     rows.append(["DM peak RSS VmHWM (MiB)", *[num(r.get("dm_stats", {}).get("VmHWM", 0) / 1024 if r.get("dm_stats", {}).get("VmHWM") else None, "%.1f") for r in results]])
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in [header, *rows]]

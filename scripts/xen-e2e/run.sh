@@ -5,13 +5,17 @@
 # Debian's QEMU (the baseline) and/or xenvfb. What it checks is described in
 # dom0-test.py; results land in out/xen-e2e/ (results.md, results.json, logs).
 #
+# With xenvfb it then boots a guest with a vdispl screen (vdispl_test.py).
 # Usage: scripts/xen-e2e/run.sh [--dm qemu|xenvfb|both] [--xenvfb BINARY]
 #                               [--xenvfb-input yes|no]
 #   --dm            device model(s) to test (default: both)
 #   --xenvfb        use this xenvfb binary instead of building one
 #                   (swift build -c release --static-swift-stdlib)
 #   --xenvfb-input  also check QMP send-key with xenvfb (default: yes)
-# XENVFB_LOG=debug (say) in the environment sets xenvfb's log level in dom0.
+# XENVFB_LOG=debug (say) in the environment sets xenvfb's log level in dom0;
+# XEN_E2E_VDISPL_ONLY=1 runs the vdispl guest alone (with --dm xenvfb);
+# XEN_E2E_VDISPL_STANDALONE=1 adds a guest with only vdispl, served by an
+# xenvfb started by hand (--domain NAME --vdispl-only).
 # Expensive parts are cached under .build-xen/ (git-ignored): the dom0 tree,
 # keyed on scripts/xen-e2e/dom0-packages and rootfs.sh, and the Python packages
 # (vncdotool) that dom0 runs as a VNC client, installed from PyPI with pip.
@@ -129,6 +133,12 @@ cp "$here/dom0-test.py" "$build/job/dom0-test.py"
 mkdir -p "$build/job/configs"
 cp "$root"/configs/*.cfg "$build/job/configs/"
 
+# The vdispl guest (vdispl-job.sh, vdispl_test.py), with xenvfb only.
+vdispl=0
+if [ "$dm" != qemu ]; then
+  "$here/vdispl-job.sh" "$tree" "$kver" "$build/job" && vdispl=1
+fi
+
 runs=()
 if [ "$dm" != xenvfb ]; then
   runs+=("qemu vnc0" "qemu vnc1")
@@ -139,7 +149,7 @@ if [ "$dm" != qemu ]; then
 fi
 # dom0's test gets what is left of VM_LIMIT after a slow boot (~150 s); it
 # skips runs it has no time left for rather than be cut off mid-run.
-DOM0_BUDGET=$((VM_LIMIT - 150)) python3 - "$build/job/job.json" "$xenvfb_input" "${runs[@]}" <<'EOF'
+VDISPL=$vdispl DOM0_BUDGET=$((VM_LIMIT - 150)) python3 - "$build/job/job.json" "$xenvfb_input" "${runs[@]}" <<'EOF'
 import json, sys
 out, xinput, runs = sys.argv[1], sys.argv[2] == "yes", sys.argv[3:]
 import glob, os
@@ -162,6 +172,11 @@ for r in runs:
             spec.update(pngdir=d, args=["--display", "png:dir=%s,format=ppm,interval=200" % d])
     spec.update(dm=dm, variant=variant)
     job["runs"].append(spec)
+if os.environ.get("VDISPL") == "1":
+    job["vdispl"] = {"ramdisk": "/job/guest-vdispl/initrd.gz", "xenvfb": "/job/xenvfb",
+                     "standalone": os.environ.get("XEN_E2E_VDISPL_STANDALONE") == "1"}
+    if os.environ.get("XEN_E2E_VDISPL_ONLY") == "1":
+        job["runs"] = []
 json.dump(job, open(out, "w"), indent=1)
 EOF
 
