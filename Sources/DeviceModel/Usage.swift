@@ -7,6 +7,8 @@ usage: xenvfb [OPTIONS]                 run as the device model of a Xen domain
 
 Device model options (the QEMU-style ones libxl passes work too):
   --domid N                    the guest's domain id (-xen-domid N)
+  --domain NAME                the guest by name: wait for it, stop when it is gone
+  --vdispl-only                serve only the guest's vdispl devices (no vfb, no libxl model)
   --name NAME                  the guest's name
   --vnc DISPLAY|none           a VNC server, in QEMU's -vnc syntax (127.0.0.1:0)
   --sdl                        an SDL window
