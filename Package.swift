@@ -37,7 +37,8 @@ let package = Package(
         .target(name: "WriteFault", dependencies: ["Damage", "CWriteFault", "CShims", "Support"]),
         .target(name: "XenStore", dependencies: ["CXen", "EventLoop", "Support"]),
         .target(name: "Host", dependencies: ["CXen", "CShims", "EventLoop", "Support", "XenStore"]),
-        // The Xen PV protocols as wire types: vfb/vkbd pages and rings, xenbus states.
+        // The Xen PV protocols as wire types: vfb/vkbd pages and rings, xen/io/ring.h
+        // rings, displif requests and events, xenbus states.
         // Shared by the backends and GuestKit's frontends.
         .target(name: "XenProtocol", dependencies: ["Host", "Support"]),
         .target(name: "XenBus", dependencies: ["XenProtocol", "XenStore", "Host", "EventLoop", "Support"]),
@@ -83,6 +84,7 @@ let package = Package(
         .testTarget(name: "DisplaysTests", dependencies: ["Console", "Displays", "Damage", "EventLoop", "Support", "CShims", "CPNG", "CSDL2",
                                                          "XenStore"]),
         .testTarget(name: "HostTests", dependencies: ["Host", "EventLoop", "Support"]),
+        .testTarget(name: "XenProtocolTests", dependencies: ["XenProtocol", "Host", "Support", "CXen"]),
         .testTarget(name: "DamageTests", dependencies: ["Damage", "WriteFault", "CWriteFault", "EventLoop", "Support"]),
         .testTarget(name: "XenStoreTests", dependencies: ["XenStore", "EventLoop", "Support", "CShims"]),
         .testTarget(name: "DevicesTests", dependencies: ["XenProtocol", "Devices", "XenBus", "Host", "Console", "Damage", "EventLoop", "Support"]),
@@ -102,6 +104,7 @@ if Context.environment["XENVFB_FUZZ"] == "1" {
     let fuzzTargets: [(String, [Target.Dependency])] = [
         ("FuzzVfbRing", ["Devices", "XenProtocol", "Console", "EventLoop", "Host"]),
         ("FuzzVkbdRing", ["Devices", "XenProtocol", "Console", "Host"]),
+        ("FuzzVdisplRing", ["Devices", "XenProtocol", "Console", "EventLoop", "Host", "Support"]),
         ("FuzzGeometry", ["Devices", "XenProtocol"]),
         ("FuzzXenstored", ["XenStore", "EventLoop", "CShims"]),
         ("FuzzJSON", ["Control"]),

@@ -203,3 +203,60 @@ write("FuzzRFB", "websocket-upgrade", b"\xc8" + b"GET / HTTP/1.1\r\nHost: h\r\nU
 write("FuzzRFB", "parser", b"\xf0" + pixel_format(*formats["rgb565be"]) + set_encodings(16, 7, -223) + REQUEST_INC
       + struct.pack(">BBxxI", 4, 1, 0x61) + struct.pack(">BxHHBx", 251, 100, 100, 2) + bytes(32)
       + struct.pack(">BBHII", 255, 0, 1, 0x61, 0x1e))
+
+
+# --- FuzzVdisplRing ---------------------------------------------------------
+def u16(v):
+    return struct.pack("<H", v & 0xFFFF)
+
+
+def u64(v):
+    return struct.pack("<Q", v & 0xFFFFFFFFFFFFFFFF)
+
+
+def dreq(op, body, rid=0):
+    e = u16(rid) + bytes([op]) + bytes(5) + body
+    return e + bytes(64 - len(e))
+
+
+def dbuf_create(cookie, w, h, bpp, size, directory, flags=0, offset=0):
+    return dreq(0x10, u64(cookie) + u32(w) + u32(h) + u32(bpp) + u32(size) + u32(flags) + u32(directory) + u32(offset))
+
+
+def fb_attach(dbuf, fb, w, h, fourcc):
+    return dreq(0x12, u64(dbuf) + u64(fb) + u32(w) + u32(h) + fourcc)
+
+
+def set_config(fb, x, y, w, h, bpp):
+    return dreq(0x14, u64(fb) + u32(x) + u32(y) + u32(w) + u32(h) + u32(bpp))
+
+
+def vdispl(first, edits, rounds):
+    out = bytes([first, len(edits)])
+    for page, offset, data in edits:
+        out += bytes([page]) + u16(offset) + bytes([len(data)]) + data
+    for connector, requests, mode, value in rounds:
+        out += bytes([connector, len(requests)]) + b"".join(requests) + bytes([mode]) + u32(value)
+    return out
+
+
+# Page 0 is a page directory listing grant 9 (page 1); grants 8..23 are pages 0..15.
+directory = [(0, 0, u32(0) + u32(9) + u32(10))]
+session = [dbuf_create(1, 16, 8, 32, 512, 8), fb_attach(1, 100, 16, 8, b"XR24"), set_config(100, 0, 0, 16, 8, 32),
+           dreq(0x15, u64(100))]
+write("FuzzVdisplRing", "session", vdispl(0, directory, [(0, session, 0, 0), (0, [dreq(0x15, u64(100))], 0, 0)]))
+write("FuzzVdisplRing", "two-connectors", vdispl(1, directory, [
+    (0, [dbuf_create(1, 64, 48, 16, 6144, 8), fb_attach(1, 7, 64, 48, b"RG16"), set_config(7, 0, 0, 64, 48, 16)], 0, 0),
+    (1, [set_config(7, 3, 2, 64, 48, 16), dreq(0x15, u64(7)), dreq(0x15, u64(7))], 2, 0x40000000)]))
+write("FuzzVdisplRing", "formats", vdispl(4, directory, [
+    (0, [dbuf_create(2, 8, 2, 16, 64, 8), fb_attach(2, 1, 8, 2, b"YUYV"), set_config(1, 0, 0, 8, 2, 16),
+         fb_attach(2, 3, 8, 2, b"XR15"), set_config(3, 1, 0, 8, 2, 16), dbuf_create(3, 8, 2, 24, 48, 8),
+         fb_attach(3, 4, 8, 2, b"RG24"), set_config(4, 0, 1, 8, 2, 24)], 0, 0)]))
+write("FuzzVdisplRing", "bad-requests", vdispl(0, directory, [
+    (0, [dbuf_create(0, 16, 8, 32, 512, 8), dbuf_create(5, 16, 8, 32, 511, 8), dbuf_create(6, 16, 8, 12, 512, 8),
+         dbuf_create(7, 16, 8, 32, 512, 99), dbuf_create(8, 16, 8, 32, 0xFFFFFFFF, 8, offset=0xFFFFFFF0),
+         dbuf_create(9, 16, 8, 32, 512, 8, flags=1), fb_attach(77, 1, 1, 1, b"XR24"), dreq(0x15, u64(1)),
+         dreq(0x13, u64(5)), dreq(0x11, u64(5)), dreq(0x16, u32(32768) + u32(8)), dreq(0x7F, b"")], 0, 0)]))
+write("FuzzVdisplRing", "prod-lies", vdispl(0, directory, [(0, session, 1, 1000), (0, [], 1, 0xFFFFFFFF), (0, [], 3, 5)]))
+write("FuzzVdisplRing", "long-directory", vdispl(0, [(0, 0, u32(8) + u32(9) * 60)], [
+    (0, [dbuf_create(1, 1024, 2, 32, 8192, 8), dbuf_create(2, 1024, 1024, 32, 4 << 20, 8)], 0, 0)]))

@@ -6,8 +6,8 @@
 #
 # Usage: scripts/fuzz.sh [-t SECONDS] [TARGET...]
 #   -t SECONDS   run time per target (default $FUZZ_SECONDS, else 30)
-#   TARGET       FuzzVfbRing FuzzVkbdRing FuzzGeometry FuzzXenstored FuzzJSON
-#                FuzzQMPStream FuzzArgv FuzzRFB (default: all)
+#   TARGET       FuzzVfbRing FuzzVkbdRing FuzzVdisplRing FuzzGeometry FuzzXenstored
+#                FuzzJSON FuzzQMPStream FuzzArgv FuzzRFB (default: all)
 # Output (all under .build-fuzz/, which is the build's scratch path too):
 #   corpus/<target>/     inputs found this run (the seeds are read only)
 #   artifacts/<target>/  crash-*, leak-*, timeout-*, oom-* inputs
@@ -18,7 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${FUZZ_SECONDS:-30}
 if [[ ${1:-} == -t ]]; then seconds=$2; shift 2; fi
-all=(FuzzVfbRing FuzzVkbdRing FuzzGeometry FuzzXenstored FuzzJSON FuzzQMPStream FuzzArgv FuzzRFB)
+all=(FuzzVfbRing FuzzVkbdRing FuzzVdisplRing FuzzGeometry FuzzXenstored FuzzJSON FuzzQMPStream FuzzArgv FuzzRFB)
 targets=("$@")
 [[ ${#targets[@]} -gt 0 ]] || targets=("${all[@]}")
 out=.build-fuzz

@@ -14,4 +14,5 @@
 #include <xentoolcore.h>
 #include <xen/io/fbif.h>
 #include <xen/io/kbdif.h>
+#include <xen/io/displif.h>
 #include <xen/io/xs_wire.h>

@@ -176,3 +176,72 @@ public final class Console: @unchecked Sendable {
         displays.removeAll()
     }
 }
+
+/// The screens of one device model, numbered as QEMU numbers its consoles:
+/// console 0 first, then one per screen a device adds. A screen belongs to a
+/// device and one of its heads (`vfb-0` head 0, `vdispl-0` head 1 for its
+/// second connector, as QEMU names a console by device id and head).
+///
+/// Console 0 exists from the start, so displays can attach before any device
+/// appears; the first device to claim a screen gets it (the vfb when libxl
+/// started the device model for a guest with one, else the first vdispl
+/// connector). Later claims get new consoles, up to `limit`, and
+/// `onAdd` lets the owner give each its displays. A claim for a screen that
+/// had a console before (a reconnect) gets the same one back.
+///
+/// Loop thread only.
+public final class Consoles {
+    /// Who owns a console.
+    public struct Owner: Hashable, Sendable, CustomStringConvertible {
+        public var device: String
+        public var head: Int
+        public init(device: String, head: Int) {
+            self.device = device
+            self.head = head
+        }
+        public var description: String { "\(device) head \(head)" }
+    }
+
+    /// Every console, by index.
+    public private(set) var all: [Console]
+    private var owners: [Owner?]
+    /// Most consoles at once (each costs a frame and its displays).
+    public let limit: Int
+    /// Called for each console created after console 0, with its index.
+    public var onAdd: ((Int, Console) -> Void)?
+
+    public init(primary: Console = Console(), limit: Int = 9) {
+        all = [primary]
+        owners = [nil]
+        self.limit = max(limit, 1)
+    }
+
+    /// Console 0.
+    public var primary: Console { all[0] }
+
+    /// The console for `owner` (see the type's description); nil when
+    /// `limit` consoles exist already. A new console is `width`×`height`
+    /// and sends its input where console 0's goes.
+    public func claim(_ owner: Owner, width: Int = 800, height: Int = 600) -> (index: Int, console: Console)? {
+        if let i = owners.firstIndex(of: owner) { return (i, all[i]) }
+        if owners[0] == nil {
+            owners[0] = owner
+            return (0, all[0])
+        }
+        guard all.count < limit else { return nil }
+        let console = Console(width: min(max(width, 1), Frame.maxDimension), height: min(max(height, 1), Frame.maxDimension))
+        console.input = primary.input
+        all.append(console)
+        owners.append(owner)
+        onAdd?(all.count - 1, console)
+        return (all.count - 1, console)
+    }
+
+    /// Who owns console `index`, if anyone.
+    public func owner(of index: Int) -> Owner? { index >= 0 && index < owners.count ? owners[index] : nil }
+
+    /// The console of `device`'s head `head`, if it has one.
+    public func lookup(device: String, head: Int) -> Console? {
+        owners.firstIndex(of: Owner(device: device, head: head)).map { all[$0] }
+    }
+}

@@ -15,8 +15,17 @@ public struct DeviceModelOptions: Equatable, Sendable {
     /// `xenvfb demo` (no domain id; adds `--seconds`).
     public enum Mode: Sendable { case deviceModel, demo }
 
-    /// The guest's domain id (`-xen-domid`, `--domid`); nil only in demo mode.
+    /// The guest's domain id (`-xen-domid`, `--domid`); nil in demo mode
+    /// and with `domainName`.
     public var domid: UInt32?
+    /// `--domain NAME`: the guest is the domain named NAME; the device model
+    /// waits for it to appear (start it before `xl create`) and stops when
+    /// it is gone.
+    public var domainName: String?
+    /// `--vdispl-only`: serve only the guest's vdispl devices, for a guest
+    /// libxl starts no device model for (no vfb); writes no
+    /// `device-model/<domid>/state` (that node is the libxl-started model's).
+    public var vdisplOnly = false
     /// The guest's name (`-name`).
     public var name: String?
     /// The process name asked for by `-name ...,process=NAME`.
@@ -60,6 +69,9 @@ public struct DeviceModelOptions: Equatable, Sendable {
     public var useXenstore = true
     /// `xenvfb demo --seconds N`: how long the demo runs; nil for until a signal.
     public var seconds: UInt32?
+    /// `xenvfb demo --vdispl`: the demo guest also has a vdispl device (one
+    /// 800×600 connector) and flips pages on it.
+    public var demoVdispl = false
     /// `--input-pace MS`: at most one input event per MS milliseconds goes to
     /// the guest (bursts wait in the input queue); nil or 0 for no pacing.
     public var inputPaceMilliseconds: UInt32?
@@ -242,6 +254,15 @@ private struct ArgumentParser {
         case "xen-domid", "domid":
             let v = try value(arg, inline: inline)
             options.domid = try Self.domid(v, option: arg)
+        case "domain" where mode == .deviceModel:
+            let v = try value(arg, inline: inline)
+            guard !v.isEmpty, v.utf8.count <= 128, v.unicodeScalars.allSatisfy({ $0.value > 0x20 && $0.value < 0x7f && $0 != "/" }) else {
+                throw OptionError(arg, "needs a domain name (printable, no spaces or '/', at most 128 bytes), not '\(Self.printable(v))'")
+            }
+            options.domainName = v
+        case "vdispl-only" where mode == .deviceModel:
+            try flagOnly(&self)
+            options.vdisplOnly = true
         case "xen-attach":
             try flagOnly(&self)
             options.xenAttach = true
@@ -326,6 +347,9 @@ private struct ArgumentParser {
             let v = try value(arg, inline: inline)
             guard !v.isEmpty else { throw OptionError(arg, "needs a SimHost machine directory") }
             options.simHost = v
+        case "vdispl" where mode == .demo:
+            try flagOnly(&self)
+            options.demoVdispl = true
         case "seconds" where mode == .demo:
             let v = try value(arg, inline: inline)
             guard let s = Self.decimal(v, max: 86_400 * 365), s > 0 else {
@@ -372,7 +396,10 @@ private struct ArgumentParser {
                 guard fds.insert(f).inserted else { throw OptionError("-chardev", "fd=\(f) given twice") }
             }
         }
-        if mode == .deviceModel, options.domid == nil {
+        if mode == .deviceModel, options.domid != nil, options.domainName != nil {
+            throw OptionError("--domain", "give the guest's domain id or its name, not both")
+        }
+        if mode == .deviceModel, options.domid == nil, options.domainName == nil {
             throw OptionError("-xen-domid", "missing: the guest's domain id is required (-xen-domid N or --domid N)")
         }
     }

@@ -16,6 +16,8 @@ import XenStore
 /// xenstored on its own thread, SimHost for memory and event channels, the
 /// built-in demo guest (domain 1) drawing through GuestKit's frontends, and
 /// xenvfb's own vfb/vkbd backends showing it on the displays asked for.
+/// With `--vdispl` the guest also has a vdispl device whose one connector
+/// (console 1) shows an animation drawn with page flips.
 enum DemoCommand {
     static let guestDomid: UInt32 = 1
 
@@ -94,12 +96,30 @@ enum DemoCommand {
         let guestStore = try XenStoreConnection(socketPath: guestSocket, loop: loop)
         try dom0Store.write("/local/domain/\(guestDomid)/name", "demo-guest")
         try Toolstack.addFramebuffer(store: dom0Store, domid: guestDomid)
+        if options.demoVdispl {
+            try Toolstack.addDisplay(store: dom0Store, domid: guestDomid, connectors: [("demo", 800, 600)])
+        }
 
         try session.startBackends(host: SimHost(directory: dir, domid: 0), xenstore: dom0Store, domid: guestDomid)
-        let guest = try GuestDomain(host: SimHost(directory: dir, domid: guestDomid), store: guestStore, loop: loop)
+        let guest = try GuestDomain(host: SimHost(directory: dir, domid: guestDomid), store: guestStore, loop: loop,
+                                    memoryBytes: options.demoVdispl ? 32 << 20 : 16 << 20)
         let demo = DemoGuest(domain: guest)
         demo.trackingMode = trackingMode
         try demo.start()
+        var displayDemo: DisplayDemo?
+        if options.demoVdispl {
+            let d = DisplayDemo(domain: guest)
+            try d.start()
+            displayDemo = d
+            // The connector's console and its displays exist once the backend saw the device.
+            _ = loop.runOnce(timeoutMilliseconds: 0)
+            for (index, vnc) in session.consoleVNC.sorted(by: { $0.key < $1.key }) {
+                notes.append("vdispl connector on console \(index): VNC server on \(vnc.info.host):\(vnc.info.service)")
+            }
+            for (index, pngs) in session.consolePNGs.sorted(by: { $0.key < $1.key }) {
+                for png in pngs { notes.append("vdispl connector on console \(index): pictures go to \(png.options.directory)") }
+            }
+        }
 
         try loop.handleSignals([SIGINT, SIGTERM, SIGHUP]) { signal in
             log.info("signal \(signal): stopping")
@@ -116,6 +136,7 @@ enum DemoCommand {
         loop.run()
 
         demo.stop()
+        displayDemo?.stop()
         var closed = false
         session.backends?.shutdown { closed = true }
         _ = closed
@@ -124,6 +145,6 @@ enum DemoCommand {
         for png in pngs where png.framesWritten > 0 {
             log.info("wrote \(png.framesWritten) pictures to \(png.options.directory); the last is \(png.latestPath)")
         }
-        withExtendedLifetime((dom0Store, guestStore, guest, demo)) {}
+        withExtendedLifetime((dom0Store, guestStore, guest, demo, displayDemo)) {}
     }
 }

@@ -80,6 +80,8 @@ final class DeviceModel {
     var xenstore: XenStoreConnection?
     /// What `run` returns: 1 once the device model shut down because xenstored went away.
     private var exitStatus: Int32 = 0
+    /// With `--domain` or `--vdispl-only`: the guest's name node, gone when the guest is.
+    private var domainWatch: XenStoreWatch?
 
     init(options: DeviceModelOptions) throws(DeviceModelError) {
         self.options = options
@@ -234,8 +236,8 @@ extension DeviceModel {
     /// - Unless `--no-xenstore`: the host (XenHost, or SimHost with the
     ///   hidden `--sim-host DIR`) with its event-channel handles opened now,
     ///   the xenstore client (`XENSTORED_PATH` or libxenstore's default),
-    ///   `xentoolcore_restrict_all` for `-xen-domid-restrict`, then the vfb
-    ///   and vkbd backends, which register under
+    ///   `xentoolcore_restrict_all` for `-xen-domid-restrict`, then the vfb,
+    ///   vkbd and vdispl backends, which register under
     ///   `/local/domain/0/device-model/<domid>/backends` and then write
     ///   `state` = `running` for libxl. Their shutdown hook takes the devices
     ///   to Closing and Closed and removes those device-model nodes again.
@@ -256,19 +258,23 @@ extension DeviceModel {
             session.closeDisplays()
             done()
         }
-        guard options.useXenstore, let domid = options.domid else { return }
+        guard options.useXenstore else { return }
 
         let host: Host
+        var xenHost: XenHost?
         if let dir = options.simHost {
             host = SimHost(directory: dir, domid: 0)
             log.info("acting on the simulated machine in \(dir) (SimHost)")
         } else {
             do throws(HostError) {
                 let xen = try XenHost(domid: 0)
-                // Two devices, each reconnecting with a fresh handle: opened
-                // now, before -xen-domid-restrict and -runas.
-                try xen.preopenEventChannels(4)
+                // A vfb, a vkbd and a vdispl device (one handle for all its
+                // connectors), each reconnecting with a fresh handle, and
+                // room for a second vdispl: opened now, before
+                // -xen-domid-restrict and -runas.
+                try xen.preopenEventChannels(8)
                 host = xen
+                xenHost = xen
             } catch {
                 throw DeviceModelError("cannot open Xen: \(error)")
             }
@@ -286,13 +292,25 @@ extension DeviceModel {
             self.exitStatus = 1
             self.beginShutdown(reason: "xenstore connection lost")
         }
+        let domid: UInt32
+        if let d = options.domid {
+            domid = d
+        } else if let name = options.domainName {
+            domid = try waitForDomain(named: name, store: store)
+        } else {
+            return
+        }
         if options.restrictToDomain {
             if options.simHost != nil {
                 log.warning("-xen-domid-restrict has no effect on a simulated host")
             } else if xentoolcore_restrict_all(domid_t(domid)) != 0 {
                 throw DeviceModelError("-xen-domid-restrict: xentoolcore_restrict_all(\(domid)) failed: \(SystemError("xentoolcore_restrict_all"))")
             } else {
-                log.info("Xen handles restricted to the guest's domain")
+                // libxengnttab restricts its handle by turning it into
+                // /dev/null (tools/libs/gnttab/gnttab_core.c): vdispl,
+                // which maps grants, cannot be served from here on.
+                xenHost?.disableGrantMapping(reason: "-xen-domid-restrict closed the grant-table handle (vdispl needs it; see xenvfb(1))")
+                log.info("Xen handles restricted to the guest's domain; vdispl devices cannot be served (no grant mapping)")
             }
         }
         do {
@@ -302,17 +320,72 @@ extension DeviceModel {
             throw DeviceModelError("cannot start the backends for domain \(domid): \(error)")
         }
         let dmPath = "/local/domain/\(host.domid)/device-model/\(domid)"
+        let vdisplOnly = options.vdisplOnly
         shutdown.add("backends") { [log] done in
             session.backends?.shutdown {
                 // What this process wrote for libxl goes too: the state key
                 // and the backends it registered (and the directory, if
-                // nothing else is left in it).
-                try? store.remove(dmPath + "/state")
-                try? store.remove(dmPath + "/backends")
+                // nothing else is left in it). With --vdispl-only the state
+                // key and the other backends belong to another model, if any.
+                if vdisplOnly {
+                    try? store.remove(dmPath + "/backends/vdispl")
+                } else {
+                    try? store.remove(dmPath + "/state")
+                    try? store.remove(dmPath + "/backends")
+                }
+                if let left = try? store.directory(dmPath + "/backends"), left.isEmpty { try? store.remove(dmPath + "/backends") }
                 if let left = try? store.directory(dmPath), left.isEmpty { try? store.remove(dmPath) }
                 log.info("backends closed")
                 done()
             }
         }
+        // Started by hand (--domain, --vdispl-only), nobody will signal it
+        // when the guest goes: stop then.
+        if options.vdisplOnly || options.domainName != nil {
+            do {
+                domainWatch = try store.watch("/local/domain/\(domid)/name") { [unowned self] _ in
+                    let gone: Bool
+                    do { gone = try store.read("/local/domain/\(domid)/name") == nil } catch { gone = false }
+                    if gone { self.beginShutdown(reason: "domain \(domid) is gone") }
+                }
+            } catch {
+                throw DeviceModelError("cannot watch domain \(domid): \(error)")
+            }
+        }
+    }
+
+    /// The id of the domain named `name`: at once if it exists, else when
+    /// it appears (`@introduceDomain`), running the loop meanwhile.
+    private func waitForDomain(named name: String, store: XenStoreConnection) throws(DeviceModelError) -> UInt32 {
+        func find() -> UInt32? {
+            guard let ids = try? store.directory("/local/domain") else { return nil }
+            for id in ids {
+                guard let d = UInt32(xenstoreDecimal: id), d != 0, (try? store.read("/local/domain/\(id)/name")) == name else { continue }
+                return d
+            }
+            return nil
+        }
+        if let d = find() {
+            log.info("domain \(name) is domain \(d)")
+            return d
+        }
+        log.info("waiting for domain \(name) to appear")
+        var found: UInt32?
+        let watch: XenStoreWatch
+        do {
+            watch = try store.watch("@introduceDomain") { _ in if found == nil { found = find() } }
+        } catch {
+            throw DeviceModelError("cannot watch @introduceDomain: \(error)")
+        }
+        defer { watch.cancel() }
+        // Looked for again each second too: the name may be written after
+        // the domain is introduced (a toolstack other than libxl).
+        while found == nil && !shutdown.isRunning {
+            _ = loop.runOnce(timeoutMilliseconds: 1000)
+            if found == nil { found = find() }
+        }
+        guard let d = found else { throw DeviceModelError("stopped while waiting for domain \(name)") }
+        log.info("domain \(name) appeared as domain \(d)")
+        return d
     }
 }

@@ -22,21 +22,36 @@ extension Session {
             do throws(QMPError) {
                 try args.onlyKeys(["filename", "device", "head", "format"])
                 let filename = try args.string("filename")!
-                _ = try args.string("device", required: false)
-                _ = try args.int("head", required: false)
+                let device = try args.string("device", required: false)
+                let head = try args.int("head", required: false)
                 let format: CaptureFormat
                 switch try args.string("format", required: false) ?? "ppm" {
                 case "ppm": format = .ppm
                 case "png": format = .png
                 case let other: throw .generic("Parameter 'format' does not accept value '\(other)'")
                 }
+                // QEMU's console lookup (ui/console.c): by device id and head,
+                // or console 0; `head` alone is an error.
+                let target: Console
+                if let device {
+                    let h = head ?? 0
+                    guard let found = consoles.lookup(device: device, head: Int(clamping: h)) else {
+                        if (0..<consoles.all.count).contains(where: { consoles.owner(of: $0)?.device == device }) {
+                            throw .generic("Device \(device) (head \(h)) is not bound to a QemuConsole")
+                        }
+                        throw .deviceNotFound("Device '\(device)' not found")
+                    }
+                    target = found
+                } else {
+                    guard head == nil else { throw .generic("'head' must be specified together with 'device'") }
+                    target = console
+                }
                 // As QEMU's screendump: refresh first, then write what is
                 // current. The capture thread reads the console row by row (no
                 // copy of the frame), encodes and writes; the reply follows.
                 refresh()
-                let console = self.console
                 let accepted = captures.submit({ () -> CaptureError? in
-                    do throws(CaptureError) { try capture(console, to: filename, format: format); return nil } catch { return error }
+                    do throws(CaptureError) { try capture(target, to: filename, format: format); return nil } catch { return error }
                 }) { failure in
                     if let failure { reply.failure(.generic("\(failure)")) } else { reply.success() }
                 }
@@ -285,12 +300,27 @@ extension Session {
 }
 
 /// `query-vnc`, `query-vnc-servers` and the VNC password commands, answered
-/// from the VNC display.
+/// from the VNC displays: console 0's (`query-vnc`, what libxl reads) and
+/// those of the other consoles (in `query-vnc-servers`, id `consoleN`). A
+/// password applies to every server, including those that appear later.
 final class VNCQMPProvider: QMPVNCProvider {
     let vnc: VNCDisplay
+    private(set) var servers: [(id: String, vnc: VNCDisplay)]
+    private var password: String?
+    private var expiry: VNCDisplay.PasswordExpiry?
 
     init(vnc: VNCDisplay) {
         self.vnc = vnc
+        servers = [("default", vnc)]
+    }
+
+    /// Another console's server.
+    func add(_ server: VNCDisplay, id: String) {
+        servers.append((id, server))
+        if server.requiresPassword, let password {
+            server.setPassword(password)
+            if let expiry { server.expirePassword(expiry) }
+        }
     }
 
     private func clients(_ info: VNCServerInfo) -> JSON {
@@ -308,21 +338,25 @@ final class VNCQMPProvider: QMPVNCProvider {
     }
 
     func queryVNCServers() -> JSON {
-        let info = vnc.info
-        guard info.enabled else { return [] }
-        var servers: [JSON] = [["host": .string(info.host), "service": .string(info.service), "family": .string(info.family),
-                                "websocket": false, "auth": .string(info.auth)]]
-        if let ws = info.websocket {
-            servers.append(["host": .string(ws.host), "service": .string(ws.service), "family": .string(ws.family),
-                            "websocket": true, "auth": .string(info.auth)])
-        }
-        return [["id": "default", "auth": .string(info.auth), "server": .array(servers), "clients": clients(info)]]
+        .array(servers.compactMap { id, server -> JSON? in
+            let info = server.info
+            guard info.enabled else { return nil }
+            var listeners: [JSON] = [["host": .string(info.host), "service": .string(info.service), "family": .string(info.family),
+                                      "websocket": false, "auth": .string(info.auth)]]
+            if let ws = info.websocket {
+                listeners.append(["host": .string(ws.host), "service": .string(ws.service), "family": .string(ws.family),
+                                  "websocket": true, "auth": .string(info.auth)])
+            }
+            return ["id": .string(id), "auth": .string(info.auth), "server": .array(listeners), "clients": clients(info)]
+        })
     }
 
     func setVNCPassword(_ password: String) throws(QMPError) {
         // QEMU refuses a password for a server started without password=on.
         guard vnc.requiresPassword else { throw .generic("Could not set password") }
-        vnc.setPassword(password)
+        self.password = password
+        expiry = nil
+        for (_, server) in servers where server.requiresPassword { server.setPassword(password) }
     }
 
     /// `expire_password`: `now`, `never`, `+SECONDS` from now, or SECONDS
@@ -335,6 +369,7 @@ final class VNCQMPProvider: QMPVNCProvider {
         guard let expiry = VNCDisplay.PasswordExpiry(qmp: time) else {
             throw .generic("Parameter 'time' does not accept value '\(time)'")
         }
-        vnc.expirePassword(expiry)
+        self.expiry = expiry
+        for (_, server) in servers where server.requiresPassword { server.expirePassword(expiry) }
     }
 }

@@ -8,6 +8,8 @@ usage: xenvfb [OPTIONS]                 run as the device model of a Xen domain
 
 Device model options (the QEMU-style ones libxl passes work too):
   --domid N                    the guest's domain id (-xen-domid N)
+  --domain NAME                the guest by name: wait for it, stop when it is gone
+  --vdispl-only                serve only the guest's vdispl devices (no vfb, no libxl model)
   --name NAME                  the guest's name
   --vnc DISPLAY|none           a VNC server, in QEMU's -vnc syntax (127.0.0.1:0)
   --sdl                        an SDL window
@@ -18,6 +20,7 @@ Device model options (the QEMU-style ones libxl passes work too):
   --update-interval MS         the vfb coalescing tick (default 10)
   --log-level LEVEL            trace, debug, info, notice, warning, error, critical
   -S                           start in prelaunch, until QMP cont
-demo also takes --seconds N and --dirty-tracking auto|uffd|mprotect|compare.
+demo also takes --seconds N, --vdispl (a KMS screen too, on console 1) and
+--dirty-tracking auto|uffd|mprotect|compare.
 See xenvfb(1) for every option.
 """

@@ -1,3 +1,5 @@
+import XenProtocol
+
 /// A validated framebuffer layout inside the mapped guest framebuffer.
 public struct VfbGeometry: Equatable, Sendable, CustomStringConvertible {
     public var width: Int
@@ -103,6 +105,65 @@ enum PixelConversion {
             }
         default:
             break
+        }
+    }
+}
+
+extension PixelConversion {
+    /// The source bytes that pixels `x ..< x + count` of a row in `format`
+    /// occupy: YUYV stores two pixels in four bytes, so its range starts at
+    /// the pair holding pixel `x`.
+    static func byteRange(format: DisplifPixelFormat, x: Int, count: Int) -> Range<Int> {
+        if format == .yuyv { return (x / 2) * 4 ..< ((x + count + 1) / 2) * 4 }
+        return x * format.bytesPerPixel ..< (x + count) * format.bytesPerPixel
+    }
+
+    /// Converts `count` pixels of `format` into XRGB8888 words at `dest`;
+    /// `source` holds `byteRange(format:x:count:)` of the row (for YUYV,
+    /// `x` odd means the first pixel is the second of its pair). Alpha is
+    /// dropped: the screen is opaque. Reads at most `source.count` bytes.
+    static func convert(format: DisplifPixelFormat, source: UnsafeRawBufferPointer, x: Int, count: Int, dest: UnsafeMutableRawPointer) {
+        let out = dest.assumingMemoryBound(to: UInt32.self)
+        guard count > 0, source.count >= byteRange(format: format, x: x, count: count).count else { return }
+        func u16(_ i: Int) -> UInt32 { UInt32(source[2 * i]) | UInt32(source[2 * i + 1]) << 8 }
+        func expand(_ v: UInt32, bits: UInt32) -> UInt32 { (v << (8 - bits)) | (v >> (2 * bits - 8)) }
+        switch format {
+        case .xrgb8888:
+            dest.copyMemory(from: source.baseAddress!, byteCount: count * 4)
+        case .argb8888:
+            for i in 0..<count {
+                out[i] = source.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self) & 0x00ff_ffff
+            }
+        case .rgb888:
+            for i in 0..<count {
+                out[i] = UInt32(source[3 * i + 2]) << 16 | UInt32(source[3 * i + 1]) << 8 | UInt32(source[3 * i])
+            }
+        case .rgb565:
+            for i in 0..<count {
+                let v = u16(i)
+                out[i] = expand((v >> 11) & 0x1f, bits: 5) << 16 | expand((v >> 5) & 0x3f, bits: 6) << 8 | expand(v & 0x1f, bits: 5)
+            }
+        case .xrgb4444, .argb4444:
+            for i in 0..<count {
+                let v = u16(i)
+                out[i] = ((v >> 8) & 0xf) * 0x11 << 16 | ((v >> 4) & 0xf) * 0x11 << 8 | (v & 0xf) * 0x11
+            }
+        case .xrgb1555, .argb1555:
+            for i in 0..<count {
+                let v = u16(i)
+                out[i] = expand((v >> 10) & 0x1f, bits: 5) << 16 | expand((v >> 5) & 0x1f, bits: 5) << 8 | expand(v & 0x1f, bits: 5)
+            }
+        case .yuyv:
+            // BT.601, limited range (DRM's default colour encoding for YUV planes).
+            let skip = x & 1
+            for i in 0..<count {
+                let p = i + skip
+                let pair = (p / 2) * 4
+                let y = Int(source[pair + (p & 1) * 2]), u = Int(source[pair + 1]) - 128, v = Int(source[pair + 3]) - 128
+                let c = 298 * (y - 16)
+                func clamp(_ n: Int) -> UInt32 { UInt32(min(max((n + 128) >> 8, 0), 255)) }
+                out[i] = clamp(c + 409 * v) << 16 | clamp(c - 100 * u - 208 * v) << 8 | clamp(c + 516 * u)
+            }
         }
     }
 }

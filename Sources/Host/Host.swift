@@ -1,8 +1,9 @@
 /// The Host seam: everything the hypervisor provides to a device model.
 ///
 /// Backends, the damage engine and displays see only these protocols; `XenHost`
-/// (libxenevtchn, libxenforeignmemory) and `SimHost` (files, Unix sockets and
-/// mmap on one Linux machine) are the only places that know which one is real.
+/// (libxenevtchn, libxenforeignmemory, libxengnttab) and `SimHost` (files,
+/// Unix sockets and mmap on one Linux machine) are the only places that know
+/// which one is real.
 public protocol Host: AnyObject {
     /// The domain this process acts as (0 for a device model in dom0).
     var domid: UInt32 { get }
@@ -15,6 +16,13 @@ public protocol Host: AnyObject {
     /// `xenforeignmemory_map`. Fails as a whole if any frame cannot be mapped
     /// (for example a frame the domain does not own).
     func mapForeign(domid: UInt32, frames: [UInt64], writable: Bool) throws(HostError) -> GuestMapping
+
+    /// Maps the pages domain `domid` granted to this domain under `refs`
+    /// into one contiguous mapping, like `xengnttab_map_domain_grant_refs`.
+    /// Only what the guest granted can be mapped: a reference that is not a
+    /// grant to this domain (or, for `writable`, is a read-only grant) fails
+    /// the whole call, as does a frame the granting domain does not own.
+    func mapGrants(domid: UInt32, refs: [UInt32], writable: Bool) throws(HostError) -> GuestMapping
 }
 
 /// An event-channel handle (`xenevtchn_handle`): ports bound through it
@@ -48,6 +56,9 @@ public enum HostError: Error, CustomStringConvertible, Equatable {
     case unavailable(String)
     /// A frame could not be mapped: not owned by the domain, or out of range.
     case mapFailed(domid: UInt32, frame: UInt64, reason: String)
+    /// A grant reference could not be mapped: not granted to this domain,
+    /// read-only while write access was asked for, or out of range.
+    case grantMapFailed(domid: UInt32, ref: UInt32, reason: String)
     /// An event-channel operation failed.
     case eventChannel(String)
     /// An argument the caller should have checked (empty frame list...).
@@ -57,6 +68,7 @@ public enum HostError: Error, CustomStringConvertible, Equatable {
         switch self {
         case .unavailable(let why): return "hypervisor interface unavailable: \(why)"
         case .mapFailed(let d, let f, let why): return "cannot map frame \(f) of domain \(d): \(why)"
+        case .grantMapFailed(let d, let r, let why): return "cannot map grant reference \(r) of domain \(d): \(why)"
         case .eventChannel(let why): return "event channel: \(why)"
         case .invalidArgument(let why): return "invalid argument: \(why)"
         }

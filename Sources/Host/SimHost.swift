@@ -10,6 +10,9 @@ import Support
 /// - `dom<N>.mem` is domain N's memory; guest frame n is at offset n×4096.
 ///   Only frames inside the file (the domain's memory size) can be mapped,
 ///   like Xen's foreign map refuses frames a domain does not own.
+/// - `dom<N>.grants` is domain N's grant table (`SimGrantTable`): the
+///   entries it wrote to let another domain map its frames. A grant map
+///   reads it, like Xen, and maps only what it allows.
 /// - `evtchn/d<N>-<port>` is a Unix datagram socket per event-channel port;
 ///   `evtchn/d<N>-<port>.info` says whom it is bound to. A notification is
 ///   one datagram to the other end's socket.
@@ -79,6 +82,48 @@ public final class SimHost: Host {
 
     public func mapForeign(domid: UInt32, frames: [UInt64], writable: Bool) throws(HostError) -> GuestMapping {
         guard !frames.isEmpty else { throw .invalidArgument("no frames to map") }
+        return try mapFrames(domid: domid, frames: frames, writable: writable) { frame, owned in
+            .mapFailed(domid: domid, frame: frame, reason: "frame not owned by the domain (it has \(owned) frames)")
+        }
+    }
+
+    /// Reads domain `domid`'s grant table (`SimGrantTable`) and maps the
+    /// frames behind `refs`, as Xen's grant map does: each entry must be in
+    /// the table, permit access, name this domain, allow writing when
+    /// `writable`, and name a frame inside the granting domain's memory.
+    public func mapGrants(domid: UInt32, refs: [UInt32], writable: Bool) throws(HostError) -> GuestMapping {
+        guard !refs.isEmpty else { throw .invalidArgument("no grant references to map") }
+        let table = try SimGrantTable.readEntries(path: grantTablePath(domid), domid: domid)
+        var frames: [UInt64] = []
+        frames.reserveCapacity(refs.count)
+        var frameRef: [UInt64: UInt32] = [:]
+        for ref in refs {
+            guard Int(ref) < table.count else {
+                throw .grantMapFailed(domid: domid, ref: ref, reason: "beyond the grant table (\(table.count) entries)")
+            }
+            let e = table[Int(ref)]
+            guard e.flags & SimGrantTable.typeMask == SimGrantTable.permitAccess else {
+                throw .grantMapFailed(domid: domid, ref: ref, reason: "not a grant (flags \(e.flags))")
+            }
+            guard UInt32(e.domid) == self.domid else {
+                throw .grantMapFailed(domid: domid, ref: ref, reason: "granted to domain \(e.domid), not \(self.domid)")
+            }
+            guard !writable || e.flags & SimGrantTable.readonly == 0 else {
+                throw .grantMapFailed(domid: domid, ref: ref, reason: "read-only grant mapped for writing")
+            }
+            frames.append(UInt64(e.frame))
+            frameRef[UInt64(e.frame)] = ref
+        }
+        return try mapFrames(domid: domid, frames: frames, writable: writable) { frame, owned in
+            .grantMapFailed(domid: domid, ref: frameRef[frame] ?? 0,
+                            reason: "grants frame \(frame), which the domain does not own (it has \(owned) frames)")
+        }
+    }
+
+    /// Maps `frames` of `domid`'s memory file into one reserved range;
+    /// `notOwned` names the error for a frame outside the file.
+    private func mapFrames(domid: UInt32, frames: [UInt64], writable: Bool,
+                           notOwned: (UInt64, UInt64) -> HostError) throws(HostError) -> GuestMapping {
         let (bytes, overflow) = frames.count.multipliedReportingOverflow(by: guestPageSize)
         guard !overflow else { throw .invalidArgument("\(frames.count) frames") }
         let path = memoryPath(domid)
@@ -88,9 +133,7 @@ public final class SimHost: Host {
         var st = stat()
         guard fstat(fd, &st) == 0 else { throw .mapFailed(domid: domid, frame: frames[0], reason: "\(SystemError("fstat"))") }
         let owned = UInt64(st.st_size) / UInt64(guestPageSize)
-        if let bad = frames.first(where: { $0 >= owned }) {
-            throw .mapFailed(domid: domid, frame: bad, reason: "frame not owned by the domain (it has \(owned) frames)")
-        }
+        if let bad = frames.first(where: { $0 >= owned }) { throw notOwned(bad, owned) }
         // Reserve the address range, then place each frame in it, as a foreign map does.
         let prot = writable ? (PROT_READ | PROT_WRITE) : PROT_READ
         guard let base = mmap(nil, bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), base != MAP_FAILED else {
@@ -106,6 +149,14 @@ public final class SimHost: Host {
             }
         }
         return GuestMapping(base: base, byteCount: bytes, writable: writable) { b, n in munmap(b, n) }
+    }
+
+    func grantTablePath(_ domid: UInt32) -> String { "\(directory)/dom\(domid).grants" }
+
+    /// Creates this domain's grant table (empty: nothing granted), mapped
+    /// read-write: the guest side's `gnttab`.
+    public func createGrantTable() throws(HostError) -> SimGrantTable {
+        try SimGrantTable(path: grantTablePath(domid), domid: domid)
     }
 }
 

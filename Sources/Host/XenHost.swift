@@ -5,17 +5,38 @@ import CShims
 import CXen
 import Support
 
-/// The real hypervisor: libxenforeignmemory for mapping guest frames and
-/// libxenevtchn for event channels. Needs dom0 (or a stub domain) with
-/// /dev/xen/privcmd and /dev/xen/evtchn; without them `init` throws
-/// `HostError.unavailable` saying which device is missing.
+/// The real hypervisor: libxenforeignmemory for mapping guest frames,
+/// libxengnttab for mapping grants and libxenevtchn for event channels.
+/// Needs dom0 (or a stub domain) with /dev/xen/privcmd and /dev/xen/evtchn;
+/// without them `init` throws `HostError.unavailable` saying which device is
+/// missing. /dev/xen/gntdev (module xen-gntdev) is needed only by devices
+/// that map grants (vdispl): without it those fail, saying so.
 public final class XenHost: Host {
     public let domid: UInt32
     private let fmem: ForeignMemoryHandle
+    /// Opened at start (before privileges are dropped), or why not.
+    private var gnttab: Result<GrantTableHandle, HostError>
 
     public init(domid: UInt32 = 0) throws(HostError) {
         self.domid = domid
         fmem = try ForeignMemoryHandle()
+        do throws(HostError) {
+            gnttab = .success(try GrantTableHandle())
+        } catch {
+            gnttab = .failure(error)
+        }
+    }
+
+    /// Closes the grant-table handle for good, saying why (for
+    /// `-xen-domid-restrict`: `xentoolcore_restrict_all` turns the
+    /// libxengnttab handle into /dev/null with dup2, so no grant can be
+    /// mapped afterwards).
+    public func disableGrantMapping(reason: String) {
+        gnttab = .failure(.unavailable(reason))
+    }
+
+    public func mapGrants(domid: UInt32, refs: [UInt32], writable: Bool) throws(HostError) -> GuestMapping {
+        try gnttab.get().map(domid: domid, refs: refs, writable: writable)
     }
 
     /// Event-channel handles opened ahead of time (`preopenEventChannels`).
@@ -91,6 +112,37 @@ final class ForeignMemoryHandle {
         let pages = frames.count
         return GuestMapping(base: base, byteCount: bytes, writable: writable) { [self] b, _ in
             xenforeignmemory_unmap(handle, b, pages)
+        }
+    }
+}
+
+/// Owns a `xengnttab_handle`; mappings keep it alive until they are unmapped.
+final class GrantTableHandle {
+    let handle: OpaquePointer
+
+    init() throws(HostError) {
+        guard let h = xengnttab_open(nil, 0) else { throw missingDevice("xengnttab_open", "/dev/xen/gntdev") }
+        handle = h
+    }
+
+    deinit { xengnttab_close(handle) }
+
+    /// `xengnttab_map_domain_grant_refs`: all of `refs` from one domain,
+    /// contiguous; the kernel fails the whole mapping if Xen refuses one.
+    func map(domid: UInt32, refs: [UInt32], writable: Bool) throws(HostError) -> GuestMapping {
+        guard !refs.isEmpty else { throw .invalidArgument("no grant references to map") }
+        guard refs.count <= Int(UInt32.max / UInt32(guestPageSize)) else { throw .invalidArgument("\(refs.count) grant references") }
+        var list = refs
+        let prot = writable ? (PROT_READ | PROT_WRITE) : PROT_READ
+        let p = list.withUnsafeMutableBufferPointer { r in
+            xengnttab_map_domain_grant_refs(handle, UInt32(refs.count), domid, r.baseAddress, prot)
+        }
+        guard let base = p else {
+            throw .grantMapFailed(domid: domid, ref: refs[0], reason: "\(SystemError("xengnttab_map_domain_grant_refs of \(refs.count) references"))")
+        }
+        let count = UInt32(refs.count)
+        return GuestMapping(base: base, byteCount: refs.count * guestPageSize, writable: writable) { [self] b, _ in
+            xengnttab_unmap(handle, b, count)
         }
     }
 }

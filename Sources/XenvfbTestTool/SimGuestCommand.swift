@@ -8,7 +8,7 @@ import Host
 import Support
 import XenProtocol
 
-/// `xenvfb-testtool sim-guest --machine DIR --xenstore SOCKET --domid N [--demo] [--commands]`
+/// `xenvfb-testtool sim-guest --machine DIR --xenstore SOCKET --domid N [--demo] [--vdispl] [--vdispl-only] [--commands]`
 /// a simulated guest as a process of its own, as under Xen —
 /// GuestKit's vfb and vkbd frontends on the SimHost machine in DIR, talking
 /// to xenstored through SOCKET (a domain socket, so it acts as domain N).
@@ -16,6 +16,11 @@ import XenProtocol
 /// Without `--demo` it draws `SimGuestCommand.pattern` once connected. It
 /// reports on stdout, one line each: `connected`, `drawn`, and every input
 /// event it receives (`key CODE 0|1`, `pos X Y Z`, `motion DX DY DZ`).
+///
+/// With `--vdispl` it also runs GuestKit's `DisplayGuest` on vdispl device
+/// 0: two buffers per connector, the first shown with
+/// `vdisplPattern(seed: 0)`, then `vdispl-shown`; `--vdispl-only` runs it
+/// without the vfb and vkbd frontends (a guest whose only screen is vdispl).
 ///
 /// With `--commands` it also takes commands on stdin, one per line, for
 /// tests that change the screen and compare pictures:
@@ -31,7 +36,11 @@ import XenProtocol
 ///   noise (one UPDATE each), as a video or a hostile guest does;
 /// - `storm FPS SECONDS`: every frame also fills the OUT ring with RESIZE
 ///   events alternating between two heights (a RESIZE storm);
-///   each ends with `noised N` / `stormed N`.
+///   each ends with `noised N` / `stormed N`;
+/// - `vflip SEED`: (with `--vdispl`) draws `vdisplPattern(seed:)` into
+///   connector 0's hidden buffer, flips to it, and once the flip-done event
+///   came says `vflipped SEED`;
+/// - `vdump PATH`: writes connector 0's shown buffer as a PPM, then `vdumped PATH`.
 enum SimGuestCommand {
     /// What the timers of `animate`, `noise` and `storm` do.
     final class Activity {
@@ -52,14 +61,17 @@ enum SimGuestCommand {
 
     static func main(_ args: [String]) -> Int32 {
         let log = Log.logger("sim-guest")
-        var machine: String?, socket: String?, domid: UInt32?, demo = false, commands = false
+        var machine: String?, socket: String?, domid: UInt32?, demo = false, commands = false, vdispl = false, vdisplOnly = false
         do throws(UsageError) {
-            for option in try SubcommandArguments.parse(args, valued: ["--machine", "--xenstore", "--domid"], flags: ["--demo", "--commands"]) {
+            for option in try SubcommandArguments.parse(args, valued: ["--machine", "--xenstore", "--domid"],
+                                                        flags: ["--demo", "--commands", "--vdispl", "--vdispl-only"]) {
                 switch option.name {
                 case "--machine": machine = option.value
                 case "--xenstore": socket = option.value
                 case "--domid": domid = option.value.flatMap { UInt32(xenstoreDecimal: $0) }
                 case "--demo": demo = true
+                case "--vdispl": vdispl = true
+                case "--vdispl-only": vdispl = true; vdisplOnly = true
                 default: commands = true
                 }
             }
@@ -114,7 +126,15 @@ enum SimGuestCommand {
             }
             fb.onChange = check
             kbd.onChange = check
-            if let demoGuest { try demoGuest.start() } else { try fb.start(); try kbd.start() }
+            if let demoGuest { try demoGuest.start() } else if !vdisplOnly { try fb.start(); try kbd.start() }
+            var displayGuest: DisplayGuest?
+            if vdispl {
+                let g = DisplayGuest(domain: domain)
+                g.initialDraw = { _, b in paint(b, seed: 0) }
+                g.onReady = { say("vdispl-shown") }
+                try g.start()
+                displayGuest = g
+            }
             var input: [UInt8] = []
             if commands {
                 try loop.watch(fd: 0) { _ in
@@ -128,12 +148,12 @@ enum SimGuestCommand {
                     while let nl = input.firstIndex(of: 10) {
                         let line = String(decoding: input[..<nl], as: UTF8.self)
                         input.removeSubrange(...nl)
-                        command(line, fb: fb, loop: loop)
+                        command(line, fb: fb, display: displayGuest, loop: loop)
                     }
                 }
             }
             loop.run()
-            withExtendedLifetime((store, domain, fb, kbd, demoGuest)) {}
+            withExtendedLifetime((store, domain, fb, kbd, demoGuest, displayGuest)) {}
             return 0
         } catch {
             log.error("\(error)")
@@ -165,7 +185,43 @@ enum SimGuestCommand {
         }
     }
 
-    static func command(_ line: String, fb: FramebufferFrontend, loop: EventLoop) {
+    /// The pattern `vflip SEED` paints into a whole vdispl buffer.
+    static func vdisplPattern(x: Int, y: Int, seed: Int) -> UInt32 {
+        UInt32((x &* 5 &+ seed &* 29) & 0xff) << 16 | UInt32((y &* 7 &+ seed &* 3) & 0xff) << 8 | UInt32((x &* y &+ seed) & 0xff)
+    }
+
+    static func paint(_ b: DisplayFrontend.DumbBuffer, seed: Int) {
+        _ = b.withBytes { px in
+            for y in 0..<b.height {
+                let row = (px.baseAddress! + y * b.stride).assumingMemoryBound(to: UInt32.self)
+                for x in 0..<b.width { row[x] = vdisplPattern(x: x, y: y, seed: seed) }
+            }
+        }
+    }
+
+    /// Writes `width`×`height` pixels as a binary PPM; whether it all went.
+    static func writePPM(_ path: String, width: Int, height: Int, pixel: (Int, Int) -> UInt32) -> Bool {
+        var bytes = Array("P6\n\(width) \(height)\n255\n".utf8)
+        bytes.reserveCapacity(bytes.count + width * height * 3)
+        for y in 0..<height {
+            for x in 0..<width {
+                let p = pixel(x, y)
+                bytes += [UInt8(p >> 16 & 0xff), UInt8(p >> 8 & 0xff), UInt8(p & 0xff)]
+            }
+        }
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { return false }
+        var off = 0
+        while off < bytes.count {
+            let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + off, $0.count - off) }
+            if n <= 0 { break }
+            off += n
+        }
+        close(fd)
+        return off == bytes.count
+    }
+
+    static func command(_ line: String, fb: FramebufferFrontend, display: DisplayGuest?, loop: EventLoop) {
         let words = line.split(separator: " ", maxSplits: 1).map(String.init)
         let numbers = words.count == 2 ? words[1].split(separator: " ").compactMap { Int($0) } : []
         switch (words.first, words.count) {
@@ -265,24 +321,17 @@ enum SimGuestCommand {
             say("scribbled \(args[0])")
         case ("dump", 2):
             let path = words[1]
-            var bytes = Array("P6\n\(fb.width) \(fb.height)\n255\n".utf8)
-            bytes.reserveCapacity(bytes.count + fb.width * fb.height * 3)
-            for y in 0..<fb.height {
-                for x in 0..<fb.width {
-                    let p = fb.pixel(x: x, y: y) ?? 0
-                    bytes += [UInt8(p >> 16 & 0xff), UInt8(p >> 8 & 0xff), UInt8(p & 0xff)]
-                }
-            }
-            let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-            guard fd >= 0 else { return say("error \(line)") }
-            var off = 0
-            while off < bytes.count {
-                let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + off, $0.count - off) }
-                if n <= 0 { break }
-                off += n
-            }
-            close(fd)
-            say(off == bytes.count ? "dumped \(path)" : "error \(line)")
+            let ok = writePPM(path, width: fb.width, height: fb.height) { x, y in fb.pixel(x: x, y: y) ?? 0 }
+            say(ok ? "dumped \(path)" : "error \(line)")
+        case ("vflip", 2):
+            guard let seed = Int(words[1]), let display else { return say("error \(line)") }
+            let sent = display.flip(connector: 0, draw: { paint($0, seed: seed) }, done: { say("vflipped \(seed)") })
+            if !sent { say("error \(line)") }
+        case ("vdump", 2):
+            let path = words[1]
+            guard let b = display?.front(0) else { return say("error \(line)") }
+            let ok = writePPM(path, width: b.width, height: b.height) { x, y in b.pixel(x: x, y: y) ?? 0 }
+            say(ok ? "vdumped \(path)" : "error \(line)")
         default:
             say("error \(line)")
         }

@@ -92,6 +92,27 @@ let libxlVNCArgv = """
         #expect(throws: OptionError.self) { try DeviceModelOptions.parse(["--domid", "1", "--seconds", "3"]) }
     }
 
+    @Test func aGuestCanBeNamedInsteadOfNumberedAndServedForVdisplOnly() throws {
+        let o = try DeviceModelOptions.parse(["--domain", "guest1", "--vdispl-only", "--vnc", "127.0.0.1:0"])
+        #expect(o.domainName == "guest1" && o.domid == nil && o.vdisplOnly)
+        #expect(try !DeviceModelOptions.parse(["--domid", "3"]).vdisplOnly)
+        #expect(throws: OptionError("--domain", "give the guest's domain id or its name, not both")) {
+            try DeviceModelOptions.parse(["--domid", "3", "--domain", "guest1"])
+        }
+        for bad in ["", "a b", "a/b", String(repeating: "x", count: 129), "tab\t"] {
+            #expect(throws: OptionError.self, "\(bad)") { try DeviceModelOptions.parse(["--domain", bad]) }
+        }
+        #expect(throws: OptionError.self) { try DeviceModelOptions.parse(["--domain", "g", "--vdispl-only=1"]) }
+        #expect(throws: OptionError.self, "demo has its own guest") { try DeviceModelOptions.parse(["--domain", "g"], mode: .demo) }
+    }
+
+    @Test func demoModeTakesVdisplAndTheDeviceModelDoesNot() throws {
+        #expect(try DeviceModelOptions.parse(["--vdispl"], mode: .demo).demoVdispl)
+        #expect(try !DeviceModelOptions.parse([], mode: .demo).demoVdispl)
+        #expect(throws: OptionError.self) { try DeviceModelOptions.parse(["--vdispl=1"], mode: .demo) }
+        #expect(throws: OptionError("--vdispl", "unknown option")) { try DeviceModelOptions.parse(["--domid", "1", "--vdispl"]) }
+    }
+
     @Test func missingDomidIsAnErrorNamingTheOption() {
         #expect(throws: OptionError("-xen-domid", "missing: the guest's domain id is required (-xen-domid N or --domid N)")) {
             try DeviceModelOptions.parse(["-name", "x"])

@@ -9,8 +9,11 @@ import Testing
 /// toolstack's device entries; device_model.py then starts the device model
 /// and a guest process (`xenvfb-testtool sim-guest`) and drives them with clients
 /// this project did not write (xenstore-* tools, qemu.qmp, vncdo, Pillow).
+/// The `vdispl` scenario adds a vdispl device (one 320×200 connector) once
+/// the device model runs, as libxl does; `vdispl_only` has no vfb at all and
+/// a model started by name before the guest exists.
 @Suite struct DeviceModelTests {
-    @Test(arguments: ["lifecycle", "qmp", "vnc", "vnc_password", "screenshot", "burst", "paced", "paced_vnc_option",
+    @Test(arguments: ["lifecycle", "qmp", "vnc", "vnc_password", "screenshot", "burst", "paced", "paced_vnc_option", "vdispl", "vdispl_only",
                       "keymap_unknown", "keymap_en_us", "keymap_en_gb", "keymap_de", "keymap_fr", "keymap_sv", "keymap_ja"])
     func deviceModelScenarioHoldsOverSimHost(_ scenario: String) throws {
         let python = repoRoot + "/.build-tools/venv/bin/python3"
@@ -18,7 +21,7 @@ import Testing
         let m = try XenstoreMachine(domid: 7)
         defer { m.stop() }
         try m.dom0.write("/local/domain/7/name", "simguest")
-        try Toolstack.addFramebuffer(store: m.dom0, domid: 7)
+        if scenario != "vdispl_only" { try Toolstack.addFramebuffer(store: m.dom0, domid: 7) }
         let (status, output) = try runToCompletion([
             "/usr/bin/timeout", "170", python, repoRoot + "/Tests/EndToEndTests/device_model.py",
             scenario, try xenvfbPath(), m.dir, m.dom0Socket, m.guestSocket, "7",

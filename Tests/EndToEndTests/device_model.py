@@ -59,10 +59,10 @@ class Machine:
             time.sleep(0.02)
 
     # the device model
-    def start_dm(self, *extra):
+    def start_dm(self, *extra, domid=True):
         self.log = tempfile.TemporaryFile()
-        args = [self.binary, "--domid", str(self.domid), "--name", "simguest", "--sim-host", self.dir,
-                "--qmp", "unix:" + self.qmp_path] + list(extra)
+        args = [self.binary] + (["--domid", str(self.domid)] if domid else []) + [
+            "--name", "simguest", "--sim-host", self.dir, "--qmp", "unix:" + self.qmp_path] + list(extra)
         self.dm = subprocess.Popen(args, env=self.env, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
         self.wait_for(lambda: os.path.exists(self.qmp_path), "the QMP socket")
 
@@ -73,10 +73,10 @@ class Machine:
         return "device model log:\n" + self.log.read().decode(errors="replace")[-6000:]
 
     # the guest
-    def start_guest(self):
+    def start_guest(self, *extra):
         self.guest = subprocess.Popen(
             [os.path.join(os.path.dirname(self.binary), "xenvfb-testtool"), "sim-guest", "--machine", self.dir, "--xenstore", self.guest_socket,
-             "--domid", str(self.domid), "--commands"],
+             "--domid", str(self.domid), "--commands"] + list(extra),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         self.guest_lines = []
         self.lock = threading.Lock()
@@ -100,15 +100,15 @@ class Machine:
         with self.lock:
             return [l for l in self.guest_lines if l.split(" ")[0] in ("key", "pos", "motion")]
 
-    def start_guest_when_ready(self):
+    def start_guest_when_ready(self, *extra, kinds=("vfb", "vkbd")):
         """Starts the guest once the backends wait for it (InitWait), as libxl
         unpauses a domain only after its device model is ready."""
         self.wait_for(lambda: self.xs_read(f"/local/domain/0/device-model/{self.domid}/state") == "running",
                       "device-model state = running")
-        for t in ("vfb", "vkbd"):
+        for t in kinds:
             self.wait_for(lambda: self.xs_read(f"/local/domain/0/backend/{t}/{self.domid}/0/state") == "2",
                           f"{t} backend InitWait")
-        self.start_guest()
+        self.start_guest(*extra)
 
     def wait_connected(self):
         self.wait_for(lambda: self.xs_read(f"/local/domain/0/device-model/{self.domid}/state") == "running",
@@ -122,6 +122,14 @@ class Machine:
         self.dumps = getattr(self, "dumps", 0) + 1
         path = os.path.join(self.dir, f"guest{self.dumps}.ppm")
         self.tell("dump " + path, "dumped " + path)
+        with open(path, "rb") as f:
+            return f.read()
+
+    def vdispl_frame(self):
+        """Connector 0's shown buffer, as the guest dumps it (PPM)."""
+        self.dumps = getattr(self, "dumps", 0) + 1
+        path = os.path.join(self.dir, f"vdispl{self.dumps}.ppm")
+        self.tell("vdump " + path, "vdumped " + path)
         with open(path, "rb") as f:
             return f.read()
 
@@ -595,7 +603,149 @@ async def keymap_unknown(m):
           f"-k xx: exit {r.returncode}, {r.stderr!r}")
 
 
-SCENARIOS = {f.__name__: f for f in (lifecycle, qmp, vnc, vnc_password, screenshot, burst, paced, paced_vnc_option,
+def add_vdispl(m):
+    """Adds vdispl device 0 (one 320x200 connector) as libxl does after
+    `running` (and `xl vdispl-attach` at any time): the frontend's keys, then
+    the backend directory, with libxl's permissions; libxl then waits 10 s
+    for InitWait."""
+    fe, be = f"/local/domain/{m.domid}/device/vdispl/0", f"/local/domain/0/backend/vdispl/{m.domid}/0"
+    xs = lambda *a: subprocess.run(list(a), env=m.env, check=True, capture_output=True)
+    xs("xenstore-write", f"{fe}/backend", be, f"{fe}/backend-id", "0", f"{fe}/state", "1", f"{fe}/be-alloc", "0",
+       f"{fe}/0/resolution", "320x200", f"{fe}/0/unique-id", "id0")
+    xs("xenstore-chmod", "-r", fe, f"n{m.domid}", "r0")
+    t0 = time.monotonic()
+    xs("xenstore-write", f"{be}/frontend", fe, f"{be}/frontend-id", str(m.domid), f"{be}/online", "1", f"{be}/state", "1")
+    xs("xenstore-chmod", "-r", be, "n0", f"r{m.domid}")
+    m.wait_for(lambda: m.xs_read(f"{be}/state") == "2", "vdispl backend InitWait", timeout=10)
+    print(f"vdispl: backend InitWait {1000 * (time.monotonic() - t0):.0f} ms after the device appeared (libxl waits 10 s)")
+
+
+async def vdispl_only(m):
+    """A guest whose only screen is vdispl, served by `xenvfb --domain NAME
+    --vdispl-only` started by hand before the guest exists: it waits for the
+    name, serves only vdispl (no running state: that node is libxl's), shows
+    the connector as console 0 (VNC, PNG, screendump), and exits by itself,
+    cleaning up, once the domain is gone."""
+    png = os.path.join(m.dir, "png")
+    m.start_dm("--domain", "later-guest", "--vdispl-only", "--vnc", "127.0.0.1:40,to=99",
+               "--display", f"png:dir={png},format=ppm,interval=100", domid=False)
+    time.sleep(1.5)
+    check(m.dm.poll() is None and b"waiting for domain later-guest" in (m.log.seek(0) or m.log.read()),
+          f"not waiting for the domain\n{m.dm_log()}")
+    subprocess.run(["xenstore-write", f"/local/domain/{m.domid}/name", "later-guest"], env=m.env, check=True)
+    m.wait_for(lambda: m.xs_exists(f"/local/domain/0/device-model/{m.domid}/backends/vdispl"), "backends/vdispl registered")
+    check(not m.xs_exists(f"/local/domain/0/device-model/{m.domid}/state"), "a --vdispl-only model wrote device-model state")
+    check(not m.xs_exists(f"/local/domain/0/device-model/{m.domid}/backends/vfb"), "a --vdispl-only model registered vfb")
+    add_vdispl(m)
+    m.start_guest("--vdispl-only")
+    m.wait_for(lambda: m.said("vdispl-shown"), "the guest's first vdispl picture")
+    q = await qmp_connect(m)
+    try:
+        port = int((await q.execute("query-vnc"))["service"])
+        vncdo = os.path.join(os.path.dirname(sys.executable), "vncdo")
+        for seed in (None, 3):
+            if seed is not None:
+                m.tell(f"vflip {seed}", f"vflipped {seed}")
+            want = m.vdispl_frame()
+            out = os.path.join(m.dir, f"only{seed}.ppm")
+            await q.execute("screendump", {"filename": out})
+            with open(out, "rb") as f:
+                check(f.read() == want, f"vflip {seed}: console 0 is not the connector's picture")
+            shot = os.path.join(m.dir, f"only{seed}.png")
+            r = subprocess.run([vncdo, "-s", f"127.0.0.1::{port}", "capture", shot], capture_output=True, timeout=TIMEOUT)
+            check(r.returncode == 0, f"vncdo: {r.stderr.decode()}")
+            check(rgb_of_png(shot)[2] == ppm_body(want)[2], f"vflip {seed}: the VNC capture differs from the guest's buffer")
+
+            def png_matches():
+                try:
+                    with open(os.path.join(png, "latest.ppm"), "rb") as f:
+                        return f.read() == want
+                except OSError:
+                    return False
+            m.wait_for(png_matches, f"vflip {seed}: the PNG display to show the guest's buffer")
+    finally:
+        await q.disconnect()
+    # The domain goes (libxl removes its nodes): the model stops by itself.
+    m.guest.kill()
+    subprocess.run(["xenstore-rm", f"/local/domain/0/backend/vdispl/{m.domid}"], env=m.env, check=True)
+    subprocess.run(["xenstore-rm", f"/local/domain/{m.domid}"], env=m.env, check=True)
+    status = m.dm.wait(TIMEOUT)
+    log = m.dm_log()
+    check(status == 0 and f"domain {m.domid} is gone" in log, f"exit status {status} after the domain went\n{log}")
+    check(not m.xs_exists(f"/local/domain/0/device-model/{m.domid}"), "device-model directory left behind")
+
+
+async def vdispl(m):
+    """A vdispl device added once the model runs reaches InitWait within
+    libxl's 10 s. Its connector is console 1 (the vfb keeps console 0): it
+    gets a VNC server of its own, whose capture by vncdo is what the guest
+    shows; the PNG display's DIR/console-1; QMP screendump by device and
+    head, as QEMU names consoles. A page flip completes and reaches all
+    three, and keys typed on console 1's VNC reach the guest's one keyboard."""
+    png = os.path.join(m.dir, "png")
+    m.start_dm("--vnc", "127.0.0.1:30,to=99", "--display", f"png:dir={png},format=ppm,interval=100")
+    m.wait_for(lambda: m.xs_read(f"/local/domain/0/device-model/{m.domid}/state") == "running", "device-model state = running")
+    add_vdispl(m)
+    m.start_guest_when_ready("--vdispl", kinds=("vfb", "vkbd", "vdispl"))
+    m.wait_connected()
+    m.wait_for(lambda: m.xs_read(f"/local/domain/0/backend/vdispl/{m.domid}/0/state") == "4", "vdispl backend Connected")
+    m.wait_for(lambda: m.said("vdispl-shown"), "the guest's first vdispl picture")
+    vncdo = os.path.join(os.path.dirname(sys.executable), "vncdo")
+    q = await qmp_connect(m)
+    try:
+        servers = await q.execute("query-vnc-servers")
+        check(sorted(s["id"] for s in servers) == ["console1", "default"], f"query-vnc-servers: {servers}")
+        port0 = int((await q.execute("query-vnc"))["service"])
+        port1 = int(next(s for s in servers if s["id"] == "console1")["server"][0]["service"])
+        check(5930 <= port0 < port1 <= 6030, f"ports {port0}, {port1}")
+
+        for seed in (None, 7):
+            if seed is not None:
+                m.tell(f"vflip {seed}", f"vflipped {seed}")
+            want = m.vdispl_frame()
+            ww, wh, wbody = ppm_body(want)
+            check((ww, wh) == (320, 200), f"guest buffer {ww}x{wh}")
+            out = os.path.join(m.dir, f"head{seed}.ppm")
+            await q.execute("screendump", {"filename": out, "device": "vdispl-0", "head": 0})
+            with open(out, "rb") as f:
+                check(f.read() == want, f"vflip {seed}: screendump of vdispl-0 head 0 differs from the guest's buffer")
+            out0 = os.path.join(m.dir, f"console0-{seed}.ppm")
+            await q.execute("screendump", {"filename": out0})
+            with open(out0, "rb") as f:
+                check(f.read() == m.guest_frame(), "console 0 is not the vfb's picture")
+            shot = os.path.join(m.dir, f"vnc1-{seed}.png")
+            r = subprocess.run([vncdo, "-s", f"127.0.0.1::{port1}", "capture", shot], capture_output=True, timeout=TIMEOUT)
+            check(r.returncode == 0, f"vncdo on console 1: {r.stderr.decode()}")
+            (w, h), _, rgb = rgb_of_png(shot)
+            check((w, h) == (320, 200) and rgb == wbody, f"vflip {seed}: console 1's VNC capture differs from the guest's buffer")
+            latest = os.path.join(png, "console-1", "latest.ppm")
+
+            def png_matches():
+                try:
+                    with open(latest, "rb") as f:
+                        return ppm_body(f.read())[2] == wbody
+                except (OSError, AssertionError, ValueError):
+                    return False
+            m.wait_for(png_matches, f"vflip {seed}: {latest} to show the guest's buffer")
+
+        for args, text in (({"head": 0}, "'head' must be specified together with 'device'"),
+                           ({"device": "nope"}, "Device 'nope' not found"),
+                           ({"device": "vdispl-0", "head": 1}, "Device vdispl-0 (head 1) is not bound to a QemuConsole")):
+            try:
+                await q.execute("screendump", dict(args, filename=os.path.join(m.dir, "bad.ppm")))
+                check(False, f"screendump {args} accepted")
+            except ExecuteError as e:
+                check(text in str(e), f"screendump {args}: {e}")
+
+        before = len(m.inputs())
+        r = subprocess.run([vncdo, "-s", f"127.0.0.1::{port1}", "key", "a"], capture_output=True, timeout=TIMEOUT)
+        check(r.returncode == 0, f"vncdo key on console 1: {r.stderr.decode()}")
+        m.wait_for(lambda: m.inputs()[before:] == ["key 30 1", "key 30 0"], "the key typed on console 1 to reach the guest")
+    finally:
+        await q.disconnect()
+
+
+SCENARIOS = {f.__name__: f for f in (lifecycle, qmp, vnc, vnc_password, screenshot, burst, paced, paced_vnc_option, vdispl, vdispl_only,
                                      keymap_unknown, *(keymap_scenario(n) for n in KEYMAP_TEXTS))}
 
 

@@ -16,7 +16,7 @@ import XenProtocol
         #expect(m.backendState("vfb") == .connected)
         #expect(m.backendState("vkbd") == .connected)
         #expect(try m.store.read("/local/domain/0/device-model/1/state") == "running")
-        #expect(try m.store.directory("/local/domain/0/device-model/1/backends") == ["vfb", "vkbd"])
+        #expect(try m.store.directory("/local/domain/0/device-model/1/backends") == ["vdispl", "vfb", "vkbd"])
         let be = "/local/domain/0/backend/vfb/1/0"
         #expect(try m.store.read("\(be)/feature-resize") == "1")
         #expect(try m.store.read("\(be)/request-update") == "1")

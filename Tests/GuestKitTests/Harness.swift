@@ -125,6 +125,9 @@ final class StrictHost: Host {
     func mapForeign(domid: UInt32, frames: [UInt64], writable: Bool) throws(HostError) -> GuestMapping {
         try inner.mapForeign(domid: domid, frames: frames, writable: writable)
     }
+    func mapGrants(domid: UInt32, refs: [UInt32], writable: Bool) throws(HostError) -> GuestMapping {
+        try inner.mapGrants(domid: domid, refs: refs, writable: writable)
+    }
 }
 
 final class StrictEventChannels: EventChannels {

@@ -136,3 +136,82 @@ func readable(_ fd: Int32, within ms: Int32 = 1000) -> Bool {
         }
     }
 }
+
+/// SimHost's grant table: a backend maps exactly what the guest granted to
+/// it, nothing else, whatever the guest writes into its table.
+@Suite struct SimGrantTableTests {
+    @Test func grantedFramesMapInOrderAndShowTheGuestsWrites() throws {
+        let m = try SimMachine()
+        let guest = m.host(5)
+        let mem = try guest.createMemory(bytes: 16 * 4096)
+        let grants = try guest.createGrantTable()
+        let a = try grants.grantAccess(frame: 9, to: 0, readonly: false)
+        let b = try grants.grantAccess(frame: 3, to: 0, readonly: true)
+        #expect(a >= SimGrantTable.firstFreeReference && a != b)
+        mem.mapping.store(UInt64(0xaaaa), at: 9 * 4096)
+        mem.mapping.store(UInt64(0xbbbb), at: 3 * 4096 + 16)
+        let map = try m.host(0).mapGrants(domid: 5, refs: [a, b], writable: false)
+        #expect(map.byteCount == 8192)
+        #expect(map.load(UInt64.self, at: 0) == 0xaaaa)
+        #expect(map.load(UInt64.self, at: 4096 + 16) == 0xbbbb)
+        mem.mapping.store(UInt64(0xcccc), at: 9 * 4096)
+        #expect(map.load(UInt64.self, at: 0) == 0xcccc)
+        let rw = try m.host(0).mapGrants(domid: 5, refs: [a], writable: true)
+        #expect(rw.store(UInt32(42), at: 8))
+        #expect(mem.mapping.load(UInt32.self, at: 9 * 4096 + 8) == 42)
+        #expect(grants.grantsInUse == 2)
+    }
+
+    @Test func onlyWhatWasGrantedToThisDomainCanBeMapped() throws {
+        let m = try SimMachine()
+        let guest = m.host(5)
+        _ = try guest.createMemory(bytes: 16 * 4096)
+        let grants = try guest.createGrantTable()
+        let ro = try grants.grantAccess(frame: 2, to: 0, readonly: true)
+        let other = try grants.grantAccess(frame: 2, to: 7, readonly: false)
+        let revoked = try grants.grantAccess(frame: 2, to: 0, readonly: false)
+        grants.endAccess(revoked)
+        let dom0 = m.host(0)
+        #expect(throws: HostError.grantMapFailed(domid: 5, ref: ro, reason: "read-only grant mapped for writing")) {
+            try dom0.mapGrants(domid: 5, refs: [ro], writable: true)
+        }
+        #expect(throws: HostError.grantMapFailed(domid: 5, ref: other, reason: "granted to domain 7, not 0")) {
+            try dom0.mapGrants(domid: 5, refs: [other], writable: false)
+        }
+        #expect(throws: HostError.self) { try dom0.mapGrants(domid: 5, refs: [revoked], writable: false) }
+        #expect(throws: HostError.self, "reserved references are never granted") {
+            try dom0.mapGrants(domid: 5, refs: [0], writable: false)
+        }
+        #expect(throws: HostError.self) { try dom0.mapGrants(domid: 5, refs: [UInt32.max], writable: false) }
+        #expect(throws: HostError.self) { try dom0.mapGrants(domid: 5, refs: [UInt32(SimGrantTable.entryCount)], writable: false) }
+        #expect(throws: HostError.self) { try dom0.mapGrants(domid: 5, refs: [], writable: false) }
+        #expect(throws: HostError.self, "a domain without a grant table") { try dom0.mapGrants(domid: 6, refs: [8], writable: false) }
+        // One bad reference fails the whole call.
+        let good = try grants.grantAccess(frame: 4, to: 0, readonly: false)
+        #expect(throws: HostError.self) { try dom0.mapGrants(domid: 5, refs: [good, other], writable: false) }
+        // Domain 7 may map what was granted to it.
+        #expect(try m.host(7).mapGrants(domid: 5, refs: [other], writable: true).byteCount == 4096)
+    }
+
+    @Test func aHostileTableCannotReachMemoryTheGuestDoesNotOwn() throws {
+        let m = try SimMachine()
+        let guest = m.host(5)
+        _ = try guest.createMemory(bytes: 16 * 4096)
+        _ = try m.host(6).createMemory(bytes: 64 * 4096)   // another guest's memory, right beside it
+        let grants = try guest.createGrantTable()
+        // Entries a guest may write by hand: frames beyond its memory, odd flags.
+        grants.setEntry(100, flags: SimGrantTable.permitAccess, domid: 0, frame: 16)
+        grants.setEntry(101, flags: SimGrantTable.permitAccess, domid: 0, frame: .max)
+        grants.setEntry(102, flags: 2, domid: 0, frame: 1)        // GTF_accept_transfer
+        grants.setEntry(103, flags: 3, domid: 0, frame: 1)        // transitive (v2 only)
+        grants.setEntry(104, flags: 0xfff9, domid: 0, frame: 1)   // permit_access plus junk, read-write
+        let dom0 = m.host(0)
+        #expect(throws: HostError.grantMapFailed(domid: 5, ref: 100, reason: "grants frame 16, which the domain does not own (it has 16 frames)")) {
+            try dom0.mapGrants(domid: 5, refs: [100], writable: false)
+        }
+        for ref: UInt32 in [101, 102, 103] {
+            #expect(throws: HostError.self, "ref \(ref)") { try dom0.mapGrants(domid: 5, refs: [ref], writable: false) }
+        }
+        #expect(try dom0.mapGrants(domid: 5, refs: [104], writable: false).byteCount == 4096)
+    }
+}

@@ -36,6 +36,8 @@ checks:
               on the X screen shows the guest's last screen;
   destroy     `xl destroy` leaves no device-model process and no
               /local/domain/0/device-model/<domid> node.
+Then, when the job has one, the vdispl guest (vdispl_test.py): a KMS screen
+served by xenvfb, checked over QMP, VNC and the PNG display across page flips.
 It records time to Connected, the device model's CPU time and peak RSS, and
 writes /job/out/results.json plus per-run logs and screenshots.
 Progress goes to /dev/console as "E2E-MARK ..." lines that the host prints.
@@ -774,6 +776,22 @@ def install_recommends(job):
     return {"recommends": ok, "recommends_note": note}
 
 
+def vdispl_run(job, images, pattern2, budget_end, standalone):
+    """A vdispl guest (vdispl_test.py, on the job disk), within the budget."""
+    variant = "vdispl-standalone" if standalone else "vdispl"
+    if time.monotonic() > budget_end - job.get("run_reserve_seconds", 90):
+        mark("xenvfb/%s not run: the time budget is spent" % variant)
+        return {"dm": "xenvfb", "variant": variant, "checks": {"harness": False}, "notes": ["harness: not run, time budget spent"]}
+    try:
+        sys.path.insert(0, JOB)
+        import vdispl_test
+        return vdispl_test.one_run(job, dict(images, **{"vdispl-b": image(pattern2, job)}), sys.modules[__name__], standalone)
+    except Exception as e:
+        mark("xenvfb/%s crashed: %r" % (variant, e))
+        run(["xl", "destroy", "e2e-xenvfb-" + variant], timeout=60)
+        return {"dm": "xenvfb", "variant": variant, "checks": {"harness": False}, "notes": ["harness error: %r" % e]}
+
+
 def main():
     with open(os.path.join(JOB, "job.json")) as f:
         job = json.load(f)
@@ -825,6 +843,13 @@ def main():
         os.sync()
     if xvfb is not None:
         xvfb.terminate()
+    for standalone in (False, True) if job.get("vdispl") else ():
+        if standalone and not job["vdispl"].get("standalone"):
+            continue
+        results.append(vdispl_run(job, images, pattern2, budget_end, standalone))
+        with open(os.path.join(OUT, "results.json"), "w") as f:
+            json.dump({"runs": results, "configs": configs, "package": package}, f, indent=1)
+        os.sync()
     run_list = run(["xl", "list"], timeout=20)[1]
     with open(os.path.join(OUT, "xl-list-at-end.txt"), "w") as f:
         f.write(run_list)

@@ -8,14 +8,17 @@ import os
 import sys
 
 CHECKS = ["create", "dm-spawned", "connected", "guest-fb", "vnc", "screenshot", "input", "guest-fb-2", "update", "png-display",
-          "sdl-window", "vnc-capture", "vnc-input", "destroy", "harness"]
+          "sdl-window", "vnc-capture", "vnc-input",
+          # the vdispl guest (vdispl_test.py)
+          "no-dm", "kms-setcrtc", "screendump-a", "flips", "screendump-b", "vnc-capture-b",
+          "destroy", "harness"]
 
 
 def label(run):
-    """A column's title: QEMU's variants, or the xenvfb example run."""
+    """A column's title: QEMU's variants, the xenvfb example run, or the vdispl guests."""
     if run["dm"] == "qemu":
         return "qemu " + {"vnc1": "vnc", "vnc0": "headless"}.get(run["variant"], run["variant"])
-    return "xenvfb " + run["variant"]
+    return "xenvfb " + {"vdispl-standalone": "vdispl alone"}.get(run["variant"], run["variant"])
 
 
 def main():
@@ -43,6 +46,9 @@ def main():
     rows.append(["time to Connected (s)", *[num(r.get("connected_seconds"), "%.1f") for r in results]])
     rows.append(["DM CPU time (s)", *[num(r.get("dm_stats", {}).get("cpu_seconds"), "%.2f") for r in results]])
     rows.append(["DM CPU, guest idle 5 s (%)", *[num(r.get("idle_cpu_percent"), "%.1f") for r in results]])
+    if any("flip_avg_us" in r for r in results):
+        rows.append(["page flip, avg / max (ms)", *[("%.1f / %.1f" % (r["flip_avg_us"] / 1000, r["flip_max_us"] / 1000))
+                                                   if "flip_avg_us" in r else "-" for r in results]])
     rows.append(["DM peak RSS VmHWM (MiB)", *[num(r.get("dm_stats", {}).get("VmHWM", 0) / 1024 if r.get("dm_stats", {}).get("VmHWM") else None, "%.1f") for r in results]])
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in [header, *rows]]

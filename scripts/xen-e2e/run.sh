@@ -9,13 +9,17 @@
 # memory and name. What it checks is described in dom0-test.py; results land
 # in out/xen-e2e/ (results.md, results.json, logs).
 #
+# With xenvfb it then boots a guest with a vdispl screen (vdispl_test.py).
 # Usage: scripts/xen-e2e/run.sh [--dm qemu|xenvfb|both] [--deb PACKAGE]
 #                               [--xenvfb-input yes|no]
 #   --dm            device model(s) to test (default: both)
 #   --deb           install this xenvfb package instead of building one
 #                   (scripts/package.sh)
 #   --xenvfb-input  also check QMP send-key with xenvfb (default: yes)
-# XENVFB_LOG=debug (say) in the environment sets xenvfb's log level in dom0.
+# XENVFB_LOG=debug (say) in the environment sets xenvfb's log level in dom0;
+# XEN_E2E_VDISPL_ONLY=1 runs the vdispl guest alone (with --dm xenvfb);
+# XEN_E2E_VDISPL_STANDALONE=1 adds a guest with only vdispl, served by an
+# xenvfb started by hand (--domain NAME --vdispl-only).
 # Expensive parts are cached under .build-xen/ (git-ignored): the dom0 tree,
 # keyed on scripts/xen-e2e/dom0-packages and rootfs.sh, apt's downloads, and
 # the Python packages (vncdotool) that dom0 runs as a VNC client, installed
@@ -43,9 +47,10 @@ case "$dm" in qemu|xenvfb|both) ;; *) echo "xen-e2e: --dm must be qemu, xenvfb o
 # TCG here, with outliers of 30 s; a boot that has not got there in
 # BOOT_LIMIT is retried once. The whole VM run is bounded by VM_LIMIT: five
 # guests (two QEMU, three xenvfb examples) took 700 s of it with the host's
-# load average at 10-13 (other builds), so it leaves room above that.
+# load average at 10-13 (other builds), and the vdispl guest adds about
+# 170 s, so it leaves room above that.
 BOOT_LIMIT=${XEN_E2E_BOOT_LIMIT:-180}
-VM_LIMIT=${XEN_E2E_VM_LIMIT:-960}
+VM_LIMIT=${XEN_E2E_VM_LIMIT:-1140}
 
 T0=$(date +%s)
 step() { echo "== xen-e2e: $* (+$(( $(date +%s) - T0 ))s, $(date +%T))"; }
@@ -124,6 +129,12 @@ cp "$here/dom0-test.py" "$build/job/dom0-test.py"
 mkdir -p "$build/job/configs"
 cp "$root"/configs/*.cfg "$build/job/configs/"
 
+# The vdispl guest (vdispl-job.sh, vdispl_test.py), with xenvfb only.
+vdispl=0
+if [ "$dm" != qemu ]; then
+  "$here/vdispl-job.sh" "$tree" "$kver" "$build/job" && vdispl=1
+fi
+
 runs=()
 if [ "$dm" != xenvfb ]; then
   runs+=("qemu vnc0" "qemu vnc1")
@@ -137,7 +148,7 @@ if [ "$dm" != qemu ]; then
 fi
 # dom0's test gets what is left of VM_LIMIT after a slow boot (~150 s); it
 # skips runs it has no time left for rather than be cut off mid-run.
-DOM0_BUDGET=$((VM_LIMIT - 150)) python3 - "$build/job/job.json" "$xenvfb_input" "${runs[@]}" <<'EOF'
+VDISPL=$vdispl DOM0_BUDGET=$((VM_LIMIT - 150)) python3 - "$build/job/job.json" "$xenvfb_input" "${runs[@]}" <<'EOF'
 import json, sys
 out, xinput, runs = sys.argv[1], sys.argv[2] == "yes", sys.argv[3:]
 import glob, os
@@ -159,6 +170,11 @@ for r in runs:
             spec["env"] = {"XENVFB_LOG": os.environ["XENVFB_LOG"]}
     spec.update(dm=dm, variant=variant)
     job["runs"].append(spec)
+if os.environ.get("VDISPL") == "1":
+    job["vdispl"] = {"ramdisk": "/job/guest-vdispl/initrd.gz", "xenvfb": "/usr/bin/xenvfb",
+                     "standalone": os.environ.get("XEN_E2E_VDISPL_STANDALONE") == "1"}
+    if os.environ.get("XEN_E2E_VDISPL_ONLY") == "1":
+        job["runs"] = []
 json.dump(job, open(out, "w"), indent=1)
 EOF
 
