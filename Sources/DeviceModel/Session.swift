@@ -69,7 +69,9 @@ final class Session {
             let keymap: Keymap
             do { keymap = try Keymap(name: options.keymap ?? "en-us") } catch { throw DisplayError("-k: \(error)") }
             let desktop = options.name.map { "QEMU (\($0))" } ?? "QEMU"
-            let vnc = try VNCDisplay(options: VNCOptions(spec: spec), loop: loop, console: console, keymap: keymap, desktopName: desktop)
+            let vncOptions = try VNCOptions(spec: spec)
+            let vnc = try VNCDisplay(options: vncOptions, loop: loop, console: console, keymap: keymap, desktopName: desktop,
+                                     tlsCredentials: try Self.tlsCredentials(vncOptions.tlsCreds, options.tlsCredentials))
             self.vnc = vnc
             console.add(vnc)
             vncProvider = VNCQMPProvider(vnc: vnc)
@@ -89,6 +91,18 @@ final class Session {
                 console.add(png)
             }
         }
+    }
+
+    /// What `-vnc ...,tls-creds=ID` names, checked as QEMU checks it.
+    static func tlsCredentials(_ id: String?, _ objects: [String: TLSCredentialsObject]) throws(DisplayError) -> VNCTLSCredentials? {
+        guard let id else { return nil }
+        guard let o = objects[id] else {
+            throw DisplayError("-vnc: tls-creds '\(id)' is not defined: add -object tls-creds-x509,id=\(id),dir=DIR,endpoint=server")
+        }
+        guard o.endpoint == .server else {
+            throw DisplayError("-vnc: tls-creds '\(id)' has endpoint=client; the VNC server needs endpoint=server")
+        }
+        return VNCTLSCredentials(directory: o.directory, verifyPeer: o.verifyPeer, priority: o.priority)
     }
 
     /// Starts the vfb and vkbd backends for `domid`; input from the queue

@@ -95,7 +95,18 @@ final class RFBSession {
     /// A batch of rectangles goes out as one chunk of about this size.
     static let chunkTarget = 64 << 10
 
-    enum Phase: Equatable { case version, securityType, vncAuth, clientInit, normal, closing }
+    enum Phase: Equatable {
+        case version, securityType, vncAuth, clientInit, normal, closing
+        /// VeNCrypt: waiting for the client's version (2 bytes), then its subtype (4 bytes).
+        case vencryptVersion, vencryptSubtype
+        /// VeNCrypt: the ack is queued; the connection flushes it, then runs the
+        /// TLS handshake and calls `tlsEstablished`. Input meanwhile belongs to TLS.
+        case tlsHandshake
+    }
+
+    /// VeNCrypt subtypes (rfbproto, "VeNCrypt"): X.509 certificate, then no auth / VNC auth.
+    static let vencryptX509None: UInt32 = 260
+    static let vencryptX509VNC: UInt32 = 261
 
     let context: SessionContext
     let out: OutputQueue
@@ -106,6 +117,10 @@ final class RFBSession {
     private(set) var minor = 8
     private var challenge: [UInt8] = []
     private var parser = ClientMessageParser()
+    /// Security type 19 (VeNCrypt X.509) is offered instead of None/VNC.
+    let vencrypt: Bool
+    /// Bytes that arrived after the VeNCrypt subtype: the start of the TLS handshake.
+    private(set) var tlsPrefix: [UInt8] = []
 
     // Negotiated state.
     private(set) var format = RFBPixelFormat.xrgb8888
@@ -150,9 +165,11 @@ final class RFBSession {
     /// The connection this session serves (`RFBClientInfo.id`), carried in its events.
     let client: UInt64
 
-    init(context: SessionContext, out: OutputQueue = OutputQueue(), client: UInt64 = 0) {
+    /// `vencrypt`: offer VeNCrypt (the connection provides the TLS).
+    init(context: SessionContext, out: OutputQueue = OutputQueue(), client: UInt64 = 0, vencrypt: Bool = false) {
         self.context = context
         self.client = client
+        self.vencrypt = vencrypt
         self.out = out
         let chunk = out.makeChunk()
         chunk.append(Array("RFB 003.008\n".utf8))
@@ -198,6 +215,20 @@ final class RFBSession {
             case .clientInit:
                 i += collect(bytes, from: i, need: 1)
                 if handshake.count == 1 { clientInit() }
+            case .vencryptVersion:
+                i += collect(bytes, from: i, need: 2)
+                if handshake.count == 2 { try vencryptVersion() }
+            case .vencryptSubtype:
+                i += collect(bytes, from: i, need: 4)
+                if handshake.count == 4 { try chooseSubtype() }
+            case .tlsHandshake:
+                // A client that did not wait for the ack: this is TLS already.
+                guard tlsPrefix.count + bytes.count - i <= 1 << 16 else {
+                    try fail("more than 64 KiB before the TLS handshake started")
+                    return
+                }
+                tlsPrefix += UnsafeRawBufferPointer(rebasing: bytes[i...])
+                return
             }
         }
     }
@@ -253,7 +284,13 @@ final class RFBSession {
             return
         }
         minor = minorVersion == 4 || minorVersion == 5 ? 3 : minorVersion
-        let type: UInt8 = context.passwordRequired ? 2 : 1
+        let type = offeredSecurityType
+        if minor == 3 && vencrypt {
+            // RFB 3.3 lets the server pick one type of 1 or 2 only (QEMU refuses too).
+            let text = Array("VeNCrypt (TLS) needs RFB 3.7 or later".utf8)
+            try fail("protocol version 3.3 cannot do VeNCrypt") { b in b.u32(0); b.u32(UInt32(text.count)); b.append(text) }
+            return
+        }
         if minor == 3 {
             send { $0.u32(UInt32(type)) }
             if type == 1 { phase = .clientInit } else { startVNCAuth() }
@@ -266,17 +303,67 @@ final class RFBSession {
     private func securityType() throws(ProtocolError) {
         let chosen = handshake[0]
         handshake.removeAll()
-        let offered: UInt8 = context.passwordRequired ? 2 : 1
+        let offered = offeredSecurityType
         guard chosen == offered else {
             try authFailed("client chose security type \(chosen), offered \(offered)")
             return
         }
-        if chosen == 1 {
+        if chosen == 19 {
+            send { $0.u8(0); $0.u8(2) } // VeNCrypt 0.2
+            phase = .vencryptVersion
+        } else if chosen == 1 {
             if minor >= 8 { send { $0.u32(0) } }
             phase = .clientInit
         } else {
             startVNCAuth()
         }
+    }
+
+    /// 19 VeNCrypt, 2 VNC authentication or 1 None.
+    private var offeredSecurityType: UInt8 { vencrypt ? 19 : context.passwordRequired ? 2 : 1 }
+
+    /// The VeNCrypt subtype offered: X509Vnc with a password, X509None without.
+    var vencryptSubtype: UInt32 { context.passwordRequired ? Self.vencryptX509VNC : Self.vencryptX509None }
+
+    private func vencryptVersion() throws(ProtocolError) {
+        let v = handshake
+        handshake.removeAll()
+        guard v == [0, 2] else {
+            try fail("unsupported VeNCrypt version \(v[0]).\(v[1]) (0.2 only)") { $0.u8(1) }
+            return
+        }
+        let subtype = vencryptSubtype
+        send { b in b.u8(0); b.u8(1); b.u32(subtype) }
+        phase = .vencryptSubtype
+    }
+
+    private func chooseSubtype() throws(ProtocolError) {
+        let chosen = UInt32(handshake[0]) << 24 | UInt32(handshake[1]) << 16 | UInt32(handshake[2]) << 8 | UInt32(handshake[3])
+        handshake.removeAll()
+        guard chosen == vencryptSubtype else {
+            try fail("client chose VeNCrypt subtype \(chosen), offered \(vencryptSubtype)") { $0.u8(0) }
+            return
+        }
+        send { $0.u8(1) }
+        phase = .tlsHandshake
+    }
+
+    /// The connection finished the TLS handshake: the subtype's authentication follows.
+    func tlsEstablished() {
+        guard phase == .tlsHandshake else { return }
+        tlsPrefix = []
+        if vencryptSubtype == Self.vencryptX509None {
+            send { $0.u32(0) } // SecurityResult OK, as QEMU sends for X509None
+            phase = .clientInit
+        } else {
+            startVNCAuth()
+        }
+    }
+
+    /// Takes the bytes that arrived after the subtype (they go to TLS first).
+    func takeTLSPrefix() -> [UInt8] {
+        defer { tlsPrefix = [] }
+        return tlsPrefix
     }
 
     private func startVNCAuth() {
