@@ -87,7 +87,7 @@ let package = Package(
         .testTarget(name: "XenStoreTests", dependencies: ["XenStore", "EventLoop", "Support", "CShims"]),
         .testTarget(name: "DevicesTests", dependencies: ["XenProtocol", "Devices", "XenBus", "Host", "Console", "Damage", "EventLoop", "Support"]),
         .testTarget(name: "EndToEndTests", dependencies: ["XenProtocol", "GuestKit", "Devices", "XenBus", "Host", "Console", "Displays", "XenStore", "Damage", "EventLoop", "Support"],
-                    exclude: ["device_model.py", "faults.py", "convergence.py"]),
+                    exclude: ["device_model.py", "faults.py", "convergence.py", "clients.py"]),
         .testTarget(name: "GuestKitTests", dependencies: ["XenProtocol", "GuestKit", "Devices", "XenBus", "Host", "Console", "Displays", "Damage", "EventLoop", "Support"]),
         .testTarget(name: "ControlTests", dependencies: ["Control", "EventLoop", "Support", "CShims"],
                     exclude: ["qmp_client.py"]),

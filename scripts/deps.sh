@@ -4,12 +4,15 @@
 # Usage: scripts/deps.sh [build|test|package]   (default: build)
 set -euo pipefail
 what=${1:-build}
-build_pkgs=(pkg-config libsdl2-dev libpng-dev libxen-dev zlib1g-dev)
+build_pkgs=(pkg-config libsdl2-dev libpng-dev libxen-dev zlib1g-dev libgnutls28-dev)
 # dpkg-buildpackage, debhelper and lintian; debian/control's Build-Depends
 # beyond build_pkgs (python3 for debian/dlopen-deps).
 package_pkgs=(dpkg-dev debhelper lintian python3)
 test_pkgs=(xenstore-utils mandoc socat python3-venv python3-pip xvfb x11-apps imagemagick gvncviewer xdotool x11-utils
-           libxkbcommon0 xkb-data)  # the last two: scripts/keymaps/generate.py and the keymap tests
+           libxkbcommon0 xkb-data   # scripts/keymaps/generate.py and the keymap tests
+           # ClientMatrixTests: real VNC clients (noVNC in headless Chromium via selenium, TigerVNC),
+           # and the certificates of the TLS tests (openssl; certutil for Chromium's NSS database)
+           novnc chromium chromium-driver python3-selenium tigervnc-viewer openssl libnss3-tools)
 pkgs=("${build_pkgs[@]}")
 case "$what" in
   build) ;;

@@ -478,7 +478,7 @@ final class RFBSession {
             && (clientWidth != context.frameWidth || clientHeight != context.frameHeight) {
             sizeChanged = true
         }
-        context.log.debug("client encodings \(list.map(String.init).joined(separator: ","))")
+        context.log.debug("client encodings \(list.map(Encoding.name).joined(separator: ","))")
     }
 
     // MARK: Frame changes (from the server)
@@ -619,6 +619,9 @@ final class RFBSession {
         }
         guard !rects.isEmpty else { return }
         updateRequested = false
+        if encoding != lastEncoding {
+            context.log.debug("client update encoding \(Encoding.name(encoding)) for \(format)")
+        }
         job = UpdateJob(rects: rects, encoding: encoding, translator: PixelTranslator(format),
                         pixel: format.pixelLayout, cpixel: format.cpixelLayout ?? format.pixelLayout,
                         tpixel: format.tpixelLayout ?? format.pixelLayout)

@@ -23,7 +23,10 @@ import Support
 /// - `scribble SEED COUNT`: COUNT random writes, all reported by UPDATE
 ///   events, then says `scribbled SEED`;
 /// - `dump PATH`: writes its framebuffer as a binary PPM (P6) to PATH, then
-///   says `dumped PATH`.
+///   says `dumped PATH`;
+/// - `resize W H`: changes mode as Linux's xenfb_set_par does (RESIZE, at
+///   most the initial size), repaints the whole screen with the start-up
+///   pattern and says `resized W H` (`error ...` without feature-resize).
 enum SimGuestCommand {
     /// The test pattern, a pure function of the position.
     static func pattern(x: Int, y: Int) -> UInt32 {
@@ -87,13 +90,7 @@ enum SimGuestCommand {
                 announced = true
                 say("connected")
                 if !demo {
-                    _ = fb.withPixels { px in
-                        for y in 0..<fb.height {
-                            let row = (px.baseAddress! + y * fb.stride).assumingMemoryBound(to: UInt32.self)
-                            for x in 0..<fb.width { row[x] = pattern(x: x, y: y) }
-                        }
-                    }
-                    fb.update(Rect(x: 0, y: 0, width: fb.width, height: fb.height))
+                    paintPattern(fb)
                     say("drawn")
                 }
             }
@@ -124,6 +121,17 @@ enum SimGuestCommand {
             log.error("\(error)")
             return 1
         }
+    }
+
+    /// Paints the start-up pattern over the whole screen and reports it.
+    static func paintPattern(_ fb: FramebufferFrontend) {
+        _ = fb.withPixels { px in
+            for y in 0..<fb.height {
+                let row = (px.baseAddress! + y * fb.stride).assumingMemoryBound(to: UInt32.self)
+                for x in 0..<fb.width { row[x] = pattern(x: x, y: y) }
+            }
+        }
+        fb.update(Rect(x: 0, y: 0, width: fb.width, height: fb.height))
     }
 
     /// The pattern `draw SEED` paints.
@@ -190,6 +198,11 @@ enum SimGuestCommand {
             }
             if let p = pending { fb.update(p) }
             say("scribbled \(args[0])")
+        case ("resize", 2):
+            let size = words[1].split(separator: " ").compactMap { Int($0) }
+            guard size.count == 2, fb.resize(width: size[0], height: size[1]) else { return say("error \(line)") }
+            paintPattern(fb)
+            say("resized \(size[0]) \(size[1])")
         case ("dump", 2):
             let path = words[1]
             var bytes = Array("P6\n\(fb.width) \(fb.height)\n255\n".utf8)
