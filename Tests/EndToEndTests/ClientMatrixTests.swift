@@ -16,6 +16,20 @@ import Testing
     @Test(arguments: ["novnc_ws", "novnc_wss", "novnc_wss_without_ca", "tigervnc", "tigervnc_x509none", "tigervnc_x509vnc",
                       "gvnc", "gvnc_x509none", "tls_verify_peer"])
     func realClientSeesExactlyTheGuestsPicture(_ scenario: String) throws {
+        try run(scenario)
+    }
+
+    /// openQA's os-autoinst with its generalhw backend runs a job against
+    /// xenvfb (needles, a click, typed text, a resize). Optional: Debian's
+    /// os-autoinst pulls in ~270 packages (Tesseract, QEMU); install them with
+    /// `scripts/deps.sh openqa`, then
+    /// `XENVFB_OPENQA=1 swift test --skip-build --filter ClientMatrixTests`.
+    @Test(.enabled(if: getenv("XENVFB_OPENQA") != nil, "set XENVFB_OPENQA=1 (after scripts/deps.sh openqa)"))
+    func openQAJobPassesWithPixelExactScreenshots() throws {
+        try run("openqa_generalhw")
+    }
+
+    private func run(_ scenario: String) throws {
         if let only = getenv("XENVFB_CLIENT_SCENARIOS").map({ String(cString: $0) }),
            !only.split(separator: ",").contains(Substring(scenario)) { return }
         let python = repoRoot + "/.build-tools/venv/bin/python3"
@@ -25,7 +39,7 @@ import Testing
         try m.dom0.write("/local/domain/7/name", "simguest")
         try Toolstack.addFramebuffer(store: m.dom0, domid: 7)
         let (status, output) = try runToCompletion([
-            "/usr/bin/timeout", "170", python, repoRoot + "/Tests/EndToEndTests/clients.py",
+            "/usr/bin/timeout", "300", python, repoRoot + "/Tests/EndToEndTests/clients.py",
             scenario, try xenvfbPath(), m.dir, m.dom0Socket, m.guestSocket, "7",
         ])
         #expect(status == 0, "\(scenario): exit \(status)\n\(output)")

@@ -639,15 +639,191 @@ async def tls_verify_peer(m):
     check(refusals, f"no refusal for the missing client certificate in the log:\n{dm_text(m)[-3000:]}")
 
 
+# --- openQA's os-autoinst -----------------------------------------------------------
+
+OPENQA_MAIN = """use strict;
+use warnings;
+use testapi;
+use autotest;
+autotest::loadtest 'tests/xenvfb.pm';
+1;
+"""
+
+# The test openQA runs: a needle, a click, typed text, then (the harness
+# resizes the guest to 640x480 and draws on it when it sees the text) the
+# needle of the new screen.
+OPENQA_TEST = """use Mojo::Base 'basetest';
+use testapi;
+
+sub run {
+    assert_screen 'xenvfb-pattern', 60;
+    mouse_set(123, 45);
+    mouse_click;
+    type_string 'xenvfb 42';
+    assert_screen 'xenvfb-resized', 60;
+}
+
+sub test_flags { return {fatal => 1}; }
+
+1;
+"""
+
+# os-autoinst's own scaling (tinycv, OpenCV), which every screenshot goes through.
+TINYCV_SCALE = 'use lib "/usr/lib/os-autoinst"; use cv; cv::init(); require tinycv; ' \
+               'tinycv::read($ARGV[0])->scale($ARGV[1], $ARGV[2])->write($ARGV[3]) or die "write";'
+
+
+def tinycv_scale(rgb, size, to, directory, name):
+    """`rgb` (size) scaled to `to` by os-autoinst's tinycv, as RGB bytes."""
+    from PIL import Image
+    src, dst = os.path.join(directory, name + "-in.png"), os.path.join(directory, name + "-out.png")
+    Image.frombytes("RGB", size, rgb).save(src)
+    r = subprocess.run(["perl", "-e", TINYCV_SCALE, src, str(to[0]), str(to[1]), dst], capture_output=True, text=True)
+    check(r.returncode == 0, f"tinycv scale: {r.stderr}")
+    return Image.open(dst).convert("RGB").tobytes()
+
+
+def sim_guest_picture(width, height, draws=()):
+    """What the sim guest shows: its start-up pattern, then `draw SEED` rectangles
+    (SimGuestCommand.pattern), computed here independently of the guest."""
+    out = bytearray(width * height * 3)
+    for y in range(height):
+        for x in range(width):
+            i = 3 * (y * width + x)
+            out[i:i + 3] = bytes(((x * 7) & 255, (y * 3) & 255, (x ^ y) & 255))
+    for seed in draws:
+        for y in range(50, min(200, height)):
+            for x in range(100, min(300, width)):
+                i = 3 * (y * width + x)
+                out[i:i + 3] = bytes(((x * 3 + seed * 41) & 255, (y * 5 + seed * 13) & 255, (x + y + seed) & 255))
+    return bytes(out)
+
+
+def openqa_needle(directory, tag, rgb, size, area):
+    import json
+    from PIL import Image
+    Image.frombytes("RGB", size, rgb).save(os.path.join(directory, tag + ".png"))
+    with open(os.path.join(directory, tag + ".json"), "w") as f:
+        json.dump({"tags": [tag], "area": [{"xpos": area[0], "ypos": area[1], "width": area[2], "height": area[3],
+                                            "type": "match"}]}, f)
+
+
+def client_format_mapping(shot_rgb, guest_rgb, bits, what):
+    """The client shows each channel with `bits` bits: every pixel's shown value
+    must be one function of the guest's value reduced to those bits (the top
+    bits, as QEMU sends them), the same for every pixel, strictly increasing.
+    Returns that function per channel."""
+    check(len(shot_rgb) == len(guest_rgb), f"{what}: sizes differ")
+    shown = [{} for _ in range(3)]
+    for i in range(len(guest_rgb)):
+        channel = i % 3
+        reduced = guest_rgb[i] >> (8 - bits)
+        seen = shown[channel].setdefault(reduced, shot_rgb[i])
+        if seen != shot_rgb[i]:
+            raise AssertionError(f"{what}: pixel {i // 3} channel {channel}: {shot_rgb[i]}, elsewhere {seen} for the same "
+                                 f"{bits}-bit value {reduced}")
+    for channel in range(3):
+        values = [shown[channel][k] for k in sorted(shown[channel])]
+        check(len(values) == 1 << bits and values == sorted(set(values)),
+              f"{what}: channel {channel} does not show the {1 << bits} values in order: {values}")
+    return shown
+
+
+async def openqa_generalhw(m):
+    """openQA's os-autoinst (Debian's isotovideo) with its generalhw backend
+    (15-bit colour, ZRLE): the job passes a needle, a click, typed text and a
+    resize followed; its screenshots are exact: at 800x600 every pixel is one
+    function of the guest's 5-bit value, and after the resize to 640x480 the
+    screenshot is that picture scaled by os-autoinst's own tinycv, byte for byte."""
+    isotovideo = shutil.which("isotovideo")
+    check(isotovideo is not None, "isotovideo is missing: run scripts/deps.sh openqa")
+    port, _, _, _ = await start(m, "127.0.0.1:20,to=99")
+    import json
+    from PIL import Image
+    gw, gh, guest = ppm_body(m.guest_frame())
+    check(guest == sim_guest_picture(gw, gh), "the guest's picture is not the pattern this test computes")
+    work = os.path.join(m.dir, "openqa")
+    distri = os.path.join(work, "distri")
+    needles = os.path.join(distri, "needles")
+    cmds = os.path.join(work, "cmds")
+    for d in (os.path.join(distri, "tests"), needles, cmds):
+        os.makedirs(d)
+    with open(os.path.join(distri, "main.pm"), "w") as f:
+        f.write(OPENQA_MAIN)
+    with open(os.path.join(distri, "tests", "xenvfb.pm"), "w") as f:
+        f.write(OPENQA_TEST)
+    openqa_needle(needles, "xenvfb-pattern", guest, (gw, gh), (100, 50, 300, 200))
+    resized = sim_guest_picture(640, 480, draws=(7,))
+    openqa_needle(needles, "xenvfb-resized", tinycv_scale(resized, (640, 480), (gw, gh), work, "needle"), (gw, gh),
+                  (125, 63, 250, 187))
+    for name in ("poweron", "poweroff"):
+        path = os.path.join(cmds, name)
+        with open(path, "w") as f:
+            f.write("#!/bin/sh\nexit 0\n")
+        os.chmod(path, 0o755)
+    with open(os.path.join(work, "vars.json"), "w") as f:
+        json.dump({"BACKEND": "generalhw", "WORKER_HOSTNAME": "127.0.0.1", "CASEDIR": distri, "PRODUCTDIR": distri,
+                   "NEEDLES_DIR": needles, "DISTRI": "xenvfb", "VERSION": "1", "ARCH": "x86_64", "TEST": "xenvfb",
+                   "GENERAL_HW_CMD_DIR": cmds, "GENERAL_HW_POWERON_CMD": "poweron", "GENERAL_HW_POWEROFF_CMD": "poweroff",
+                   "GENERAL_HW_VNC_IP": "127.0.0.1", "GENERAL_HW_VNC_PORT": port, "GENERAL_HW_NO_SERIAL": 1,
+                   "NOVIDEO": 1, "XRES": gw, "YRES": gh}, f)
+    log_path = os.path.join(work, "isotovideo.log")
+
+    def job_log():
+        with open(log_path, "rb") as f:
+            return f.read().decode(errors="replace")[-4000:]
+    before = len(m.inputs())
+    with open(log_path, "wb") as log:
+        job = subprocess.Popen([isotovideo, "-d"], cwd=work, stdout=log, stderr=subprocess.STDOUT,
+                               stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        expected = []
+        for c in TYPED_CODES:
+            expected += [f"key {c} 1", f"key {c} 0"]
+        deadline = time.monotonic() + 120
+        while len(key_codes(m.inputs()[before:])) < len(expected):
+            check(job.poll() is None, f"isotovideo exited ({job.returncode}) before typing:\n{job_log()}")
+            check(time.monotonic() < deadline, f"openQA never typed:\n{job_log()}")
+            time.sleep(0.1)
+        check(key_codes(m.inputs()[before:]) == expected, f"openQA typed {key_codes(m.inputs()[before:])}, want {expected}")
+        check_click(m, before, 123, 45, "openQA")
+        m.tell("resize 640 480", "resized 640 480")
+        m.tell("draw 7", "drawn 7")
+        status = job.wait(150)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, 9)
+            job.wait()
+    results = os.path.join(work, "testresults")
+    with open(os.path.join(results, "result-xenvfb.json")) as f:
+        result = json.load(f)
+    check(status == 0 and result["result"] == "ok", f"openQA job: exit {status}, result {result['result']}:\n{job_log()}")
+    matched = [d for d in result["details"] if d.get("result") == "ok" and d.get("needle")]
+    check([d["needle"] for d in matched] == ["xenvfb-pattern", "xenvfb-resized"],
+          f"needles matched: {[(d.get('needle'), d.get('result')) for d in result['details']]}")
+    first = Image.open(os.path.join(results, matched[0]["screenshot"])).convert("RGB")
+    check(first.size == (gw, gh), f"first screenshot is {first.size}")
+    mapping = client_format_mapping(first.tobytes(), guest, 5, f"openQA screenshot {matched[0]['screenshot']}")
+    sw, sh, now = ppm_body(m.guest_frame())
+    check((sw, sh) == (640, 480) and now == resized, "the guest's picture after the resize is not the one computed")
+    shown = bytes(mapping[i % 3][v >> 3] for i, v in enumerate(now))
+    want = tinycv_scale(shown, (640, 480), (gw, gh), work, "expected")
+    last = Image.open(os.path.join(results, matched[1]["screenshot"])).convert("RGB").tobytes()
+    bad, worst = difference(last, want)
+    check(bad == 0, f"openQA screenshot {matched[1]['screenshot']} after the resize: {bad} pixels differ from the "
+                    f"640x480 picture scaled by tinycv (max {worst})")
+    observed(m, "os-autoinst generalhw")
+
+
 SCENARIOS = {f.__name__: f for f in (novnc_ws, novnc_wss, novnc_wss_without_ca, tigervnc, tigervnc_x509none,
-                                     tigervnc_x509vnc, gvnc, gvnc_x509none, tls_verify_peer)}
+                                     tigervnc_x509vnc, gvnc, gvnc_x509none, tls_verify_peer, openqa_generalhw)}
 
 
 def main():
     name, binary, directory, dom0, guest, domid = sys.argv[1:7]
     m = dm.Machine(binary, directory, dom0, guest, domid)
     try:
-        asyncio.run(asyncio.wait_for(SCENARIOS[name](m), 160))
+        asyncio.run(asyncio.wait_for(SCENARIOS[name](m), 280 if name.startswith('openqa') else 160))
     except Exception as e:  # noqa: BLE001 - report everything
         print(f"{name}: FAILED: {type(e).__name__}: {e}")
         print(m.dm_log())
