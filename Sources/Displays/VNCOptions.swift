@@ -120,7 +120,6 @@ public struct VNCOptions: Equatable, Sendable {
                 }
             case "tls-creds":
                 guard let value, !value.isEmpty else { throw DisplayError("\(context): tls-creds= needs the id of a -object tls-creds-x509") }
-                guard case .tcp = address else { throw DisplayError("\(context): tls-creds needs a TCP address") }
                 tlsCreds = value
             case "tls", "x509", "x509verify":
                 // QEMU removed these in 2.x; tls-creds= replaced them.
