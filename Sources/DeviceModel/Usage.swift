@@ -9,7 +9,8 @@ usage: xenvfb [OPTIONS]                 run as the device model of a Xen domain
 Device model options (the QEMU-style ones libxl passes work too):
   --domid N                    the guest's domain id (-xen-domid N)
   --name NAME                  the guest's name
-  --vnc DISPLAY|none           a VNC server, in QEMU's -vnc syntax (127.0.0.1:0)
+  --vnc DISPLAY|none           a VNC server, in QEMU's -vnc syntax (127.0.0.1:0[,websocket=on][,tls-creds=ID])
+  --object tls-creds-x509,id=ID,dir=DIR,endpoint=server    TLS for the VNC server (as QEMU)
   --sdl                        an SDL window
   --display png:dir=DIR,...    PNG capture (repeatable)
   --qmp unix:PATH              a QMP socket (also -chardev ... -mon ...,mode=control)
