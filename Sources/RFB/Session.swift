@@ -81,10 +81,18 @@ final class SessionContext {
 ///
 /// Updates follow QEMU: a FramebufferUpdateRequest arms one update; an
 /// update is started only when one is armed and something in the client's
-/// area is dirty; a non-incremental request marks its area dirty. Protocol
-/// acknowledgements (extended key event, pointer type, ExtendedDesktopSize,
-/// desktop size changes, the colour map) are sent as messages of their own,
-/// between updates, as QEMU sends them. An update is encoded one batch of
+/// area is dirty; a non-incremental request marks its area dirty.
+///
+/// Every FramebufferUpdate answers one request, pseudo-rectangles included:
+/// the acknowledgements (extended key event, pointer type, ExtendedDesktopSize,
+/// desktop size changes) go first in the next update, or alone in one when
+/// nothing is dirty, as libvncserver and TigerVNC's server send them. QEMU
+/// sends them as extra, unrequested updates; a client that counts updates
+/// against its requests to know when a pixel format change takes effect
+/// (TigerVNC: the update after the one in progress when it asked) then
+/// decodes an update in the wrong format, which it does against a server
+/// that answers as fast as this one. SetColourMapEntries is a message of its
+/// own, before the next update. An update is encoded one batch of
 /// rectangles at a time, and only while `out` holds less than
 /// `outputThreshold`: a client that does not read stops costing anything but
 /// its dirty tiles.
@@ -154,6 +162,9 @@ final class RFBSession {
 
     private struct UpdateJob {
         var rects: [RFBRect]
+        /// Pseudo-rectangles (headers and payload) that go first in the update.
+        var pseudo: (count: Int, bytes: [UInt8])
+        var headerWritten = false
         var next = 0
         let encoding: Int32
         let translator: PixelTranslator
@@ -506,41 +517,62 @@ final class RFBSession {
         guard phase == .normal else { return }
         while out.count < Self.outputThreshold {
             if job == nil {
-                flushOwedMessages()
+                sendColourMapIfOwed()
                 guard updateRequested else { return }
+                let pseudo = takeOwedPseudoRects()
                 let w = min(clientWidth, context.frameWidth)
                 let h = min(clientHeight, context.frameHeight)
-                guard dirty.hasDirty(within: w, h) else { return }
-                startUpdate(width: w, height: h)
+                guard pseudo.count > 0 || dirty.hasDirty(within: w, h) else { return }
+                startUpdate(width: w, height: h, pseudo: pseudo)
+                guard job != nil else { return }
             }
             encodeBatch()
         }
     }
 
-    private func flushOwedMessages() {
-        if owesColourMap {
-            owesColourMap = false
-            send { b in
-                b.u8(MessageType.setColourMapEntries)
-                b.u8(0)
-                b.u16(0)
-                b.u16(256)
-                // BGR233: index = b << 6 | g << 3 | r.
-                for i in 0..<256 {
-                    b.u16(UInt16((i & 7) * 65535 / 7))
-                    b.u16(UInt16(((i >> 3) & 7) * 65535 / 7))
-                    b.u16(UInt16(((i >> 6) & 3) * 65535 / 3))
-                }
+    private func sendColourMapIfOwed() {
+        guard owesColourMap else { return }
+        owesColourMap = false
+        send { b in
+            b.u8(MessageType.setColourMapEntries)
+            b.u8(0)
+            b.u16(0)
+            b.u16(256)
+            // BGR233: index = b << 6 | g << 3 | r.
+            for i in 0..<256 {
+                b.u16(UInt16((i & 7) * 65535 / 7))
+                b.u16(UInt16(((i >> 3) & 7) * 65535 / 7))
+                b.u16(UInt16(((i >> 6) & 3) * 65535 / 3))
             }
+        }
+    }
+
+    /// The pseudo-rectangles owed, for the front of the next update: a size
+    /// change (which also sets the client's size for the pixels after it),
+    /// then acknowledgements. At most 16 SetDesktopSize refusals per update.
+    private func takeOwedPseudoRects() -> (count: Int, bytes: [UInt8]) {
+        let b = ByteBuffer(capacity: 64)
+        var count = 0
+        func rect(x: Int, y: Int, width: Int, height: Int, encoding: Int32) {
+            b.rectHeader(x: x, y: y, width: width, height: height, encoding: encoding)
+            count += 1
+        }
+        func extendedDesktopSize(reason: Int, status: Int) {
+            rect(x: reason, y: status, width: clientWidth, height: clientHeight, encoding: Encoding.extendedDesktopSize)
+            b.u8(1); b.u8(0); b.u8(0); b.u8(0)          // one screen
+            b.u32(0)                                    // id
+            b.u16(0); b.u16(0)                          // x, y
+            b.u16(UInt16(clientWidth)); b.u16(UInt16(clientHeight))
+            b.u32(0)                                    // flags
         }
         if owesExtendedKeyAck {
             owesExtendedKeyAck = false
-            pseudoUpdate(x: 0, y: 0, width: context.frameWidth, height: context.frameHeight, encoding: Encoding.qemuExtendedKeyEvent)
+            rect(x: 0, y: 0, width: context.frameWidth, height: context.frameHeight, encoding: Encoding.qemuExtendedKeyEvent)
         }
         if owesPointerTypeAck {
             owesPointerTypeAck = false
             // x = 1: absolute (the vkbd pointer is absolute).
-            pseudoUpdate(x: 1, y: 0, width: context.frameWidth, height: context.frameHeight, encoding: Encoding.qemuPointerTypeChange)
+            rect(x: 1, y: 0, width: context.frameWidth, height: context.frameHeight, encoding: Encoding.qemuPointerTypeChange)
         }
         if sizeChanged {
             sizeChanged = false
@@ -550,7 +582,7 @@ final class RFBSession {
             if wantsExtendedDesktopSize {
                 extendedDesktopSize(reason: 0, status: 0)
             } else {
-                pseudoUpdate(x: 0, y: 0, width: clientWidth, height: clientHeight, encoding: Encoding.desktopSize)
+                rect(x: 0, y: 0, width: clientWidth, height: clientHeight, encoding: Encoding.desktopSize)
             }
             dirty.markAll()
         }
@@ -558,30 +590,13 @@ final class RFBSession {
             owesDesktopSizeState = false
             extendedDesktopSize(reason: 0, status: 0)
         }
-        while owesDesktopSizeReplies > 0 {
+        var replies = 0
+        while owesDesktopSizeReplies > 0 && replies < 16 {
             owesDesktopSizeReplies -= 1
+            replies += 1
             extendedDesktopSize(reason: 1, status: 1) // client request, administratively prohibited
-            if out.count >= Self.outputThreshold { break }
         }
-    }
-
-    private func pseudoUpdate(x: Int, y: Int, width: Int, height: Int, encoding: Int32) {
-        send { b in
-            b.updateHeader(rects: 1)
-            b.rectHeader(x: x, y: y, width: width, height: height, encoding: encoding)
-        }
-    }
-
-    private func extendedDesktopSize(reason: Int, status: Int) {
-        send { b in
-            b.updateHeader(rects: 1)
-            b.rectHeader(x: reason, y: status, width: clientWidth, height: clientHeight, encoding: Encoding.extendedDesktopSize)
-            b.u8(1); b.u8(0); b.u8(0); b.u8(0)          // one screen
-            b.u32(0)                                    // id
-            b.u16(0); b.u16(0)                          // x, y
-            b.u16(UInt16(clientWidth)); b.u16(UInt16(clientHeight))
-            b.u32(0)                                    // flags
-        }
+        return (count, Array(b.bytes))
     }
 
     /// The first encoding in the client's list that suits its pixel format.
@@ -596,9 +611,10 @@ final class RFBSession {
         return Encoding.raw
     }
 
-    private func startUpdate(width: Int, height: Int) {
+    private func startUpdate(width: Int, height: Int, pseudo: (count: Int, bytes: [UInt8])) {
         let encoding = chooseEncoding()
-        let areas = dirty.take(within: width, height, limit: 4096)
+        let maxPixelRects = Self.maxRects - pseudo.count
+        let areas = dirty.hasDirty(within: width, height) ? dirty.take(within: width, height, limit: 4096) : []
         var rects: [RFBRect] = []
         for a in areas {
             let maxWidth = encoding == Encoding.tight ? 2048 : encoding == Encoding.coRRE ? 255 : a.width
@@ -611,18 +627,18 @@ final class RFBSession {
                 while y < a.maxY {
                     let h = min(rows, a.maxY - y)
                     let r = RFBRect(x: x, y: y, width: w, height: h)
-                    if rects.count < Self.maxRects { rects.append(r) } else { dirty.mark(r) }
+                    if rects.count < maxPixelRects { rects.append(r) } else { dirty.mark(r) }
                     y += h
                 }
                 x += w
             }
         }
-        guard !rects.isEmpty else { return }
+        guard !rects.isEmpty || pseudo.count > 0 else { return }
         updateRequested = false
         if encoding != lastEncoding {
             context.log.debug("client update encoding \(Encoding.name(encoding)) for \(format)")
         }
-        job = UpdateJob(rects: rects, encoding: encoding, translator: PixelTranslator(format),
+        job = UpdateJob(rects: rects, pseudo: pseudo, encoding: encoding, translator: PixelTranslator(format),
                         pixel: format.pixelLayout, cpixel: format.cpixelLayout ?? format.pixelLayout,
                         tpixel: format.tpixelLayout ?? format.pixelLayout)
         lastEncoding = encoding
@@ -631,10 +647,14 @@ final class RFBSession {
     private func encodeBatch() {
         guard var j = job else { return }
         let chunk = out.makeChunk(capacity: Self.chunkTarget)
-        if j.next == 0 { chunk.updateHeader(rects: j.rects.count) }
+        if !j.headerWritten {
+            chunk.updateHeader(rects: j.pseudo.count + j.rects.count)
+            chunk.append(j.pseudo.bytes)
+            j.headerWritten = true
+        }
         let e = context.encoders
         let level = compressLevel
-        repeat {
+        while j.next < j.rects.count {
             let r = j.rects[j.next]
             let v = UnsafePointer(context.readBand(r, j.translator))
             switch j.encoding {
@@ -662,7 +682,8 @@ final class RFBSession {
             }
             j.next += 1
             rectsSent += 1
-        } while j.next < j.rects.count && chunk.count < Self.chunkTarget && out.count + chunk.count < Self.outputThreshold
+            if chunk.count >= Self.chunkTarget || out.count + chunk.count >= Self.outputThreshold { break }
+        }
         out.enqueue(chunk)
         if j.next == j.rects.count {
             job = nil

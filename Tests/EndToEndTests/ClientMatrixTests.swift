@@ -14,7 +14,7 @@ import Testing
 /// runs only those scenarios (the others pass without running).
 @Suite(.serialized) struct ClientMatrixTests {
     @Test(arguments: ["novnc_ws", "novnc_wss", "novnc_wss_without_ca", "tigervnc", "tigervnc_x509none", "tigervnc_x509vnc",
-                      "gvnc", "gvnc_x509none", "tls_verify_peer"])
+                      "tigervnc_lowcolour", "tigervnc_format_switch", "gvnc", "gvnc_x509none", "tls_verify_peer"])
     func realClientSeesExactlyTheGuestsPicture(_ scenario: String) throws {
         try run(scenario)
     }

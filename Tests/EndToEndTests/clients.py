@@ -414,7 +414,7 @@ class TigerVNC:
     def __init__(self, x, port, *options):
         self.x = x
         self.proc = subprocess.Popen(["xtigervncviewer", *options, f"127.0.0.1::{port}"], env=x.env,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + TIMEOUT
         self.wid = None
         while time.monotonic() < deadline and self.proc.poll() is None:
@@ -429,7 +429,7 @@ class TigerVNC:
     def stderr(self):
         if self.proc.poll() is None:
             return "(running)"
-        return self.proc.stderr.read().decode(errors="replace")[-2000:]
+        return self.proc.stdout.read().decode(errors="replace")[-2000:]
 
     def picture(self, width, height):
         def grab():
@@ -528,6 +528,54 @@ async def tigervnc_x509vnc(m):
         viewer = TigerVNC(x, port, "-X509CA", ca, "-passwd", passwd)
         wait_picture(m, viewer.picture(lambda: 800, lambda: 600), "TigerVNC VeNCrypt X509Vnc")
         observed(m, "TigerVNC VeNCrypt X509Vnc")
+    finally:
+        if viewer:
+            viewer.quit()
+        x.stop()
+
+
+async def tigervnc_lowcolour(m):
+    """TigerVNC's other pixel formats (-FullColor=0 -LowColorLevel=0, 1, 2:
+    8 bpp true colour with 1, 2 and 3/3/2 bits per channel): every pixel is
+    exact in that format."""
+    port, _, _, _ = await start(m, "127.0.0.1:20,to=99")
+    for level, bits in ((0, (1, 1, 1)), (1, (2, 2, 2)), (2, (3, 3, 2))):
+        x = Xvfb(tempfile.mkdtemp(prefix="tigervnc-", dir=m.dir))
+        viewer = None
+        try:
+            viewer = TigerVNC(x, port, "-FullColor=0", f"-LowColorLevel={level}")
+            wait_mapped(m, viewer.picture(lambda: 800, lambda: 600), bits, f"TigerVNC LowColorLevel={level}")
+        finally:
+            if viewer:
+                viewer.quit()
+            x.stop()
+    observed(m, "TigerVNC -FullColor=0 -LowColorLevel=0,1,2")
+
+
+async def tigervnc_format_switch(m):
+    """TigerVNC starting in 8 colours with AutoSelect on switches to full colour
+    once it has measured the link, while the guest keeps drawing: it must not
+    lose its place in the stream (it did when pseudo-rectangles went in extra
+    updates: every update must answer one request), and ends with the exact
+    full-colour picture."""
+    port, _, _, _ = await start(m, "127.0.0.1:20,to=99")
+    x = Xvfb(tempfile.mkdtemp(prefix="tigervnc-", dir=m.dir))
+    viewer = None
+    try:
+        viewer = TigerVNC(x, port, "-FullColor=0", "-LowColorLevel=0", "-AutoSelect=1")
+        deadline = time.monotonic() + TIMEOUT
+        seed = 0
+        while "client pixel format 32bpp" not in dm_text(m):
+            check(time.monotonic() < deadline, "TigerVNC never switched to full colour")
+            check(viewer.proc.poll() is None, f"TigerVNC exited: {viewer.stderr()}")
+            seed += 1
+            m.tell(f"draw {seed}", f"drawn {seed}")
+            time.sleep(0.05)
+        for more in range(seed + 1, seed + 20):  # updates keep coming across the switch
+            m.tell(f"draw {more}", f"drawn {more}")
+        check(viewer.proc.poll() is None, f"TigerVNC exited after the switch: {viewer.stderr()}")
+        wait_picture(m, viewer.picture(lambda: 800, lambda: 600), "TigerVNC after switching to full colour")
+        observed(m, "TigerVNC AutoSelect from 8 colours")
     finally:
         if viewer:
             viewer.quit()
@@ -722,24 +770,47 @@ def openqa_needle(directory, tag, rgb, size, area):
 
 
 def client_format_mapping(shot_rgb, guest_rgb, bits, what):
-    """The client shows each channel with `bits` bits: every pixel's shown value
-    must be one function of the guest's value reduced to those bits (the top
-    bits, as QEMU sends them), the same for every pixel, strictly increasing.
-    Returns that function per channel."""
+    """The client shows each channel with `bits` bits (a number, or one per
+    channel): every pixel's shown value must be one function of the guest's
+    value reduced to those bits (the top bits, as QEMU sends them), the same
+    for every pixel, strictly increasing. Returns that function per channel."""
+    bits = bits if isinstance(bits, tuple) else (bits, bits, bits)
     check(len(shot_rgb) == len(guest_rgb), f"{what}: sizes differ")
     shown = [{} for _ in range(3)]
     for i in range(len(guest_rgb)):
         channel = i % 3
-        reduced = guest_rgb[i] >> (8 - bits)
+        reduced = guest_rgb[i] >> (8 - bits[channel])
         seen = shown[channel].setdefault(reduced, shot_rgb[i])
         if seen != shot_rgb[i]:
             raise AssertionError(f"{what}: pixel {i // 3} channel {channel}: {shot_rgb[i]}, elsewhere {seen} for the same "
-                                 f"{bits}-bit value {reduced}")
+                                 f"{bits[channel]}-bit value {reduced}")
     for channel in range(3):
         values = [shown[channel][k] for k in sorted(shown[channel])]
-        check(len(values) == 1 << bits and values == sorted(set(values)),
-              f"{what}: channel {channel} does not show the {1 << bits} values in order: {values}")
+        check(len(values) == 1 << bits[channel] and values == sorted(set(values)),
+              f"{what}: channel {channel} does not show the {1 << bits[channel]} values in order: {values}")
     return shown
+
+
+def wait_mapped(m, grab, bits, what, timeout=TIMEOUT):
+    """Waits until `grab()` shows the guest's framebuffer exactly in a client
+    format of `bits` per channel (see client_format_mapping)."""
+    gw, gh, body = ppm_body(m.guest_frame())
+    deadline = time.monotonic() + timeout
+    while True:
+        got = grab()
+        problem = "no picture"
+        if got is not None:
+            w, h, rgb = got
+            if (w, h) != (gw, gh):
+                problem = f"the client shows {w}x{h}, the guest is {gw}x{gh}"
+            else:
+                try:
+                    return client_format_mapping(rgb, body, bits, what)
+                except AssertionError as e:
+                    problem = str(e)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: {problem}")
+        time.sleep(0.3)
 
 
 async def openqa_generalhw(m):
@@ -829,7 +900,8 @@ async def openqa_generalhw(m):
 
 
 SCENARIOS = {f.__name__: f for f in (novnc_ws, novnc_wss, novnc_wss_without_ca, tigervnc, tigervnc_x509none,
-                                     tigervnc_x509vnc, gvnc, gvnc_x509none, tls_verify_peer, openqa_generalhw)}
+                                     tigervnc_x509vnc, tigervnc_lowcolour, tigervnc_format_switch, gvnc, gvnc_x509none, tls_verify_peer,
+                                     openqa_generalhw)}
 
 
 def main():
