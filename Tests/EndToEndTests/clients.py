@@ -734,6 +734,28 @@ TINYCV_SCALE = 'use lib "/usr/lib/os-autoinst"; use cv; cv::init(); require tiny
                'tinycv::read($ARGV[0])->scale($ARGV[1], $ARGV[2])->write($ARGV[3]) or die "write";'
 
 
+# os-autoinst's consoles::VNC on its own at a given depth (8: colour map,
+# 16: 5-5-5, 24: XRGB), writing its framebuffer as it holds it.
+OPENQA_VNC_CAPTURE = r"""
+use lib '/usr/lib/os-autoinst';
+use Mojo::Base -strict, -signatures;
+use cv;
+cv::init();
+require tinycv;
+use bmwqemu;
+use consoles::VNC;
+my ($port, $depth, $out) = @ARGV;
+my $vnc = consoles::VNC->new(hostname => '127.0.0.1', port => $port, depth => $depth, description => 'xenvfb');
+$vnc->login;
+$vnc->send_update_request(0);
+my $deadline = time + 20;
+$vnc->update_framebuffer() until ($vnc->_framebuffer && $vnc->_last_update_received) || time > $deadline;
+$vnc->send_update_request(1);
+$vnc->update_framebuffer() for 1 .. 5;
+$vnc->_framebuffer->write($out) or die 'cannot write';
+"""
+
+
 def tinycv_scale(rgb, size, to, directory, name):
     """`rgb` (size) scaled to `to` by os-autoinst's tinycv, as RGB bytes."""
     from PIL import Image
@@ -897,6 +919,21 @@ async def openqa_generalhw(m):
     check(bad == 0, f"openQA screenshot {matched[1]['screenshot']} after the resize: {bad} pixels differ from the "
                     f"640x480 picture scaled by tinycv (max {worst})")
     observed(m, "os-autoinst generalhw")
+    # consoles::VNC at the other depths os-autoinst knows: 8 (colour map,
+    # BGR233: 3/3/2 bits) and 24 (the server's format: exact values).
+    for depth, bits in ((8, (3, 3, 2)), (24, 8)):
+        out = os.path.join(work, f"depth{depth}.png")
+        r = subprocess.run(["perl", "-e", OPENQA_VNC_CAPTURE, str(port), str(depth), out], capture_output=True,
+                           timeout=TIMEOUT)
+        check(r.returncode == 0, f"consoles::VNC depth {depth}: {r.stdout.decode()[-1500:]} {r.stderr.decode()[-1500:]}")
+        im = Image.open(out).convert("RGB")
+        check(im.size == (640, 480), f"consoles::VNC depth {depth}: {im.size}")
+        if depth == 24:
+            bad, worst = difference(im.tobytes(), now)
+            check(bad == 0, f"consoles::VNC depth 24: {bad} pixels differ (max {worst})")
+        else:
+            client_format_mapping(im.tobytes(), now, bits, f"consoles::VNC depth {depth}")
+    observed(m, "os-autoinst consoles::VNC depth 8, 16 (generalhw), 24")
 
 
 SCENARIOS = {f.__name__: f for f in (novnc_ws, novnc_wss, novnc_wss_without_ca, tigervnc, tigervnc_x509none,
