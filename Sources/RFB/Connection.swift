@@ -99,7 +99,8 @@ final class Connection {
         guard !closed else { return }
         closed = true
         closeReason = reason
-        tls = nil // sends close_notify if the socket takes it, before the socket closes
+        if case .running(let t)? = tls { t.finish() } // close_notify if the socket takes it, before it closes
+        tls = nil
         Glibc.close(fd)
     }
 

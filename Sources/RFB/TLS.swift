@@ -49,7 +49,7 @@ final class TLSSession {
         case failed(String)
     }
 
-    private let pointer: OpaquePointer
+    private var session: OpaquePointer?
     private(set) var handshakeDone = false
 
     /// `prefix`: bytes already read from the socket that belong to TLS.
@@ -57,14 +57,25 @@ final class TLSSession {
         var error = [CChar](repeating: 0, count: 512)
         let s = prefix.withUnsafeBytes { xenvfb_tls_session_new(credentials.pointer, fd, $0.baseAddress, $0.count, &error, error.count) }
         guard let s else { throw ProtocolError(TLSCredentials.text(error)) }
-        pointer = s
+        session = s
     }
 
-    deinit { xenvfb_tls_session_free(pointer) }
+    deinit { finish() }
+
+    /// Sends close_notify if the socket takes it now and frees GnuTLS's
+    /// session; call before the socket closes. Later calls fail (`.failed`).
+    func finish() {
+        guard let s = session else { return }
+        session = nil
+        xenvfb_tls_session_free(s)
+    }
+
+    private static let finished = Result.failed("the TLS session is closed")
 
     /// Advances the handshake: `.done(0)` once complete.
     func handshake() -> Result {
         guard !handshakeDone else { return .done(0) }
+        guard let pointer = session else { return Self.finished }
         var error = [CChar](repeating: 0, count: 512)
         switch xenvfb_tls_handshake(pointer, &error, error.count) {
         case 1:
@@ -77,6 +88,7 @@ final class TLSSession {
 
     /// Decrypted bytes into `buffer`; `.done(0)` at the end of the stream.
     func receive(into buffer: UnsafeMutableRawBufferPointer) -> Result {
+        guard let pointer = session else { return Self.finished }
         var error = [CChar](repeating: 0, count: 512)
         let n = xenvfb_tls_recv(pointer, buffer.baseAddress, buffer.count, &error, error.count)
         if n >= 0 { return .done(n) }
@@ -85,6 +97,7 @@ final class TLSSession {
 
     /// Sends (part of) `bytes`; after `.again`, call again with the same bytes.
     func send(_ bytes: UnsafeRawBufferPointer) -> Result {
+        guard let pointer = session else { return Self.finished }
         var error = [CChar](repeating: 0, count: 512)
         let n = xenvfb_tls_send(pointer, bytes.baseAddress, bytes.count, &error, error.count)
         if n >= 0 { return .done(n) }
@@ -92,13 +105,14 @@ final class TLSSession {
     }
 
     /// Decrypted bytes held inside GnuTLS (epoll will not report them).
-    var pending: Int { xenvfb_tls_pending(pointer) }
+    var pending: Int { session.map { xenvfb_tls_pending($0) } ?? 0 }
 
     /// Whether the last `.again` waits for the socket to be writable.
-    var wantsWrite: Bool { xenvfb_tls_wants_write(pointer) != 0 }
+    var wantsWrite: Bool { session.map { xenvfb_tls_wants_write($0) != 0 } ?? false }
 
     /// "TLS1.3 AES-256-GCM".
     var description: String {
+        guard let pointer = session else { return "closed" }
         var text = [CChar](repeating: 0, count: 128)
         xenvfb_tls_description(pointer, &text, text.count)
         return TLSCredentials.text(text)

@@ -920,20 +920,22 @@ async def openqa_generalhw(m):
                     f"640x480 picture scaled by tinycv (max {worst})")
     observed(m, "os-autoinst generalhw")
     # consoles::VNC at the other depths os-autoinst knows: 8 (colour map,
-    # BGR233: 3/3/2 bits) and 24 (the server's format: exact values).
-    for depth, bits in ((8, (3, 3, 2)), (24, 8)):
+    # BGR233: 3/3/2 bits), 15 (5-5-5), 24 (the server's format: exact values)
+    # and 32 (32 bpp saying depth 32: no ZRLE there, CPIXEL is defined only up
+    # to depth 24, so the server falls back to Raw).
+    for depth, bits in ((8, (3, 3, 2)), (15, 5), (24, 8), (32, 8)):
         out = os.path.join(work, f"depth{depth}.png")
         r = subprocess.run(["perl", "-e", OPENQA_VNC_CAPTURE, str(port), str(depth), out], capture_output=True,
                            timeout=TIMEOUT)
         check(r.returncode == 0, f"consoles::VNC depth {depth}: {r.stdout.decode()[-1500:]} {r.stderr.decode()[-1500:]}")
         im = Image.open(out).convert("RGB")
         check(im.size == (640, 480), f"consoles::VNC depth {depth}: {im.size}")
-        if depth == 24:
+        if bits == 8:
             bad, worst = difference(im.tobytes(), now)
-            check(bad == 0, f"consoles::VNC depth 24: {bad} pixels differ (max {worst})")
+            check(bad == 0, f"consoles::VNC depth {depth}: {bad} pixels differ (max {worst})")
         else:
             client_format_mapping(im.tobytes(), now, bits, f"consoles::VNC depth {depth}")
-    observed(m, "os-autoinst consoles::VNC depth 8, 16 (generalhw), 24")
+    observed(m, "os-autoinst consoles::VNC depth 8, 15, 16 (generalhw), 24, 32")
 
 
 SCENARIOS = {f.__name__: f for f in (novnc_ws, novnc_wss, novnc_wss_without_ca, tigervnc, tigervnc_x509none,
