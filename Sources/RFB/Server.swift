@@ -28,12 +28,14 @@ import Synchronization
 /// (encodings, clipboard, WebSocket frames and headers). See README.md.
 ///
 /// **Protocol**, as QEMU's VNC server speaks it: security None or VNC
-/// authentication; ServerInit 32 bpp depth 24 little-endian XRGB; any
+/// authentication, or with TLS VeNCrypt X509None/X509Vnc (GnuTLS, loaded
+/// only then; `Connection`); ServerInit 32 bpp depth 24 little-endian XRGB; any
 /// true-colour format of 8/16/32 bpp either endianness, or an 8/16/32-bit
 /// colour map (BGR233); Raw, RRE, CoRRE, Hextile, Zlib, lossless Tight, ZRLE
 /// and TRLE; DesktopSize, ExtendedDesktopSize (SetDesktopSize is refused),
-/// QEMU extended key events and pointer type (absolute). WebSocket (RFC 6455)
-/// on listeners of its own.
+/// QEMU extended key events and pointer type (absolute), each update
+/// answering one request. WebSocket (RFC 6455) on listeners of its own,
+/// wss:// with TLS.
 public final class RFBServer: Sendable {
     public let options: RFBServerOptions
     private let shared: Mutex<Shared>
