@@ -2,11 +2,13 @@
 //
 // Input: byte 0 picks what is fuzzed:
 //   0–199   an RFB session (the server's side of one connection): bit 0 of
-//           byte 0 says whether a valid 3.8/None handshake is prepended, bit 1
-//           whether VNC authentication is required. Then steps, each a byte:
-//           low 3 bits choose feed N client bytes (N from the next byte), let
-//           the client read everything, resize the frame, mark a rectangle
-//           dirty, or produce updates without the client reading.
+//           byte 0 says whether a valid 3.8 handshake is prepended, bit 1
+//           whether VNC authentication is required, bit 2 whether VeNCrypt
+//           is offered (the handshake then negotiates it up to TLS). Then
+//           steps, each a byte: low 3 bits choose feed N client bytes (N from
+//           the next byte), let the client read everything, resize the frame,
+//           mark a rectangle dirty, finish TLS (as the connection would once
+//           its handshake is done), or produce updates without the client reading.
 //   200–239 the WebSocket decoder (frames) then, from byte 1 on, the same
 //           bytes as an HTTP Upgrade request.
 //   240–255 the client-message parser: whole input, then byte by byte; both
@@ -45,14 +47,14 @@ nonisolated(unsafe) let sharedContexts: [SessionContext] = [false, true].map { p
                    emit: { _ in })
 }
 
-func fuzzSession(_ input: inout FuzzInput, handshake: Bool, password: Bool) {
+func fuzzSession(_ input: inout FuzzInput, handshake: Bool, password: Bool, vencrypt: Bool) {
     let frame = sharedFrame
     frame.width = 48
     frame.height = 40
     let context = sharedContexts[password ? 1 : 0]
     context.frameWidth = 48
     context.frameHeight = 40
-    let session = RFBSession(context: context)
+    let session = RFBSession(context: context, vencrypt: vencrypt)
     func read() {
         for _ in 0..<1000 {
             session.pump()
@@ -64,7 +66,11 @@ func fuzzSession(_ input: inout FuzzInput, handshake: Bool, password: Bool) {
     do {
         if handshake {
             read()
-            try session.receive(Array("RFB 003.008\n".utf8) + (password ? [] : [1, 1]))
+            if vencrypt {
+                try session.receive(Array("RFB 003.008\n".utf8) + [19, 0, 2, 0, 0, 1, password ? 5 : 4])
+            } else {
+                try session.receive(Array("RFB 003.008\n".utf8) + (password ? [] : [1, 1]))
+            }
         }
         var steps = 0
         while !input.isAtEnd && steps < 512 {
@@ -84,6 +90,9 @@ func fuzzSession(_ input: inout FuzzInput, handshake: Bool, password: Bool) {
             case 5:
                 session.markDirty(RFBRect(x: Int(Int8(bitPattern: input.u8())), y: Int(Int8(bitPattern: input.u8())),
                                           width: Int(input.u8()), height: Int(input.u8())))
+            case 6 where session.phase == .tlsHandshake:
+                require(session.takeTLSPrefix().count <= 1 << 16, "more than 64 KiB kept for TLS")
+                session.tlsEstablished()
             default:
                 session.pump()
             }
@@ -130,7 +139,7 @@ func fuzzOne(_ raw: UnsafeRawBufferPointer) {
     var input = FuzzInput(raw)
     let mode = input.u8()
     switch mode {
-    case 0..<200: fuzzSession(&input, handshake: mode & 1 != 0, password: mode & 2 != 0)
+    case 0..<200: fuzzSession(&input, handshake: mode & 1 != 0, password: mode & 2 != 0, vencrypt: mode & 4 != 0)
     case 200..<240: fuzzWebSocket(input.rest())
     default: fuzzParser(input.rest())
     }

@@ -19,6 +19,11 @@
 #define XENVFB_LIBRARY_SDL \
         "libSDL2-2.0.so.0", "libsdl2-2.0-0", "sdl", "recommended", \
         "the SDL window (-display sdl, --sdl; xl: sdl=1)"
+// GnuTLS: recommended, not required (libxl never asks for TLS); every Debian
+// system has it already (apt depends on it), so recommending it costs nothing.
+#define XENVFB_LIBRARY_GNUTLS \
+        "libgnutls.so.30", "libgnutls30", "tls", "recommended", \
+        "VNC over TLS (-vnc ...,tls-creds=ID with -object tls-creds-x509)"
 
 #include <stdint.h>
 

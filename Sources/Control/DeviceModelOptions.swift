@@ -82,6 +82,9 @@ public struct DeviceModelOptions: Equatable, Sendable {
     /// instead of Xen; xenstore is then whatever `XENSTORED_PATH` names. For
     /// tests of the device model without a hypervisor.
     public var simHost: String?
+    /// `-object tls-creds-x509,id=ID,...`: TLS credentials by id, for
+    /// `-vnc ...,tls-creds=ID`. Other `-object` types are skipped with a warning.
+    public var tlsCredentials: [String: TLSCredentialsObject] = [:]
     /// Options that were accepted but are ignored or not meaningful here,
     /// one readable sentence each, for the log.
     public var warnings: [String] = []
@@ -90,6 +93,28 @@ public struct DeviceModelOptions: Equatable, Sendable {
 
     /// SDL was asked for (`-display sdl`, `-sdl`, `--sdl`).
     public var sdl: Bool { displays.contains(.sdl) }
+}
+
+/// QEMU's `-object tls-creds-x509,id=ID,dir=DIR[,endpoint=server|client]
+/// [,verify-peer=on|off][,priority=PRIORITY][,sanity-check=on|off]`: X.509
+/// credentials read from DIR (ca-cert.pem, server-cert.pem, server-key.pem,
+/// optionally ca-crl.pem and dh-params.pem). As in QEMU, `endpoint` defaults
+/// to client (the VNC server needs server) and `verify-peer` to on.
+public struct TLSCredentialsObject: Equatable, Sendable {
+    public enum Endpoint: String, Equatable, Sendable { case server, client }
+    public var id: String
+    public var directory: String
+    public var endpoint: Endpoint
+    public var verifyPeer: Bool
+    public var priority: String?
+
+    public init(id: String, directory: String, endpoint: Endpoint = .client, verifyPeer: Bool = true, priority: String? = nil) {
+        self.id = id
+        self.directory = directory
+        self.endpoint = endpoint
+        self.verifyPeer = verifyPeer
+        self.priority = priority
+    }
 }
 
 /// A local display asked for on the command line.
@@ -196,7 +221,7 @@ private struct ArgumentParser {
     static let ignoredWithValue: Set<String> = [
         "device", "global", "serial", "parallel", "monitor", "vga", "smp", "cpu", "boot", "drive",
         "netdev", "net", "nic", "usbdevice", "trace", "D", "d", "L", "bios", "kernel", "initrd",
-        "append", "accel", "object", "pidfile", "rtc", "msg", "sandbox", "overcommit", "spice",
+        "append", "accel", "pidfile", "rtc", "msg", "sandbox", "overcommit", "spice",
         "audiodev", "soundhw", "fsdev", "virtfs", "mem-path", "numa", "icount",
         "watchdog-action", "action", "option-rom", "fw_cfg", "add-fd", "semihosting-config",
         "plugin", "readconfig", "loadvm", "compat", "uuid", "smbios", "acpitable", "xen-mode",
@@ -292,6 +317,8 @@ private struct ArgumentParser {
             options.vnc = v == "none" ? nil : v
         case "display":
             try display(try value(arg, inline: inline), option: arg)
+        case "object":
+            try object(try value(arg, inline: inline), option: arg)
         case "sdl":
             try flagOnly(&self)
             if !options.sdl { options.displays.append(.sdl) }
@@ -587,6 +614,50 @@ private struct ArgumentParser {
         default:
             throw OptionError(option, "unknown display '\(Self.printable(type))' (none, sdl or png:dir=DIR,...)")
         }
+    }
+
+    /// `-object TYPE,id=ID,...`: tls-creds-x509 is kept for `-vnc
+    /// ...,tls-creds=`; every other type is skipped with a warning, as before.
+    mutating func object(_ spec: String, option: String) throws(OptionError) {
+        let opts = try QemuOpts.parse(spec, impliedKey: "qom-type", option: option)
+        let type = opts.first(where: { $0.key == "qom-type" })?.value ?? ""
+        guard type == "tls-creds-x509" else {
+            warn("\(option) \(Self.printable(spec)): not used by xenvfb; ignored")
+            return
+        }
+        var id: String?, dir: String?, endpoint = TLSCredentialsObject.Endpoint.client, verifyPeer = true, priority: String?
+        for (key, v) in opts where key != "qom-type" {
+            switch key {
+            case "id":
+                guard let v, Self.isIdentifier(v) else { throw OptionError(option, "tls-creds-x509: invalid id '\(Self.printable(v ?? ""))'") }
+                id = v
+            case "dir":
+                guard let v, !v.isEmpty, !v.utf8.contains(0) else { throw OptionError(option, "tls-creds-x509: dir= needs a directory") }
+                dir = v
+            case "endpoint":
+                guard let v, let e = TLSCredentialsObject.Endpoint(rawValue: v) else {
+                    throw OptionError(option, "tls-creds-x509: endpoint must be server or client, not '\(Self.printable(v ?? ""))'")
+                }
+                endpoint = e
+            case "verify-peer":
+                verifyPeer = try Self.bool(v, key: key, option: option)
+            case "priority":
+                guard let v, !v.isEmpty, !v.utf8.contains(0) else { throw OptionError(option, "tls-creds-x509: priority= needs a GnuTLS priority string") }
+                priority = v
+            case "sanity-check":
+                _ = try Self.bool(v, key: key, option: option) // GnuTLS checks that the key matches the certificate
+            case "loaded":
+                _ = try Self.bool(v, key: key, option: option)
+            case "passwordid":
+                throw OptionError(option, "tls-creds-x509: passwordid= (an encrypted key) is not supported; give an unencrypted server-key.pem")
+            default:
+                throw OptionError(option, "tls-creds-x509: unknown property '\(Self.printable(key))' (id, dir, endpoint, verify-peer, priority, sanity-check)")
+            }
+        }
+        guard let id else { throw OptionError(option, "tls-creds-x509: needs id=ID") }
+        guard let dir else { throw OptionError(option, "tls-creds-x509: needs dir=DIR (with ca-cert.pem, server-cert.pem, server-key.pem)") }
+        guard options.tlsCredentials[id] == nil else { throw OptionError(option, "duplicate object id '\(id)'") }
+        options.tlsCredentials[id] = TLSCredentialsObject(id: id, directory: dir, endpoint: endpoint, verifyPeer: verifyPeer, priority: priority)
     }
 
     mutating func machine(_ spec: String, option: String) throws(OptionError) {

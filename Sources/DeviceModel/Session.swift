@@ -41,6 +41,8 @@ final class Session {
     /// The VNC servers of the other consoles, by console index.
     private(set) var consoleVNC: [Int: VNCDisplay] = [:]
     private var vncKeymap: Keymap?
+    /// Console 0's VNC TLS credentials (`tls-creds=`), for every console's server.
+    private var vncTLS: VNCTLSCredentials?
     private(set) var sdl: SDLDisplay?
     /// Console 0's PNG displays.
     private(set) var pngs: [PNGDisplay] = []
@@ -90,8 +92,12 @@ final class Session {
             let keymap: Keymap
             do { keymap = try Keymap(name: options.keymap ?? "en-us") } catch { throw DisplayError("-k: \(error)") }
             let desktop = options.name.map { "QEMU (\($0))" } ?? "QEMU"
-            let vnc = try VNCDisplay(options: VNCOptions(spec: spec), loop: loop, console: console, keymap: keymap, desktopName: desktop)
+            let vncOptions = try VNCOptions(spec: spec)
+            let tls = try Self.tlsCredentials(vncOptions.tlsCreds, options.tlsCredentials)
+            let vnc = try VNCDisplay(options: vncOptions, loop: loop, console: console, keymap: keymap, desktopName: desktop,
+                                     tlsCredentials: tls)
             self.vnc = vnc
+            vncTLS = tls
             vncKeymap = keymap
             console.add(vnc)
             vncProvider = VNCQMPProvider(vnc: vnc)
@@ -121,7 +127,9 @@ final class Session {
             if let vncOptions = Self.vncOptions(vnc.options, base: vnc.port.map { $0 - 5900 }, console: index) {
                 let desktop = (options.name.map { "QEMU (\($0))" } ?? "QEMU") + " console \(index)"
                 do throws(DisplayError) {
-                    let server = try VNCDisplay(options: vncOptions, loop: loop, console: console, keymap: keymap, desktopName: desktop)
+                    // The same credentials as console 0's server: never a plain one beside a TLS one.
+                    let server = try VNCDisplay(options: vncOptions, loop: loop, console: console, keymap: keymap, desktopName: desktop,
+                                                tlsCredentials: vncTLS)
                     consoleVNC[index] = server
                     console.add(server)
                     vncProvider?.add(server, id: "console\(index)")
@@ -163,6 +171,18 @@ final class Session {
             o.address = .unix(path: "\(path)-\(index)")
         }
         return o
+    }
+
+    /// What `-vnc ...,tls-creds=ID` names, checked as QEMU checks it.
+    static func tlsCredentials(_ id: String?, _ objects: [String: TLSCredentialsObject]) throws(DisplayError) -> VNCTLSCredentials? {
+        guard let id else { return nil }
+        guard let o = objects[id] else {
+            throw DisplayError("-vnc: tls-creds '\(id)' is not defined: add -object tls-creds-x509,id=\(id),dir=DIR,endpoint=server")
+        }
+        guard o.endpoint == .server else {
+            throw DisplayError("-vnc: tls-creds '\(id)' has endpoint=client; the VNC server needs endpoint=server")
+        }
+        return VNCTLSCredentials(directory: o.directory, verifyPeer: o.verifyPeer, priority: o.priority)
     }
 
     /// Starts the vfb, vkbd and vdispl backends for `domid`; input from

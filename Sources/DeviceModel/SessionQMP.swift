@@ -290,7 +290,8 @@ extension Session {
         ("name", [("guest", "string"), ("process", "string"), ("debug-threads", "boolean")]),
         ("machine", [("type", "string")]),
         ("vnc", [("to", "number"), ("password", "boolean"), ("ipv4", "boolean"), ("ipv6", "boolean"),
-                 ("connections", "number"), ("share", "string"), ("key-delay-ms", "number")]),
+                 ("connections", "number"), ("share", "string"), ("key-delay-ms", "number"), ("websocket", "string"),
+                 ("tls-creds", "string"), ("lossy", "boolean")]),
     ]
 
     static func describe(_ entry: (option: String, parameters: [(String, String)])) -> JSON {
@@ -334,20 +335,26 @@ final class VNCQMPProvider: QMPVNCProvider {
         let info = vnc.info
         guard info.enabled else { return ["enabled": false] }
         return ["enabled": true, "host": .string(info.host), "service": .string(info.service),
-                "family": .string(info.family), "auth": .string(info.auth), "clients": clients(info)]
+                "family": .string(info.family), "auth": .string(info.queryVNCAuth), "clients": clients(info)]
     }
 
+    /// As QEMU: with TLS the VNC listener's auth is `vencrypt` with its
+    /// subtype; the WebSocket listener (wss) reports the auth inside, none or vnc.
     func queryVNCServers() -> JSON {
         .array(servers.compactMap { id, server -> JSON? in
             let info = server.info
             guard info.enabled else { return nil }
-            var listeners: [JSON] = [["host": .string(info.host), "service": .string(info.service), "family": .string(info.family),
-                                      "websocket": false, "auth": .string(info.auth)]]
+            let subauth: [(String, JSON)] = info.vencrypt.map { [("vencrypt", .string($0))] } ?? []
+            let primaryAuth = JSON.string(info.vencrypt == nil ? info.auth : "vencrypt")
+            var listeners: [JSON] = [.object(JSONObject([("host", .string(info.host)), ("service", .string(info.service)),
+                                                         ("family", .string(info.family)), ("websocket", false),
+                                                         ("auth", primaryAuth)] + subauth))]
             if let ws = info.websocket {
                 listeners.append(["host": .string(ws.host), "service": .string(ws.service), "family": .string(ws.family),
                                   "websocket": true, "auth": .string(info.auth)])
             }
-            return ["id": .string(id), "auth": .string(info.auth), "server": .array(listeners), "clients": clients(info)]
+            return .object(JSONObject([("id", .string(id)), ("auth", primaryAuth)] + subauth
+                                      + [("server", .array(listeners)), ("clients", clients(info))]))
         })
     }
 

@@ -11,7 +11,8 @@ Device model options (the QEMU-style ones libxl passes work too):
   --domain NAME                the guest by name: wait for it, stop when it is gone
   --vdispl-only                serve only the guest's vdispl devices (no vfb, no libxl model)
   --name NAME                  the guest's name
-  --vnc DISPLAY|none           a VNC server, in QEMU's -vnc syntax (127.0.0.1:0)
+  --vnc DISPLAY|none           a VNC server, in QEMU's -vnc syntax (127.0.0.1:0[,websocket=on][,tls-creds=ID])
+  --object tls-creds-x509,id=ID,dir=DIR,endpoint=server    TLS for the VNC server (as QEMU)
   --sdl                        an SDL window
   --display png:dir=DIR,...    PNG capture (repeatable)
   --qmp unix:PATH              a QMP socket (also -chardev ... -mon ...,mode=control)

@@ -26,16 +26,25 @@ public struct VNCServerInfo: Equatable, Sendable {
     public var service: String
     /// `ipv4`, `ipv6` or `unix`.
     public var family: String
-    /// `none` or `vnc`.
+    /// The authentication inside the RFB stream: `none` or `vnc` (what the
+    /// WebSocket listener reports, as QEMU's, also over wss).
     public var auth: String
     public var clients: [VNCClientInfo]
     /// The WebSocket listener (`websocket=`), if any: host and port.
     public var websocket: (host: String, service: String, family: String)?
+    /// The VeNCrypt subtype of the VNC listener (`x509-none`, `x509-vnc`), nil without TLS.
+    public var vencrypt: String?
+
+    /// `query-vnc`'s `auth`: `none`, `vnc`, or `vencrypt+x509+none` / `vencrypt+x509+vnc` as QEMU names them.
+    public var queryVNCAuth: String {
+        guard let vencrypt else { return auth }
+        return "vencrypt+" + String(vencrypt.map { $0 == "-" ? "+" : $0 })
+    }
 
     public static func == (a: VNCServerInfo, b: VNCServerInfo) -> Bool {
         a.enabled == b.enabled && a.host == b.host && a.service == b.service && a.family == b.family && a.auth == b.auth
             && a.clients == b.clients && a.websocket?.host == b.websocket?.host && a.websocket?.service == b.websocket?.service
-            && a.websocket?.family == b.websocket?.family
+            && a.websocket?.family == b.websocket?.family && a.vencrypt == b.vencrypt
     }
 }
 
@@ -86,7 +95,9 @@ public final class VNCDisplay: Display {
     }
 
     /// Listens at once, so `info` has the port before the frame arrives.
-    public init(options: VNCOptions, loop: EventLoop, console: Console, keymap: Keymap, desktopName: String = "QEMU") throws(DisplayError) {
+    /// `tlsCredentials` is what `options.tlsCreds` names (required then).
+    public init(options: VNCOptions, loop: EventLoop, console: Console, keymap: Keymap, desktopName: String = "QEMU",
+                tlsCredentials: VNCTLSCredentials? = nil) throws(DisplayError) {
         self.options = options
         self.loop = loop
         self.console = console
@@ -98,6 +109,10 @@ public final class VNCDisplay: Display {
         rfb.maxConnections = options.maxConnections
         rfb.lossyAllowed = options.lossy
         rfb.desktopName = desktopName
+        if let id = options.tlsCreds {
+            guard let c = tlsCredentials else { throw DisplayError("vnc: tls-creds '\(id)' is not defined (-object tls-creds-x509,id=\(id),dir=DIR,endpoint=server)") }
+            rfb.tls = RFBTLSOptions(directory: c.directory, verifyPeer: c.verifyPeer, priority: c.priority)
+        }
         if let ws = options.webSocket, case .tcp(let host, let display, let last) = options.address {
             switch ws {
             case .displayOffset:
@@ -117,8 +132,10 @@ public final class VNCDisplay: Display {
         }
         let info = self.info
         log[metadataKey: "listen"] = "\(info.family == "ipv6" ? "[\(info.host)]" : info.host):\(info.service)"
-        var metadata: Logger.Metadata = ["auth": "\(info.auth)"]
-        if let ws = info.websocket { metadata["websocket"] = "\(ws.family == "ipv6" ? "[\(ws.host)]" : ws.host):\(ws.service)" }
+        var metadata: Logger.Metadata = ["auth": "\(info.queryVNCAuth)"]
+        if let ws = info.websocket {
+            metadata["websocket"] = "\(options.tlsCreds != nil ? "wss://" : "ws://")\(ws.family == "ipv6" ? "[\(ws.host)]" : ws.host):\(ws.service)"
+        }
         log.info("VNC server listening", metadata: metadata)
     }
 
@@ -202,7 +219,7 @@ public final class VNCDisplay: Display {
         return VNCServerInfo(enabled: true, host: i.listen.host, service: i.listen.service, family: i.listen.family,
                              auth: i.auth,
                              clients: i.clients.map(Self.clientInfo).sorted { ($0.host, $0.service) < ($1.host, $1.service) },
-                             websocket: i.websockets.first.map { ($0.host, $0.service, $0.family) })
+                             websocket: i.websockets.first.map { ($0.host, $0.service, $0.family) }, vencrypt: i.vencrypt)
     }
 
     /// The TCP port the server listens on (nil for unix or none).

@@ -1,7 +1,7 @@
 import Support
 /// The `-vnc` argument, as QEMU parses it and libxl writes it:
 ///
-///     -vnc [HOST]:DISPLAY[,to=LAST][,password=on][,ipv4=on|ipv6=on][,websocket=on|PORT][,lossy=on][,share=…]
+///     -vnc [HOST]:DISPLAY[,to=LAST][,password=on][,ipv4=on|ipv6=on][,websocket=on|PORT][,tls-creds=ID][,lossy=on][,share=…]
 ///     -vnc unix:PATH[,password=on]
 ///     -vnc none
 ///
@@ -15,6 +15,9 @@ import Support
 /// on port 5700+DISPLAY, `websocket=PORT` on PORT (QEMU's grammar; for noVNC
 /// and other browser clients); the VNC port never speaks WebSocket.
 /// `lossy=on` allows lossy encodings (the default is lossless, as QEMU's).
+/// `tls-creds=ID` names an `-object tls-creds-x509,id=ID,...` (endpoint=server):
+/// the VNC port then speaks VeNCrypt X.509 (X509None, or X509Vnc with
+/// `password=on`) and the WebSocket port wss:// (as QEMU).
 public struct VNCOptions: Equatable, Sendable {
     public enum Address: Equatable, Sendable {
         /// VNC is off (`-vnc none`): no socket is opened.
@@ -36,6 +39,8 @@ public struct VNCOptions: Equatable, Sendable {
     public var webSocket: WebSocketPort?
     /// `lossy=on`.
     public var lossy = false
+    /// `tls-creds=ID`: the id of the `-object tls-creds-x509` to use.
+    public var tlsCreds: String?
 
     /// Where the WebSocket listener goes.
     public enum WebSocketPort: Equatable, Sendable {
@@ -113,15 +118,39 @@ public struct VNCOptions: Equatable, Sendable {
                 } else {
                     webSocket = nil
                 }
+            case "tls-creds":
+                guard let value, !value.isEmpty else { throw DisplayError("\(context): tls-creds= needs the id of a -object tls-creds-x509") }
+                tlsCreds = value
+            case "tls", "x509", "x509verify":
+                // QEMU removed these in 2.x; tls-creds= replaced them.
+                throw DisplayError("\(context): \(key)= was removed from QEMU; use -object tls-creds-x509,id=ID,dir=DIR,endpoint=server and tls-creds=ID")
             case "non-adaptive", "lock-key-sync":
                 _ = try OptionList.bool(value, option: key, in: context)
             case "key-delay-ms":
                 keyDelayMilliseconds = try OptionList.integer(value, option: key, in: context, range: 0...10_000)
             default:
-                throw DisplayError("\(context): unsupported option '\(item)' (supported: to=, password=on, ipv4=on, ipv6=on, websocket=, lossy=, connections=, share=, key-delay-ms=)")
+                throw DisplayError("\(context): unsupported option '\(item)' (supported: to=, password=on, ipv4=on, ipv6=on, websocket=, tls-creds=, lossy=, connections=, share=, key-delay-ms=)")
             }
         }
         self.address = address
         if case .none = address, password { throw DisplayError("-vnc \(spec): password makes no sense with none") }
+    }
+}
+
+/// X.509 credentials for the VNC server's TLS: what `-object
+/// tls-creds-x509,dir=DIR,endpoint=server[,verify-peer=on|off][,priority=P]`
+/// gives (the command line resolves `tls-creds=ID` to it).
+public struct VNCTLSCredentials: Equatable, Sendable {
+    /// ca-cert.pem, server-cert.pem, server-key.pem [, ca-crl.pem, dh-params.pem].
+    public var directory: String
+    /// Clients must present a certificate signed by the CA (QEMU's default: on).
+    public var verifyPeer: Bool
+    /// A GnuTLS priority string (nil: NORMAL).
+    public var priority: String?
+
+    public init(directory: String, verifyPeer: Bool = true, priority: String? = nil) {
+        self.directory = directory
+        self.verifyPeer = verifyPeer
+        self.priority = priority
     }
 }

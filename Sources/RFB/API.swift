@@ -63,9 +63,20 @@ public struct RFBServerInfo: Equatable, Sendable {
     public var listeners: [RFBListenInfo]
     /// WebSocket listening sockets.
     public var websockets: [RFBListenInfo]
-    /// `none` or `vnc`.
+    /// The authentication inside the RFB stream: `none` or `vnc` (also over
+    /// VeNCrypt and wss, as QEMU's WebSocket listener reports it).
     public var auth: String
     public var clients: [RFBClientInfo]
+    /// The VeNCrypt subtype on the VNC listener (`x509-none`, `x509-vnc`), nil without TLS.
+    public var vencrypt: String?
+    /// The WebSocket listeners speak wss:// (TLS from the first byte).
+    public var webSocketTLS = false
+
+    /// QMP `query-vnc`'s `auth`: `none`, `vnc`, or QEMU's `vencrypt+x509+none` / `vencrypt+x509+vnc`.
+    public var queryVNCAuth: String {
+        guard let vencrypt else { return auth }
+        return "vencrypt+" + String(vencrypt.map { $0 == "-" ? "+" : $0 })
+    }
 }
 
 /// An address to listen on.
@@ -97,6 +108,10 @@ public struct RFBServerOptions: Sendable {
     public var lossyAllowed = false
     /// ServerInit's desktop name.
     public var desktopName = "QEMU"
+    /// TLS (QEMU's `tls-creds=`): VeNCrypt X.509 on the VNC listener (subtype
+    /// X509None, or X509Vnc with `passwordRequired`), wss:// on the WebSocket
+    /// listeners. GnuTLS is loaded (dlopen) only then.
+    public var tls: RFBTLSOptions?
     /// A client must finish the handshake (version, security, ClientInit)
     /// within this many seconds.
     public var handshakeTimeoutSeconds = 20

@@ -6,10 +6,13 @@ import CRFB
 /// One accepted socket: non-blocking reads into the session (through the
 /// WebSocket decoder on a WebSocket listener), writev of its queued output.
 ///
-/// The transport is where a later TLS layer (VeNCrypt, wss) goes: bytes read
-/// from the socket would pass through TLS before `process`, and `flush` would
-/// hand the queued chunks to TLS instead of `writev`. Nothing above this type
-/// needs to change for it.
+/// With TLS credentials the transport is TLS (GnuTLS, `TLSSession`): on a
+/// WebSocket listener from the first byte (wss://, as QEMU), on the VNC
+/// listener once the session has negotiated VeNCrypt (its plaintext ack is
+/// flushed first, then the handshake runs, then `RFBSession.tlsEstablished`).
+/// Bytes read go through TLS before `process`; `flush` hands queued chunks to
+/// TLS, in records of up to 16 KiB, instead of `writev`. Every step is
+/// non-blocking; the handshake counts against the handshake deadline.
 final class Connection {
     let fd: Int32
     let tag: UInt64
@@ -33,16 +36,30 @@ final class Connection {
     }
     private var webSocket: WebSocketPhase?
 
-    init(fd: Int32, tag: UInt64, info: RFBClientInfo, context: SessionContext, deadline: UInt64) {
+    private enum TLSPhase {
+        /// VeNCrypt negotiated: the plaintext ack is being flushed.
+        case starting([UInt8])
+        case running(TLSSession)
+    }
+    private let credentials: TLSCredentials?
+    private var tls: TLSPhase?
+    /// Bytes handed to TLS that it has not yet taken (they must be offered again as they are).
+    private var tlsStaged: [UInt8] = []
+    static let tlsRecord = 16384
+
+    init(fd: Int32, tag: UInt64, info: RFBClientInfo, context: SessionContext, deadline: UInt64,
+         credentials: TLSCredentials? = nil) {
         self.fd = fd
         self.tag = tag
         self.info = info
         self.context = context
         self.deadline = deadline
+        self.credentials = credentials
         if info.websocket {
             webSocket = .handshake(WebSocketHandshake())
+            if credentials != nil { tls = .starting([]) }
         } else {
-            session = RFBSession(context: context, out: out, client: tag)
+            session = RFBSession(context: context, out: out, client: tag, vencrypt: credentials != nil)
         }
     }
 
@@ -51,7 +68,17 @@ final class Connection {
 
     var wantsInput: Bool {
         guard !closed, !closeAfterFlush else { return false }
-        return session?.wantsInput ?? true
+        switch tls {
+        case .starting?: return false
+        case .running(let t)? where !t.handshakeDone: return true
+        default: return session?.wantsInput ?? true
+        }
+    }
+
+    /// Decrypted input is waiting inside TLS, where epoll cannot see it.
+    var hasBufferedInput: Bool {
+        guard case .running(let t)? = tls, t.handshakeDone else { return false }
+        return wantsInput && t.pending > 0
     }
 
     /// The epoll events this connection needs now.
@@ -60,8 +87,11 @@ final class Connection {
     /// epoll report it again and again.)
     var wantedEvents: UInt32 {
         var e: UInt32 = 0
+        if case .running(let t)? = tls, !t.handshakeDone {
+            return closed ? 0 : t.wantsWrite ? CRFB_EPOLLOUT : CRFB_EPOLLIN | CRFB_EPOLLRDHUP
+        }
         if wantsInput { e |= CRFB_EPOLLIN | CRFB_EPOLLRDHUP }
-        if !out.isEmpty { e |= CRFB_EPOLLOUT }
+        if !out.isEmpty || !tlsStaged.isEmpty { e |= CRFB_EPOLLOUT }
         return e
     }
 
@@ -69,11 +99,17 @@ final class Connection {
         guard !closed else { return }
         closed = true
         closeReason = reason
+        if case .running(let t)? = tls { t.finish() } // close_notify if the socket takes it, before it closes
+        tls = nil
         Glibc.close(fd)
     }
 
     /// Reads what the socket has (while the session wants input).
     func readable(buffer: UnsafeMutableRawBufferPointer) {
+        if case .running(let t)? = tls {
+            readTLS(t, buffer: buffer)
+            return
+        }
         var rounds = 0
         while wantsInput && rounds < 16 {
             rounds += 1
@@ -87,13 +123,76 @@ final class Connection {
                 if errno != EAGAIN && errno != EWOULDBLOCK { close("read: \(String(cString: strerror(errno)))") }
                 return
             }
-            do {
-                try process(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
-            } catch {
-                closeAfterFlush = true
-                closeReason = error.description
-            }
+            feed(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+            if tls != nil { return } // VeNCrypt negotiated: what follows is TLS
             if n < buffer.count { return }
+        }
+    }
+
+    private func feed(_ bytes: UnsafeRawBufferPointer) {
+        do {
+            try process(bytes)
+        } catch {
+            closeAfterFlush = true
+            closeReason = error.description
+        }
+        if tls == nil, let s = session, s.phase == .tlsHandshake {
+            tls = .starting(s.takeTLSPrefix())
+        }
+    }
+
+    private func readTLS(_ t: TLSSession, buffer: UnsafeMutableRawBufferPointer) {
+        guard advanceHandshake(t) else { return }
+        var rounds = 0
+        while wantsInput && rounds < 16 {
+            rounds += 1
+            switch t.receive(into: buffer) {
+            case .done(0):
+                close("the client closed the connection")
+                return
+            case .done(let n):
+                feed(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+            case .again:
+                return
+            case .failed(let why):
+                close(why)
+                return
+            }
+        }
+    }
+
+    /// Starts TLS once the plaintext before it is written; runs the
+    /// handshake. True when the handshake is complete.
+    private func advanceHandshake(_ running: TLSSession? = nil) -> Bool {
+        var t = running
+        if t == nil {
+            switch tls {
+            case nil: return true
+            case .running(let r)?: t = r
+            case .starting(let prefix)?:
+                guard out.isEmpty, let credentials else { return false }
+                do throws(ProtocolError) {
+                    let s = try TLSSession(credentials: credentials, fd: fd, prefix: prefix)
+                    tls = .running(s)
+                    t = s
+                } catch {
+                    close(error.description)
+                    return false
+                }
+            }
+        }
+        guard let t else { return false }
+        if t.handshakeDone { return true }
+        switch t.handshake() {
+        case .done:
+            context.log.info("VNC client TLS established: \(t.description)", metadata: ["client": "\(info.host):\(info.service)"])
+            session?.tlsEstablished()
+            return true
+        case .again:
+            return false
+        case .failed(let why):
+            close(why)
+            return false
         }
     }
 
@@ -140,6 +239,17 @@ final class Connection {
     /// Writes queued output until the socket is full; closes when done if asked.
     func flush() {
         guard !closed else { return }
+        if tls != nil {
+            if case .starting? = tls { flushPlain() }
+            guard !closed, advanceHandshake() else { return }
+            flushTLS()
+        } else {
+            flushPlain()
+        }
+        if closeAfterFlush && out.isEmpty && tlsStaged.isEmpty { close(closeReason) }
+    }
+
+    private func flushPlain() {
         while !out.isEmpty {
             let n = out.withPieces(max: 64) { pieces -> Int in
                 var iov = pieces.map { iovec(iov_base: UnsafeMutableRawPointer(mutating: $0.baseAddress), iov_len: $0.count) }
@@ -152,7 +262,33 @@ final class Connection {
             }
             out.consume(n)
         }
-        if closeAfterFlush { close(closeReason) }
+    }
+
+    /// Up to one record of the queue goes to TLS; what it does not take now
+    /// stays staged and is offered again as it is (GnuTLS requires that).
+    private func flushTLS() {
+        guard case .running(let t)? = tls else { return }
+        while !out.isEmpty || !tlsStaged.isEmpty {
+            if tlsStaged.isEmpty {
+                out.withPieces(max: 64) { pieces in
+                    for p in pieces {
+                        let room = Self.tlsRecord - tlsStaged.count
+                        if room <= 0 { break }
+                        tlsStaged += UnsafeRawBufferPointer(rebasing: p.prefix(room))
+                    }
+                }
+                out.consume(tlsStaged.count)
+            }
+            switch tlsStaged.withUnsafeBytes({ t.send($0) }) {
+            case .done(let n):
+                tlsStaged.removeFirst(min(n, tlsStaged.count))
+            case .again:
+                return
+            case .failed(let why):
+                close(why)
+                return
+            }
+        }
     }
 
     /// Lets the session plan and encode what it can and writes it, for a
@@ -170,7 +306,7 @@ final class Connection {
                 }
             }
             flush()
-            guard !closed, out.isEmpty, !closeAfterFlush else { return false }
+            guard !closed, out.isEmpty, tlsStaged.isEmpty, !closeAfterFlush else { return false }
             guard session?.isUpdating == true else {
                 out.trim()
                 return false

@@ -28,12 +28,14 @@ import Synchronization
 /// (encodings, clipboard, WebSocket frames and headers). See README.md.
 ///
 /// **Protocol**, as QEMU's VNC server speaks it: security None or VNC
-/// authentication; ServerInit 32 bpp depth 24 little-endian XRGB; any
+/// authentication, or with TLS VeNCrypt X509None/X509Vnc (GnuTLS, loaded
+/// only then; `Connection`); ServerInit 32 bpp depth 24 little-endian XRGB; any
 /// true-colour format of 8/16/32 bpp either endianness, or an 8/16/32-bit
 /// colour map (BGR233); Raw, RRE, CoRRE, Hextile, Zlib, lossless Tight, ZRLE
 /// and TRLE; DesktopSize, ExtendedDesktopSize (SetDesktopSize is refused),
-/// QEMU extended key events and pointer type (absolute). WebSocket (RFC 6455)
-/// on listeners of its own.
+/// QEMU extended key events and pointer type (absolute), each update
+/// answering one request. WebSocket (RFC 6455) on listeners of its own,
+/// wss:// with TLS.
 public final class RFBServer: Sendable {
     public let options: RFBServerOptions
     private let shared: Mutex<Shared>
@@ -57,6 +59,8 @@ public final class RFBServer: Sendable {
     public init(options: RFBServerOptions, source: any RFBFrameSource,
                 onEvent: @escaping @Sendable (RFBEvent) -> Void) throws(RFBError) {
         self.options = options
+        // TLS first: a missing library or a bad certificate fails before any socket opens.
+        let credentials = try options.tls.map { o throws(RFBError) in try TLSCredentials(o) }
         var listeners: [Listener] = []
         do throws(RFBError) {
             listeners += try Listener.open(options.address, webSocket: false)
@@ -80,13 +84,15 @@ public final class RFBServer: Sendable {
         self.wakeFD = wakeFD
         let vnc = listeners.filter { !$0.webSocket }.map(\.info)
         let info = RFBServerInfo(listen: vnc[0], listeners: vnc, websockets: listeners.filter(\.webSocket).map(\.info),
-                                 auth: options.passwordRequired ? "vnc" : "none", clients: [])
+                                 auth: options.passwordRequired ? "vnc" : "none", clients: [],
+                                 vencrypt: options.tls == nil ? nil : options.passwordRequired ? "x509-vnc" : "x509-none",
+                                 webSocketTLS: options.tls != nil)
         shared = Mutex(Shared(info: info))
         var log = Log.logger("vnc")
         let l = vnc[0]
         log[metadataKey: "listen"] = "\(l.family == "ipv6" ? "[\(l.host)]" : l.host)\(l.family == "unix" ? "" : ":\(l.service)")"
         core = ServerCore(options: options, listeners: listeners, epollFD: epollFD, wakeFD: wakeFD, log: log,
-                          source: source, onEvent: onEvent)
+                          source: source, credentials: credentials, onEvent: onEvent)
         thread = Mutex(nil)
         core.server = self
         for (i, l) in listeners.enumerated() {
@@ -107,8 +113,8 @@ public final class RFBServer: Sendable {
         }
         thread.withLock { $0 = t }
         let websockets = info.websockets.map { "\($0.host):\($0.service)" }.joined(separator: ",")
-        log.info("VNC server listening", metadata: ["auth": "\(info.auth)",
-                                                    "websocket": "\(websockets.isEmpty ? "off" : websockets)"])
+        log.info("VNC server listening", metadata: ["auth": "\(info.queryVNCAuth)",
+                                                    "websocket": "\(websockets.isEmpty ? "off" : websockets + (credentials != nil ? " (wss)" : ""))"])
     }
 
     deinit { close() }
@@ -248,6 +254,7 @@ private final class ServerCore: @unchecked Sendable {
     let log: Logger
     let context: SessionContext
     let onEvent: @Sendable (RFBEvent) -> Void
+    let credentials: TLSCredentials?
     weak var server: RFBServer?
     private var connections: [UInt64: Connection] = [:]
     private var nextTag: UInt64 = 1 << 32
@@ -258,8 +265,9 @@ private final class ServerCore: @unchecked Sendable {
     private let readBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 16384, alignment: 16)
 
     init(options: RFBServerOptions, listeners: [Listener], epollFD: Int32, wakeFD: Int32, log: Logger,
-         source: any RFBFrameSource, onEvent: @escaping @Sendable (RFBEvent) -> Void) {
+         source: any RFBFrameSource, credentials: TLSCredentials?, onEvent: @escaping @Sendable (RFBEvent) -> Void) {
         self.options = options
+        self.credentials = credentials
         self.listeners = listeners
         self.epollFD = epollFD
         self.wakeFD = wakeFD
@@ -339,6 +347,7 @@ private final class ServerCore: @unchecked Sendable {
         busy = false
         for (tag, c) in connections {
             if !c.closed && !c.isEstablished && now > c.deadline { c.timeOut() }
+            if c.hasBufferedInput { c.readable(buffer: readBuffer) }
             if c.service() { busy = true }
             if c.closed {
                 remove(tag, c)
@@ -406,7 +415,7 @@ private final class ServerCore: @unchecked Sendable {
             nextTag += 1
             let info = RFBClientInfo(host: host, service: service, family: family == "unix" ? "unix" : family, websocket: l.webSocket, id: tag)
             let deadline = Self.monotonicNanoseconds() + UInt64(max(options.handshakeTimeoutSeconds, 1)) * 1_000_000_000
-            let c = Connection(fd: fd, tag: tag, info: info, context: context, deadline: deadline)
+            let c = Connection(fd: fd, tag: tag, info: info, context: context, deadline: deadline, credentials: credentials)
             connections[tag] = c
             c.registered = c.wantedEvents
             _ = crfb_epoll_ctl(epollFD, 1, fd, c.registered, tag)

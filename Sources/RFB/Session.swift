@@ -81,10 +81,18 @@ final class SessionContext {
 ///
 /// Updates follow QEMU: a FramebufferUpdateRequest arms one update; an
 /// update is started only when one is armed and something in the client's
-/// area is dirty; a non-incremental request marks its area dirty. Protocol
-/// acknowledgements (extended key event, pointer type, ExtendedDesktopSize,
-/// desktop size changes, the colour map) are sent as messages of their own,
-/// between updates, as QEMU sends them. An update is encoded one batch of
+/// area is dirty; a non-incremental request marks its area dirty.
+///
+/// Every FramebufferUpdate answers one request, pseudo-rectangles included:
+/// the acknowledgements (extended key event, pointer type, ExtendedDesktopSize,
+/// desktop size changes) go first in the next update, or alone in one when
+/// nothing is dirty, as libvncserver and TigerVNC's server send them. QEMU
+/// sends them as extra, unrequested updates; a client that counts updates
+/// against its requests to know when a pixel format change takes effect
+/// (TigerVNC: the update after the one in progress when it asked) then
+/// decodes an update in the wrong format, which it does against a server
+/// that answers as fast as this one. SetColourMapEntries is a message of its
+/// own, before the next update. An update is encoded one batch of
 /// rectangles at a time, and only while `out` holds less than
 /// `outputThreshold`: a client that does not read stops costing anything but
 /// its dirty tiles.
@@ -95,7 +103,18 @@ final class RFBSession {
     /// A batch of rectangles goes out as one chunk of about this size.
     static let chunkTarget = 64 << 10
 
-    enum Phase: Equatable { case version, securityType, vncAuth, clientInit, normal, closing }
+    enum Phase: Equatable {
+        case version, securityType, vncAuth, clientInit, normal, closing
+        /// VeNCrypt: waiting for the client's version (2 bytes), then its subtype (4 bytes).
+        case vencryptVersion, vencryptSubtype
+        /// VeNCrypt: the ack is queued; the connection flushes it, then runs the
+        /// TLS handshake and calls `tlsEstablished`. Input meanwhile belongs to TLS.
+        case tlsHandshake
+    }
+
+    /// VeNCrypt subtypes (rfbproto, "VeNCrypt"): X.509 certificate, then no auth / VNC auth.
+    static let vencryptX509None: UInt32 = 260
+    static let vencryptX509VNC: UInt32 = 261
 
     let context: SessionContext
     let out: OutputQueue
@@ -106,6 +125,10 @@ final class RFBSession {
     private(set) var minor = 8
     private var challenge: [UInt8] = []
     private var parser = ClientMessageParser()
+    /// Security type 19 (VeNCrypt X.509) is offered instead of None/VNC.
+    let vencrypt: Bool
+    /// Bytes that arrived after the VeNCrypt subtype: the start of the TLS handshake.
+    private(set) var tlsPrefix: [UInt8] = []
 
     // Negotiated state.
     private(set) var format = RFBPixelFormat.xrgb8888
@@ -139,6 +162,9 @@ final class RFBSession {
 
     private struct UpdateJob {
         var rects: [RFBRect]
+        /// Pseudo-rectangles (headers and payload) that go first in the update.
+        var pseudo: (count: Int, bytes: [UInt8])
+        var headerWritten = false
         var next = 0
         let encoding: Int32
         let translator: PixelTranslator
@@ -150,9 +176,11 @@ final class RFBSession {
     /// The connection this session serves (`RFBClientInfo.id`), carried in its events.
     let client: UInt64
 
-    init(context: SessionContext, out: OutputQueue = OutputQueue(), client: UInt64 = 0) {
+    /// `vencrypt`: offer VeNCrypt (the connection provides the TLS).
+    init(context: SessionContext, out: OutputQueue = OutputQueue(), client: UInt64 = 0, vencrypt: Bool = false) {
         self.context = context
         self.client = client
+        self.vencrypt = vencrypt
         self.out = out
         let chunk = out.makeChunk()
         chunk.append(Array("RFB 003.008\n".utf8))
@@ -198,6 +226,20 @@ final class RFBSession {
             case .clientInit:
                 i += collect(bytes, from: i, need: 1)
                 if handshake.count == 1 { clientInit() }
+            case .vencryptVersion:
+                i += collect(bytes, from: i, need: 2)
+                if handshake.count == 2 { try vencryptVersion() }
+            case .vencryptSubtype:
+                i += collect(bytes, from: i, need: 4)
+                if handshake.count == 4 { try chooseSubtype() }
+            case .tlsHandshake:
+                // A client that did not wait for the ack: this is TLS already.
+                guard tlsPrefix.count + bytes.count - i <= 1 << 16 else {
+                    try fail("more than 64 KiB before the TLS handshake started")
+                    return
+                }
+                tlsPrefix += UnsafeRawBufferPointer(rebasing: bytes[i...])
+                return
             }
         }
     }
@@ -253,7 +295,13 @@ final class RFBSession {
             return
         }
         minor = minorVersion == 4 || minorVersion == 5 ? 3 : minorVersion
-        let type: UInt8 = context.passwordRequired ? 2 : 1
+        let type = offeredSecurityType
+        if minor == 3 && vencrypt {
+            // RFB 3.3 lets the server pick one type of 1 or 2 only (QEMU refuses too).
+            let text = Array("VeNCrypt (TLS) needs RFB 3.7 or later".utf8)
+            try fail("protocol version 3.3 cannot do VeNCrypt") { b in b.u32(0); b.u32(UInt32(text.count)); b.append(text) }
+            return
+        }
         if minor == 3 {
             send { $0.u32(UInt32(type)) }
             if type == 1 { phase = .clientInit } else { startVNCAuth() }
@@ -266,17 +314,67 @@ final class RFBSession {
     private func securityType() throws(ProtocolError) {
         let chosen = handshake[0]
         handshake.removeAll()
-        let offered: UInt8 = context.passwordRequired ? 2 : 1
+        let offered = offeredSecurityType
         guard chosen == offered else {
             try authFailed("client chose security type \(chosen), offered \(offered)")
             return
         }
-        if chosen == 1 {
+        if chosen == 19 {
+            send { $0.u8(0); $0.u8(2) } // VeNCrypt 0.2
+            phase = .vencryptVersion
+        } else if chosen == 1 {
             if minor >= 8 { send { $0.u32(0) } }
             phase = .clientInit
         } else {
             startVNCAuth()
         }
+    }
+
+    /// 19 VeNCrypt, 2 VNC authentication or 1 None.
+    private var offeredSecurityType: UInt8 { vencrypt ? 19 : context.passwordRequired ? 2 : 1 }
+
+    /// The VeNCrypt subtype offered: X509Vnc with a password, X509None without.
+    var vencryptSubtype: UInt32 { context.passwordRequired ? Self.vencryptX509VNC : Self.vencryptX509None }
+
+    private func vencryptVersion() throws(ProtocolError) {
+        let v = handshake
+        handshake.removeAll()
+        guard v == [0, 2] else {
+            try fail("unsupported VeNCrypt version \(v[0]).\(v[1]) (0.2 only)") { $0.u8(1) }
+            return
+        }
+        let subtype = vencryptSubtype
+        send { b in b.u8(0); b.u8(1); b.u32(subtype) }
+        phase = .vencryptSubtype
+    }
+
+    private func chooseSubtype() throws(ProtocolError) {
+        let chosen = UInt32(handshake[0]) << 24 | UInt32(handshake[1]) << 16 | UInt32(handshake[2]) << 8 | UInt32(handshake[3])
+        handshake.removeAll()
+        guard chosen == vencryptSubtype else {
+            try fail("client chose VeNCrypt subtype \(chosen), offered \(vencryptSubtype)") { $0.u8(0) }
+            return
+        }
+        send { $0.u8(1) }
+        phase = .tlsHandshake
+    }
+
+    /// The connection finished the TLS handshake: the subtype's authentication follows.
+    func tlsEstablished() {
+        guard phase == .tlsHandshake else { return }
+        tlsPrefix = []
+        if vencryptSubtype == Self.vencryptX509None {
+            send { $0.u32(0) } // SecurityResult OK, as QEMU sends for X509None
+            phase = .clientInit
+        } else {
+            startVNCAuth()
+        }
+    }
+
+    /// Takes the bytes that arrived after the subtype (they go to TLS first).
+    func takeTLSPrefix() -> [UInt8] {
+        defer { tlsPrefix = [] }
+        return tlsPrefix
     }
 
     private func startVNCAuth() {
@@ -391,7 +489,7 @@ final class RFBSession {
             && (clientWidth != context.frameWidth || clientHeight != context.frameHeight) {
             sizeChanged = true
         }
-        context.log.debug("client encodings \(list.map(String.init).joined(separator: ","))")
+        context.log.debug("client encodings \(list.map(Encoding.name).joined(separator: ","))")
     }
 
     // MARK: Frame changes (from the server)
@@ -419,41 +517,62 @@ final class RFBSession {
         guard phase == .normal else { return }
         while out.count < Self.outputThreshold {
             if job == nil {
-                flushOwedMessages()
+                sendColourMapIfOwed()
                 guard updateRequested else { return }
+                let pseudo = takeOwedPseudoRects()
                 let w = min(clientWidth, context.frameWidth)
                 let h = min(clientHeight, context.frameHeight)
-                guard dirty.hasDirty(within: w, h) else { return }
-                startUpdate(width: w, height: h)
+                guard pseudo.count > 0 || dirty.hasDirty(within: w, h) else { return }
+                startUpdate(width: w, height: h, pseudo: pseudo)
+                guard job != nil else { return }
             }
             encodeBatch()
         }
     }
 
-    private func flushOwedMessages() {
-        if owesColourMap {
-            owesColourMap = false
-            send { b in
-                b.u8(MessageType.setColourMapEntries)
-                b.u8(0)
-                b.u16(0)
-                b.u16(256)
-                // BGR233: index = b << 6 | g << 3 | r.
-                for i in 0..<256 {
-                    b.u16(UInt16((i & 7) * 65535 / 7))
-                    b.u16(UInt16(((i >> 3) & 7) * 65535 / 7))
-                    b.u16(UInt16(((i >> 6) & 3) * 65535 / 3))
-                }
+    private func sendColourMapIfOwed() {
+        guard owesColourMap else { return }
+        owesColourMap = false
+        send { b in
+            b.u8(MessageType.setColourMapEntries)
+            b.u8(0)
+            b.u16(0)
+            b.u16(256)
+            // BGR233: index = b << 6 | g << 3 | r.
+            for i in 0..<256 {
+                b.u16(UInt16((i & 7) * 65535 / 7))
+                b.u16(UInt16(((i >> 3) & 7) * 65535 / 7))
+                b.u16(UInt16(((i >> 6) & 3) * 65535 / 3))
             }
+        }
+    }
+
+    /// The pseudo-rectangles owed, for the front of the next update: a size
+    /// change (which also sets the client's size for the pixels after it),
+    /// then acknowledgements. At most 16 SetDesktopSize refusals per update.
+    private func takeOwedPseudoRects() -> (count: Int, bytes: [UInt8]) {
+        let b = ByteBuffer(capacity: 64)
+        var count = 0
+        func rect(x: Int, y: Int, width: Int, height: Int, encoding: Int32) {
+            b.rectHeader(x: x, y: y, width: width, height: height, encoding: encoding)
+            count += 1
+        }
+        func extendedDesktopSize(reason: Int, status: Int) {
+            rect(x: reason, y: status, width: clientWidth, height: clientHeight, encoding: Encoding.extendedDesktopSize)
+            b.u8(1); b.u8(0); b.u8(0); b.u8(0)          // one screen
+            b.u32(0)                                    // id
+            b.u16(0); b.u16(0)                          // x, y
+            b.u16(UInt16(clientWidth)); b.u16(UInt16(clientHeight))
+            b.u32(0)                                    // flags
         }
         if owesExtendedKeyAck {
             owesExtendedKeyAck = false
-            pseudoUpdate(x: 0, y: 0, width: context.frameWidth, height: context.frameHeight, encoding: Encoding.qemuExtendedKeyEvent)
+            rect(x: 0, y: 0, width: context.frameWidth, height: context.frameHeight, encoding: Encoding.qemuExtendedKeyEvent)
         }
         if owesPointerTypeAck {
             owesPointerTypeAck = false
             // x = 1: absolute (the vkbd pointer is absolute).
-            pseudoUpdate(x: 1, y: 0, width: context.frameWidth, height: context.frameHeight, encoding: Encoding.qemuPointerTypeChange)
+            rect(x: 1, y: 0, width: context.frameWidth, height: context.frameHeight, encoding: Encoding.qemuPointerTypeChange)
         }
         if sizeChanged {
             sizeChanged = false
@@ -463,7 +582,7 @@ final class RFBSession {
             if wantsExtendedDesktopSize {
                 extendedDesktopSize(reason: 0, status: 0)
             } else {
-                pseudoUpdate(x: 0, y: 0, width: clientWidth, height: clientHeight, encoding: Encoding.desktopSize)
+                rect(x: 0, y: 0, width: clientWidth, height: clientHeight, encoding: Encoding.desktopSize)
             }
             dirty.markAll()
         }
@@ -471,30 +590,13 @@ final class RFBSession {
             owesDesktopSizeState = false
             extendedDesktopSize(reason: 0, status: 0)
         }
-        while owesDesktopSizeReplies > 0 {
+        var replies = 0
+        while owesDesktopSizeReplies > 0 && replies < 16 {
             owesDesktopSizeReplies -= 1
+            replies += 1
             extendedDesktopSize(reason: 1, status: 1) // client request, administratively prohibited
-            if out.count >= Self.outputThreshold { break }
         }
-    }
-
-    private func pseudoUpdate(x: Int, y: Int, width: Int, height: Int, encoding: Int32) {
-        send { b in
-            b.updateHeader(rects: 1)
-            b.rectHeader(x: x, y: y, width: width, height: height, encoding: encoding)
-        }
-    }
-
-    private func extendedDesktopSize(reason: Int, status: Int) {
-        send { b in
-            b.updateHeader(rects: 1)
-            b.rectHeader(x: reason, y: status, width: clientWidth, height: clientHeight, encoding: Encoding.extendedDesktopSize)
-            b.u8(1); b.u8(0); b.u8(0); b.u8(0)          // one screen
-            b.u32(0)                                    // id
-            b.u16(0); b.u16(0)                          // x, y
-            b.u16(UInt16(clientWidth)); b.u16(UInt16(clientHeight))
-            b.u32(0)                                    // flags
-        }
+        return (count, Array(b.bytes))
     }
 
     /// The first encoding in the client's list that suits its pixel format.
@@ -509,9 +611,10 @@ final class RFBSession {
         return Encoding.raw
     }
 
-    private func startUpdate(width: Int, height: Int) {
+    private func startUpdate(width: Int, height: Int, pseudo: (count: Int, bytes: [UInt8])) {
         let encoding = chooseEncoding()
-        let areas = dirty.take(within: width, height, limit: 4096)
+        let maxPixelRects = Self.maxRects - pseudo.count
+        let areas = dirty.hasDirty(within: width, height) ? dirty.take(within: width, height, limit: 4096) : []
         var rects: [RFBRect] = []
         for a in areas {
             let maxWidth = encoding == Encoding.tight ? 2048 : encoding == Encoding.coRRE ? 255 : a.width
@@ -524,15 +627,18 @@ final class RFBSession {
                 while y < a.maxY {
                     let h = min(rows, a.maxY - y)
                     let r = RFBRect(x: x, y: y, width: w, height: h)
-                    if rects.count < Self.maxRects { rects.append(r) } else { dirty.mark(r) }
+                    if rects.count < maxPixelRects { rects.append(r) } else { dirty.mark(r) }
                     y += h
                 }
                 x += w
             }
         }
-        guard !rects.isEmpty else { return }
+        guard !rects.isEmpty || pseudo.count > 0 else { return }
         updateRequested = false
-        job = UpdateJob(rects: rects, encoding: encoding, translator: PixelTranslator(format),
+        if encoding != lastEncoding {
+            context.log.debug("client update encoding \(Encoding.name(encoding)) for \(format)")
+        }
+        job = UpdateJob(rects: rects, pseudo: pseudo, encoding: encoding, translator: PixelTranslator(format),
                         pixel: format.pixelLayout, cpixel: format.cpixelLayout ?? format.pixelLayout,
                         tpixel: format.tpixelLayout ?? format.pixelLayout)
         lastEncoding = encoding
@@ -541,10 +647,14 @@ final class RFBSession {
     private func encodeBatch() {
         guard var j = job else { return }
         let chunk = out.makeChunk(capacity: Self.chunkTarget)
-        if j.next == 0 { chunk.updateHeader(rects: j.rects.count) }
+        if !j.headerWritten {
+            chunk.updateHeader(rects: j.pseudo.count + j.rects.count)
+            chunk.append(j.pseudo.bytes)
+            j.headerWritten = true
+        }
         let e = context.encoders
         let level = compressLevel
-        repeat {
+        while j.next < j.rects.count {
             let r = j.rects[j.next]
             let v = UnsafePointer(context.readBand(r, j.translator))
             switch j.encoding {
@@ -572,7 +682,8 @@ final class RFBSession {
             }
             j.next += 1
             rectsSent += 1
-        } while j.next < j.rects.count && chunk.count < Self.chunkTarget && out.count + chunk.count < Self.outputThreshold
+            if chunk.count >= Self.chunkTarget || out.count + chunk.count >= Self.outputThreshold { break }
+        }
         out.enqueue(chunk)
         if j.next == j.rects.count {
             job = nil

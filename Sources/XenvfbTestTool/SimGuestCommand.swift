@@ -40,7 +40,10 @@ import XenProtocol
 /// - `vflip SEED`: (with `--vdispl`) draws `vdisplPattern(seed:)` into
 ///   connector 0's hidden buffer, flips to it, and once the flip-done event
 ///   came says `vflipped SEED`;
-/// - `vdump PATH`: writes connector 0's shown buffer as a PPM, then `vdumped PATH`.
+/// - `vdump PATH`: writes connector 0's shown buffer as a PPM, then `vdumped PATH`;
+/// - `resize W H`: changes mode as Linux's xenfb_set_par does (RESIZE, at
+///   most the initial size), repaints the whole screen with the start-up
+///   pattern and says `resized W H` (`error ...` without feature-resize).
 enum SimGuestCommand {
     /// What the timers of `animate`, `noise` and `storm` do.
     final class Activity {
@@ -114,13 +117,7 @@ enum SimGuestCommand {
                 announced = true
                 say("connected")
                 if !demo {
-                    _ = fb.withPixels { px in
-                        for y in 0..<fb.height {
-                            let row = (px.baseAddress! + y * fb.stride).assumingMemoryBound(to: UInt32.self)
-                            for x in 0..<fb.width { row[x] = pattern(x: x, y: y) }
-                        }
-                    }
-                    fb.update(Rect(x: 0, y: 0, width: fb.width, height: fb.height))
+                    paintPattern(fb)
                     say("drawn")
                 }
             }
@@ -159,6 +156,17 @@ enum SimGuestCommand {
             log.error("\(error)")
             return 1
         }
+    }
+
+    /// Paints the start-up pattern over the whole screen and reports it.
+    static func paintPattern(_ fb: FramebufferFrontend) {
+        _ = fb.withPixels { px in
+            for y in 0..<fb.height {
+                let row = (px.baseAddress! + y * fb.stride).assumingMemoryBound(to: UInt32.self)
+                for x in 0..<fb.width { row[x] = pattern(x: x, y: y) }
+            }
+        }
+        fb.update(Rect(x: 0, y: 0, width: fb.width, height: fb.height))
     }
 
     /// The pattern `draw SEED` paints.
@@ -319,6 +327,11 @@ enum SimGuestCommand {
             }
             if let p = pending { fb.update(p) }
             say("scribbled \(args[0])")
+        case ("resize", 2):
+            let size = words[1].split(separator: " ").compactMap { Int($0) }
+            guard size.count == 2, fb.resize(width: size[0], height: size[1]) else { return say("error \(line)") }
+            paintPattern(fb)
+            say("resized \(size[0]) \(size[1])")
         case ("dump", 2):
             let path = words[1]
             let ok = writePPM(path, width: fb.width, height: fb.height) { x, y in fb.pixel(x: x, y: y) ?? 0 }

@@ -184,6 +184,37 @@ let libxlVNCArgv = """
         }
     }
 
+    @Test func tlsCredsX509ObjectsAreKeptWithQEMUsDefaultsAndOtherObjectsWarned() throws {
+        let o = try DeviceModelOptions.parse([
+            "-xen-domid", "1", "-object", "tls-creds-x509,id=tls0,dir=/etc/pki/qemu,endpoint=server",
+            "--object", "tls-creds-x509,id=c,dir=/d,verify-peer=off,priority=NORMAL:-VERS-TLS1.0,sanity-check=on",
+            "-object", "memory-backend-ram,id=mem,size=1G", "-vnc", "127.0.0.1:0,tls-creds=tls0",
+        ])
+        #expect(o.tlsCredentials["tls0"] == TLSCredentialsObject(id: "tls0", directory: "/etc/pki/qemu", endpoint: .server))
+        #expect(o.tlsCredentials["tls0"]?.verifyPeer == true, "QEMU verifies the peer unless told not to")
+        #expect(o.tlsCredentials["c"] == TLSCredentialsObject(id: "c", directory: "/d", endpoint: .client, verifyPeer: false,
+                                                              priority: "NORMAL:-VERS-TLS1.0"))
+        #expect(o.tlsCredentials.count == 2)
+        #expect(o.warnings.contains { $0.contains("memory-backend-ram") }, "\(o.warnings)")
+        let bad: [([String], String)] = [
+            (["-object", "tls-creds-x509,dir=/d"], "needs id="),
+            (["-object", "tls-creds-x509,id=t"], "needs dir="),
+            (["-object", "tls-creds-x509,id=t,dir=/d,endpoint=both"], "endpoint must be server or client"),
+            (["-object", "tls-creds-x509,id=t,dir=/d,passwordid=sec0"], "passwordid"),
+            (["-object", "tls-creds-x509,id=t,dir=/d,colour=red"], "unknown property 'colour'"),
+            (["-object", "tls-creds-x509,id=t,dir=/d", "-object", "tls-creds-x509,id=t,dir=/e"], "duplicate object id 't'"),
+            (["-object", "tls-creds-x509,id=1t,dir=/d"], "invalid id"),
+        ]
+        for (args, words) in bad {
+            do {
+                _ = try DeviceModelOptions.parse(["-xen-domid", "1"] + args)
+                Issue.record("\(args) was accepted")
+            } catch {
+                #expect(error.option == "-object" && error.message.contains(words), "\(args): \(error)")
+            }
+        }
+    }
+
     @Test func incomingWithPausedStartMeansRestore() throws {
         let o = try DeviceModelOptions.parse(["-xen-domid", "4", "-S", "-incoming", "fd:12"])
         #expect(o.startPaused)

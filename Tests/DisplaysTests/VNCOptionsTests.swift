@@ -33,6 +33,21 @@ import Console
         #expect(try VNCOptions(spec: "127.0.0.1:3,lossy=on").lossy)
     }
 
+    @Test func tlsCredsNamesTheObjectAndQEMUsRemovedTLSOptionsAreRefused() throws {
+        #expect(try VNCOptions(spec: "127.0.0.1:3,tls-creds=tls0").tlsCreds == "tls0")
+        #expect(try VNCOptions(spec: "unix:/tmp/s,tls-creds=t,password=on").tlsCreds == "t")
+        #expect(try VNCOptions(spec: "127.0.0.1:3").tlsCreds == nil)
+        for (spec, words) in [("127.0.0.1:3,tls-creds=", "needs the id"), ("127.0.0.1:3,tls=on", "tls-creds=ID"),
+                              ("127.0.0.1:3,x509=/etc/pki", "-object tls-creds-x509")] {
+            do {
+                _ = try VNCOptions(spec: spec)
+                Issue.record("\(spec) was accepted")
+            } catch {
+                #expect(error.description.contains(words), "\(spec): \(error)")
+            }
+        }
+    }
+
     @Test func badSpecsAreRejectedWithAReason() {
         let cases: [(String, String)] = [
             ("", "expected HOST:DISPLAY"),
@@ -50,7 +65,7 @@ import Console
             ("127.0.0.1:0,websocket=70000", "websocket=70000 is not on or off"),
             ("unix:/tmp/s,websocket=on", "websocket needs a TCP address"),
             ("127.0.0.1:0,lossy=perhaps", "lossy=perhaps is not on or off"),
-            ("127.0.0.1:0,tls=on", "unsupported option 'tls=on'"),
+            ("127.0.0.1:0,tls=on", "tls= was removed from QEMU"),
             ("127.0.0.1:0,share=mine", "share=mine"),
             ("none,password=on", "password makes no sense"),
         ]

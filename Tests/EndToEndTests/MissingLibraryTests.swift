@@ -20,6 +20,8 @@ import Testing
 
     @Test(arguments: [
         Case(display: ["-display", "sdl"], soname: "libSDL2-2.0.so.0", package: "libsdl2-2.0-0", option: "-display sdl"),
+        Case(display: ["-object", "tls-creds-x509,id=tls0,dir=/nonexistent,endpoint=server", "-vnc", "127.0.0.1:0,tls-creds=tls0"],
+             soname: "libgnutls.so.30", package: "libgnutls30", option: "-vnc ...,tls-creds=ID"),
     ])
     func deviceModelWithoutItsDisplayLibraryExitsBeforeLibxlSeesItRunning(_ c: Case) throws {
         let domid: UInt32 = 9

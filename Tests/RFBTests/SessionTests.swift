@@ -129,29 +129,73 @@ import Testing
         #expect(!h.session.isUpdating)
     }
 
-    @Test func pseudoEncodingsAreAcknowledgedAsQEMUDoes() throws {
+    @Test func pseudoEncodingsAreAcknowledgedInTheNextRequestedUpdate() throws {
         let h = SessionHarness(frame: FakeFrame(width: 50, height: 40))
         try h.handshake()
         try h.send(setEncodings([0, -258, -257, -308]))
-        let ack1 = try #require(h.nextMessage())
-        #expect(ack1.rects.count == 1 && ack1.rects[0].encoding == -258 && ack1.rects[0].w == 50)
-        let ack2 = try #require(h.nextMessage())
-        #expect(ack2.rects.count == 1 && ack2.rects[0].encoding == -257 && ack2.rects[0].x == 1)
+        #expect(h.pending.isEmpty, "nothing is sent before a request")
+        // The acknowledgements go first in the update that answers the next request.
+        try h.send(updateRequest(incremental: true, 0, 0, 1, 1))
+        let first = try #require(h.nextMessage())
+        #expect(first.rects.prefix(2).map(\.encoding) == [-258, -257])
+        #expect(first.rects[0].w == 50 && first.rects[1].x == 1, "extended key event for the frame; pointer absolute")
+        #expect(first.rects.dropFirst(2).allSatisfy { $0.encoding == 0 }, "then the pixels (all dirty after ServerInit)")
         #expect(h.pending.isEmpty)
-        // SetDesktopSize is refused: x = 1 (this client asked), y = 1 (prohibited).
+        // Alone when nothing is dirty.
+        try h.send(setEncodings([0, -258, -308]) + updateRequest(incremental: true))
+        let alone = try #require(h.nextMessage())
+        #expect(alone.rects.map(\.encoding) == [-258])
+        #expect(h.pending.isEmpty)
+        // SetDesktopSize is refused, in the next update: x = 1 (this client asked), y = 1 (prohibited).
         try h.send([251, 0, 0, 100, 0, 100, 1, 0] + [UInt8](repeating: 0, count: 16))
+        #expect(h.pending.isEmpty)
+        try h.send(updateRequest(incremental: true))
         let refusal = try #require(h.nextMessage())
         #expect(refusal.rects.count == 1 && refusal.rects[0].encoding == -308)
         #expect((refusal.rects[0].x, refusal.rects[0].y, refusal.rects[0].w, refusal.rects[0].h) == (1, 1, 50, 40))
-        // A non-incremental request gets the current layout first, then pixels.
+        // A non-incremental request gets the current layout and the pixels in one update.
         try h.send(updateRequest(incremental: false))
-        let layout = try #require(h.nextMessage())
-        #expect(layout.rects.count == 1 && layout.rects[0].encoding == -308 && layout.rects[0].x == 0)
-        let pixels = try #require(h.nextMessage())
-        #expect(pixels.rects.allSatisfy { $0.encoding == 0 })
+        let update = try #require(h.nextMessage())
+        #expect(update.rects.first?.encoding == -308 && update.rects.first?.x == 0)
+        #expect(update.rects.dropFirst().allSatisfy { $0.encoding == 0 })
+        #expect(update.rects.dropFirst().reduce(0) { $0 + $1.w * $1.h } == 50 * 40)
+        #expect(h.pending.isEmpty)
     }
 
-    @Test func aResizeIsAnnouncedBeforePixelsToClientsThatFollowAndClippedForOthers() throws {
+    /// TigerVNC asks for the next update as one starts, and switches to a new
+    /// pixel format after the update that follows its SetPixelFormat: the
+    /// server must answer each request with exactly one update, or the client
+    /// decodes pixels in the wrong format (found with -FullColor=0).
+    @Test func everyUpdateAnswersOneRequestSoAPixelFormatChangeLandsWhereTheClientExpects() throws {
+        let frame = FakeFrame(width: 40, height: 30)
+        let h = SessionHarness(frame: frame)
+        try h.handshake()
+        let bgr111: [UInt8] = [0, 0, 0, 0, 8, 3, 0, 1, 0, 1, 0, 1, 0, 1, 2, 1, 0, 0, 0, 0]
+        try h.send(bgr111 + setEncodings([0, -258, -257, -308, -223]) + updateRequest(incremental: false))
+        var requests = 1, updates = 0
+        // The client's pipeline: at the start of each update it reads, it asks for the next one.
+        for _ in 0..<6 {
+            guard let m = h.nextMessage(bytesPerPixel: updates == 0 ? 1 : 4) else { break }
+            #expect(m.type == 0)
+            updates += 1
+            if updates == 1 {
+                // After the first update the client chooses full colour: SetPixelFormat with its next request.
+                try h.send([0, 0, 0, 0, 32, 24, 0, 1, 0, 255, 0, 255, 0, 255, 16, 8, 0, 0, 0, 0] + updateRequest(incremental: true))
+            } else {
+                try h.send(updateRequest(incremental: true))
+            }
+            requests += 1
+            #expect(updates <= requests - 1 + 1)
+            if updates == 2 {
+                // The update answering the request sent with SetPixelFormat: the whole frame in the new format.
+                #expect(m.rects.filter { $0.encoding == 0 }.reduce(0) { $0 + $1.w * $1.h } == 40 * 30)
+                #expect(m.rects.filter { $0.encoding == 0 }.allSatisfy { $0.data.count == $0.w * $0.h * 4 })
+            }
+        }
+        #expect(updates == 2, "one update per request: the first (old format), the second (new format), then nothing dirty")
+    }
+
+    @Test func aResizeIsAnnouncedWithTheNextUpdatesPixelsToClientsThatFollowAndClippedForOthers() throws {
         let frame = FakeFrame(width: 64, height: 48)
         let follows = SessionHarness(frame: frame)
         try follows.handshake()
@@ -169,12 +213,11 @@ import Testing
             h.session.frameResized()
         }
         follows.drain()
-        let size = try #require(follows.nextMessage())
-        #expect(size.rects.count == 1 && size.rects[0].encoding == -223 && size.rects[0].w == 100 && size.rects[0].h == 30)
-        #expect(follows.pending.isEmpty) // pixels wait for a request
+        #expect(follows.pending.isEmpty) // the size waits for a request, and goes with the pixels
         try follows.send(updateRequest(incremental: true))
-        let pixels = try #require(follows.nextMessage())
-        #expect(pixels.rects.reduce(0) { $0 + $1.w * $1.h } == 100 * 30)
+        let update = try #require(follows.nextMessage())
+        #expect(update.rects.first?.encoding == -223 && update.rects.first?.w == 100 && update.rects.first?.h == 30)
+        #expect(update.rects.dropFirst().reduce(0) { $0 + $1.w * $1.h } == 100 * 30)
 
         try stays.send(updateRequest(incremental: true))
         let clipped = try #require(stays.nextMessage())

@@ -49,7 +49,7 @@ final class SessionHarness {
         set { received = newValue; readOffset = 0 }
     }
 
-    init(frame: FakeFrame, passwordRequired: Bool = false) {
+    init(frame: FakeFrame, passwordRequired: Bool = false, vencrypt: Bool = false) {
         self.frame = frame
         var me: SessionHarness?
         context = SessionContext(source: frame, desktopName: "test", passwordRequired: passwordRequired,
@@ -59,7 +59,7 @@ final class SessionHarness {
                                      return vncAuthResponse(challenge: c, password: p) == r ? .ok : .wrongPassword
                                  },
                                  emit: { e in me?.events.append(e) })
-        session = RFBSession(context: context)
+        session = RFBSession(context: context, vencrypt: vencrypt)
         me = self
         drain()
     }

@@ -1,6 +1,7 @@
 #pragma once
-// C helpers for the displays: libraries loaded with dlopen (libraries.h),
-// today libSDL2 for the SDL window (sdl.c).
+// C helpers for the displays: libraries loaded with dlopen (libraries.h):
+// libSDL2 for the SDL window (sdl.c), GnuTLS for VNC over TLS (tls.c,
+// xenvfb_tls.h).
 #include <stddef.h>
 
 /// A library xenvfb loads with dlopen: one row of the table in libraries.h.
