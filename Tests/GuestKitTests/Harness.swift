@@ -8,6 +8,7 @@ import Displays
 import EventLoop
 import GuestKit
 import Host
+import TestSupport
 import Testing
 import XenBus
 import XenProtocol
