@@ -72,7 +72,7 @@ if Context.environment["XENVFB_FUZZ"] == "1" {
         ("FuzzVfbRing", ["Devices", "Displays", "Host"]),
         ("FuzzVkbdRing", ["Devices", "Displays", "Host"]),
         ("FuzzGeometry", ["Devices"]),
-        ("FuzzXenstored", ["XenStore", "EventLoop", "CShims"]),
+        ("FuzzXenstored", ["XenStore", "EventLoop", "CShims", "Support"]),
         ("FuzzJSON", ["Control"]),
         ("FuzzQMPStream", ["Control"]),
         ("FuzzArgv", ["Control", "Displays"]),

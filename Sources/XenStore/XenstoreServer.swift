@@ -792,6 +792,46 @@ public final class XenstoreServer: @unchecked Sendable {
         fire(txn.events.events)
     }
 
+    /// What is inconsistent in the server's bookkeeping (empty: nothing):
+    /// the tree (every child exists, every node is its parent's child), the
+    /// per-owner node counts and bytes, and the per-domain transaction counts
+    /// and bytes against the open transactions. For tests and the fuzzer;
+    /// call it on the loop's thread.
+    func consistencyProblems() -> [String] {
+        var problems: [String] = []
+        var owned: [UInt32: Int] = [:], bytes: [UInt32: Int] = [:]
+        for (path, node) in store.nodes {
+            if let owner = node.perms.first?.domid {
+                owned[owner, default: 0] += 1
+                bytes[owner, default: 0] += xsNodeBytes(path, node)
+            }
+            for child in node.children where store.nodes[XSPath.join(path, child)] == nil {
+                problems.append("\(path) lists a missing child \(child)")
+            }
+            if path != "/", store.nodes[XSPath.parent(path)]?.children.contains(XSPath.basename(path)) != true {
+                problems.append("\(path) is not listed by its parent")
+            }
+        }
+        for (domid, n) in store.owned where n != owned[domid, default: 0] {
+            problems.append("domain \(domid) is counted as owning \(n) nodes, owns \(owned[domid, default: 0])")
+        }
+        for (domid, n) in store.ownedBytes where n != bytes[domid, default: 0] {
+            problems.append("domain \(domid) is counted as owning \(n) bytes, owns \(bytes[domid, default: 0])")
+        }
+        var open: [UInt32: Int] = [:], held: [UInt32: Int] = [:]
+        for conn in connections.values where conn.domid != 0 {
+            open[conn.domid, default: 0] += conn.transactions.count
+            for t in conn.transactions.values { held[conn.domid, default: 0] += t.db.transaction?.bytes ?? 0 }
+        }
+        for (domid, n) in domainTransactions where n != open[domid, default: 0] {
+            problems.append("domain \(domid) is counted as having \(n) transactions open, has \(open[domid, default: 0])")
+        }
+        for (domid, n) in store.transactionBytes where n != held[domid, default: 0] {
+            problems.append("domain \(domid)'s transactions are counted as \(n) bytes, hold \(held[domid, default: 0])")
+        }
+        return problems
+    }
+
     // MARK: Domains
 
     private func introduce(_ domid: UInt32) {
