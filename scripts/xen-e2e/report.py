@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-CHECKS = ["create", "dm-spawned", "connected", "guest-fb", "vnc", "screenshot", "input", "guest-fb-2", "update", "png-display", "vnc-capture", "vnc-input", "destroy", "harness"]
+CHECKS = ["refused", "says-why", "cleaned-up", "create", "dm-spawned", "connected", "guest-fb", "vnc", "screenshot", "input", "guest-fb-2", "update", "png-display", "vnc-capture", "vnc-input", "destroy", "harness"]
 
 
 def main():
@@ -22,7 +22,7 @@ def main():
     if not results:
         print("xen-e2e: dom0 ran no test")
         return 1
-    header = ["", *["%s %s" % (r["dm"], "vnc" if r["variant"] == "vnc1" else "headless") for r in results]]
+    header = ["", *["%s %s" % (r["dm"], {"vnc1": "vnc", "restrict": "dm_restrict"}.get(r["variant"], "headless")) for r in results]]
     rows = []
     for check in CHECKS:
         if any(check in r["checks"] for r in results):

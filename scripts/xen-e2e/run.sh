@@ -135,7 +135,7 @@ if [ "$dm" != xenvfb ]; then
 fi
 if [ "$dm" != qemu ]; then
   install -m 0755 "$xenvfb_bin" "$build/job/xenvfb"
-  runs+=("xenvfb vnc0" "xenvfb vnc1")
+  runs+=("xenvfb vnc0" "xenvfb vnc1" "xenvfb restrict")
 fi
 # dom0's test gets what is left of VM_LIMIT after a slow boot (~150 s); it
 # skips runs it has no time left for rather than be cut off mid-run.
