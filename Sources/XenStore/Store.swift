@@ -330,7 +330,9 @@ struct XSOperations {
 
     /// construct_node + create_node: creates `path` and any missing parents.
     /// New nodes inherit their parent's permissions; an unprivileged caller
-    /// becomes their owner.
+    /// becomes their owner. As in xenstored, every node is built and checked
+    /// (node quota, size, memory) before any is stored: a refused request
+    /// leaves nothing behind.
     private func create(_ db: inout XSDatabase, _ path: String, value: [UInt8]) throws(XSError) -> XSNode {
         var missing: [String] = [path]
         var parentName = XSPath.parent(path)
@@ -340,23 +342,33 @@ struct XSOperations {
             missing.append(parentName)
             parentName = XSPath.parent(parentName)
         }
-        var created = XSNode(perms: [])
-        for name in missing.reversed() {
-            if !caller.privileged && db.owned(caller.domid) >= maxEntriesPerDomain { throw .ENOSPC }
-            let oldParent = parent
-            parent.children.append(XSPath.basename(name))
-            try checkSize(parent)
-            try put(&db, parentName, parent, old: oldParent)
-            var node = XSNode(perms: parent.perms)
+        missing.reverse()   // outermost first
+        // xenstored 4.17: the domain may own at most the quota once all are made.
+        if !caller.privileged && db.owned(caller.domid) + missing.count > maxEntriesPerDomain { throw .ENOSPC }
+        var changes: [(path: String, node: XSNode, old: XSNode?)] = []
+        var top = parent
+        top.children.append(XSPath.basename(missing[0]))
+        try checkSize(top)
+        changes.append((parentName, top, parent))
+        var perms = parent.perms
+        for (i, name) in missing.enumerated() {
+            var node = XSNode(perms: perms)
             if !caller.privileged, !node.perms.isEmpty { node.perms[0].domid = caller.domid }
-            if name == path { node.value = value }
+            if i + 1 < missing.count {
+                node.children = [XSPath.basename(missing[i + 1])]
+            } else {
+                node.value = value
+            }
             try checkSize(node)
-            try put(&db, name, node, old: nil)
-            created = node
-            parent = node
-            parentName = name
+            changes.append((name, node, nil))
+            perms = node.perms
         }
-        return created
+        if !caller.privileged, db.transaction == nil {
+            let grows = changes.reduce(0) { $0 + xsNodeBytes($1.path, $1.node) - ($1.old.map { xsNodeBytes(parentName, $0) } ?? 0) }
+            if db.memory(caller.domid) + grows > maxMemoryPerDomain { throw .EIO }
+        }
+        for c in changes { try db.put(c.path, c.node) }
+        return changes[changes.count - 1].node
     }
 
     private func parentPerms(_ db: inout XSDatabase, _ path: String) throws(XSError) -> [XSPermission]? {

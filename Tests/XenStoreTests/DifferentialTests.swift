@@ -466,6 +466,12 @@ import Testing
         s.append(step(G, .transactionEnd, ["T"], tx: .slot(9)))
         s.append(step(G, .rm, ["q"]))
         for i in 0..<7 { s.append(step(G, .rm, ["z\(i)"])) }
+        // A write that makes many nodes: all of them count, before any is made.
+        s.append(step(G, .write, [Array(repeating: "p", count: 14).joined(separator: "/")], value: [1]))
+        s.append(step(G, .directory, ["/local/domain/5"]))
+        s.append(step(G, .write, [Array(repeating: "p", count: 13).joined(separator: "/")], value: [1]))
+        s.append(step(G, .write, ["one-more"], value: [1]))
+        s.append(step(G, .rm, ["p"]))
         // Dom0 is held to none of them.
         for i in 0..<20 { s.append(step(D, .write, ["/local/domain/5/d0/n\(i)"], value: [1])) }
         s.append(step(D, .transactionStart, [""], save: 10))
