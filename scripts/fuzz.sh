@@ -22,11 +22,12 @@
 #                FuzzQMPStream FuzzArgv (default: all)
 # Output (all under .build-fuzz/, which is the build's scratch path too):
 #   corpus/<target>/     inputs found (short mode; long mode's working set)
-#   artifacts/<target>/  crash-*, leak-*, timeout-*, oom-* inputs
+#   crashes/<target>/    crash-*, leak-*, timeout-*, oom-* inputs (not artifacts/:
+#                        SwiftPM empties that one in its scratch path on every build)
 #   logs/<target>.log    libFuzzer's output
 #   results.txt          per target: executions, exec/s, coverage (cov: edges,
 #                        ft: features, as libFuzzer counts them), corpus, result
-# Reproduce a crash: .build-fuzz/debug/<target> .build-fuzz/artifacts/<target>/crash-...
+# Reproduce a crash: .build-fuzz/debug/<target> .build-fuzz/crashes/<target>/crash-...
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${FUZZ_SECONDS:-30}
@@ -73,7 +74,7 @@ else
 fi
 failed=0
 for t in "${targets[@]}"; do
-    corpus=$out/corpus/$t artifacts=$out/artifacts/$t log=$out/logs/$t.log
+    corpus=$out/corpus/$t artifacts=$out/crashes/$t log=$out/logs/$t.log
     mkdir -p "$corpus" "$artifacts" "Fuzz/corpus/$t"
     before=$(find "$corpus" -type f | wc -l)
     committed=$(find "Fuzz/corpus/$t" -type f | wc -l)
