@@ -42,7 +42,8 @@ struct XSPendingEvent {
     var nodePerms: [XSPermission]?
     var parentPerms: [XSPermission]?
     var oldPerms: [XSPermission]? = nil
-    /// Permissions of later changes to the same path merged into this event.
+    /// Permissions of the last later change to the same path merged into
+    /// this event (a transaction's), besides the first change's.
     var morePerms: [[XSPermission]] = []
 
     var allPerms: [[XSPermission]] {
@@ -148,7 +149,6 @@ final class XSStore {
         }
     }
 
-    var nodeCount: Int { nodes.count }
 }
 
 /// What a transaction has touched, as xenstored's access_node keeps it: each
