@@ -109,7 +109,7 @@ if Context.environment["XENVFB_FUZZ"] == "1" {
         ("FuzzVkbdRing", ["Devices", "XenProtocol", "Console", "Host"]),
         ("FuzzVdisplRing", ["Devices", "XenProtocol", "Console", "EventLoop", "Host", "Support"]),
         ("FuzzGeometry", ["Devices", "XenProtocol"]),
-        ("FuzzXenstored", ["XenStore", "EventLoop", "CShims"]),
+        ("FuzzXenstored", ["XenStore", "EventLoop", "CShims", "Support"]),
         ("FuzzJSON", ["Control"]),
         ("FuzzQMPStream", ["Control"]),
         ("FuzzArgv", ["Control", "Displays"]),

@@ -14,15 +14,18 @@
 #   by scripts/fuzz.sh instead.
 # - quarantine_size_mb=16: ASan keeps freed memory in a quarantine (256 MB by
 #   default) to catch use-after-free, so a device model that churns through
-#   VNC clients looks like it grows by tens of MB, and faults.py's bound on
-#   RSS growth (24 MB) fails on the quarantine, not on xenvfb (34 -> 103 MB
-#   with the default, 35 -> 44 MB with 16 MB).
+#   VNC clients looks like it grows by tens of MB (34 -> 103 MB with the
+#   default). With 16 MB, and ASan's size-class regions, 60 VNC clients
+#   killed mid-frame still take it from 35 to 59 MB (the plain build: 17 ->
+#   18 MB), so faults.py allows 56 MB of growth instead of 24 when
+#   XENVFB_SANITIZER=address, which this script exports.
 # - handle_segv=0 and CrashChainingTests skipped: those tests crash a child
 #   on purpose and check the Swift backtracer's report; under ASan the
 #   backtracer's memory server reads the crashed stack and ASan reports that
 #   read (dynamic-stack-buffer-overflow in CrashHandlerLinux.cpp), a report
 #   about the runtime, not about xenvfb. They run in the plain and TSan suites.
-# - DifferentialTests' aGuestGetsTheAnswersDebiansXenstoredGivesIt skipped
+# - DifferentialTests' aGuestGetsTheAnswersDebiansXenstoredGivesIt and
+#   aGuestMeetsEachQuotaWhereDebiansXenstoredPutsIt (the same ring shim) skipped
 #   (under TSan too): under either sanitizer it waits forever on Debian's
 #   xenstored (run with the LD_PRELOAD ring shim); not yet understood. The
 #   plain suite runs it.
@@ -47,12 +50,13 @@ for s in "${sanitizers[@]}"; do
     case $s in
         address)
             export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0:handle_segv=0:quarantine_size_mb=16}
-            skip=(--skip 'CrashChainingTests|aGuestGetsTheAnswersDebiansXenstoredGivesIt') ;;
+            skip=(--skip 'CrashChainingTests|aGuestGetsTheAnswersDebiansXenstoredGivesIt|aGuestMeetsEachQuotaWhereDebiansXenstoredPutsIt') ;;
         thread)
-            t=${SANITIZE_SKIP_THREAD-EndToEndTests|XenStoreTests\.ClientTests|aGuestGetsTheAnswersDebiansXenstoredGivesIt|CrashChainingTests}
+            t=${SANITIZE_SKIP_THREAD-EndToEndTests|XenStoreTests\.ClientTests|aGuestGetsTheAnswersDebiansXenstoredGivesIt|aGuestMeetsEachQuotaWhereDebiansXenstoredPutsIt|CrashChainingTests}
             [[ -n $t ]] && skip=(--skip "$t") ;;
         *) echo "sanitize.sh: unknown sanitizer $s (address or thread)" >&2; exit 2 ;;
     esac
+    export XENVFB_SANITIZER=$s
     step "building with --sanitize=$s"
     t0=$(date +%s)
     swift build --build-tests --scratch-path "$scratch" --sanitize="$s" 2>&1 | grep -vE '^\[[0-9]+/[0-9]+\]' || true

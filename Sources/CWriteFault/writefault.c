@@ -98,6 +98,7 @@ struct wf_slot {
 static struct wf_slot slots[WF_MAX_REGIONS];
 static int slots_high;            // slots [0, slots_high) may be in use
 static int inflight;              // handler invocations inside the table walk
+static uint64_t removals;         // bumped by wf_region_remove before a slot stops being active
 static uint64_t faults;           // tracked faults resolved
 static struct sigaction previous; // the handler we chain to
 static pthread_once_t install_once = PTHREAD_ONCE_INIT;
@@ -122,6 +123,27 @@ static void chain(int sig, siginfo_t *si, void *uc) {
     sigemptyset(&dfl.sa_mask);
     sigaction(sig, &dfl, NULL);
     raise(sig);
+}
+
+// A write can fault on a page that is then made writable and untracked
+// before this thread's handler runs (wf_region_remove on another thread):
+// the kernel raised the signal, the handler finds no region, and chaining
+// would kill the process over a write that would now succeed. So a fault
+// that matches no region is retried once (the handler returns and the
+// instruction runs again); it is passed on only if it comes back at the same
+// address with no removal in between. A real crash costs one extra fault.
+// Per thread, in static TLS (initial-exec: no allocation in the handler).
+static __thread uintptr_t retry_addr __attribute__((tls_model("initial-exec")));
+static __thread uint64_t retry_removals __attribute__((tls_model("initial-exec")));
+static __thread int retry_valid __attribute__((tls_model("initial-exec")));
+
+static int stale_fault(uintptr_t addr) {
+    uint64_t r = __atomic_load_n(&removals, __ATOMIC_ACQUIRE);
+    if (retry_valid && retry_addr == addr && retry_removals == r) return 0;
+    retry_valid = 1;
+    retry_addr = addr;
+    retry_removals = r;
+    return 1;
 }
 
 static void handler(int sig, siginfo_t *si, void *uc) {
@@ -156,6 +178,7 @@ static void handler(int sig, siginfo_t *si, void *uc) {
             break;
         }
         __atomic_sub_fetch(&inflight, 1, __ATOMIC_ACQ_REL);
+        if (!handled) handled = stale_fault(addr);
     }
     errno = saved_errno;
     if (!handled) chain(sig, si, uc);
@@ -210,6 +233,9 @@ void wf_region_remove(int slot) {
     if (slot < 0 || slot >= WF_MAX_REGIONS) return;
     struct wf_slot *s = &slots[slot];
     if (__atomic_load_n(&s->state, __ATOMIC_ACQUIRE) != SLOT_ACTIVE) return;
+    // In this order: a handler that no longer finds the slot active sees the
+    // new removal count (it retries the write) and the region writable.
+    __atomic_add_fetch(&removals, 1, __ATOMIC_ACQ_REL);
     mprotect((void *)s->base, s->len, PROT_READ | PROT_WRITE);
     __atomic_store_n(&s->state, SLOT_BUSY, __ATOMIC_RELEASE);
     // Wait until no handler can still be looking at this slot's fields.

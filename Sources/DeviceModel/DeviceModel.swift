@@ -225,6 +225,28 @@ final class DeviceModel {
 // MARK: - The parts
 
 extension DeviceModel {
+    /// Why `-xen-domid-restrict` is refused. `xentoolcore_restrict_all`
+    /// restricts every open Xen handle to the guest's domain, and for the
+    /// xenstore connection that means closing it: libxenstore's restrict
+    /// callback puts /dev/null in its place (tools/libs/store/xs.c), as Xen's
+    /// qemu-deprivilege design asks ("close all xenstore-related file
+    /// descriptors"). QEMU 7.2 restricts the same way once its machine is set
+    /// up (accel/xen `xen_setup_post`) and lets its later xenstore write of
+    /// the device-model state fail ("may fail when running restricted ...
+    /// Toolstacks should instead use QMP"): libxl, under dm_restrict, starts
+    /// it with `-S` and a pre-opened QMP socket (`fd=N`) and waits for
+    /// `query-status`. xenvfb's backends, unlike QEMU's HVM emulation, need
+    /// xenstore for as long as the guest runs: the frontends connect after
+    /// the guest boots, and reconnect, through it. Keeping a second
+    /// connection open would leave a restricted device model with dom0's
+    /// xenstore access, which is what the restriction takes away.
+    static let restrictRefusal = """
+        -xen-domid-restrict (libxl's dm_restrict=1) is not supported: restricting the Xen handles \
+        closes the xenstore connection (libxenstore replaces it with /dev/null), and the vfb, vkbd and vdispl \
+        backends need xenstore for as long as the guest runs (its frontends connect and reconnect \
+        through it). Remove dm_restrict=1 from the guest's configuration.
+        """
+
     /// Attaches the parts, once the control plane is up and before
     /// privileges are dropped; each registers its teardown with
     /// `shutdown.add` (hooks run in reverse order: backends, then displays,
@@ -236,15 +258,20 @@ extension DeviceModel {
     /// - Unless `--no-xenstore`: the host (XenHost, or SimHost with the
     ///   hidden `--sim-host DIR`) with its event-channel handles opened now,
     ///   the xenstore client (`XENSTORED_PATH` or libxenstore's default),
-    ///   `xentoolcore_restrict_all` for `-xen-domid-restrict`, then the vfb,
-    ///   vkbd and vdispl backends, which register under
+    ///   then the vfb, vkbd and vdispl backends, which register under
     ///   `/local/domain/0/device-model/<domid>/backends` and then write
     ///   `state` = `running` for libxl. Their shutdown hook takes the devices
     ///   to Closing and Closed and removes those device-model nodes again.
     ///
     /// With `--no-xenstore` the device model serves QMP and its displays and
     /// exits on a signal (for tests of the control plane).
+    ///
+    /// `-xen-domid-restrict` (libxl's `dm_restrict=1`) is refused: see
+    /// `restrictRefusal`.
     func attachParts() throws(DeviceModelError) {
+        if options.restrictToDomain && options.useXenstore && options.simHost == nil {
+            throw DeviceModelError(Self.restrictRefusal)
+        }
         let session = Session(options: options, loop: loop, log: log)
         self.session = session
         do throws(DisplayError) {
@@ -301,17 +328,7 @@ extension DeviceModel {
             return
         }
         if options.restrictToDomain {
-            if options.simHost != nil {
-                log.warning("-xen-domid-restrict has no effect on a simulated host")
-            } else if xentoolcore_restrict_all(domid_t(domid)) != 0 {
-                throw DeviceModelError("-xen-domid-restrict: xentoolcore_restrict_all(\(domid)) failed: \(SystemError("xentoolcore_restrict_all"))")
-            } else {
-                // libxengnttab restricts its handle by turning it into
-                // /dev/null (tools/libs/gnttab/gnttab_core.c): vdispl,
-                // which maps grants, cannot be served from here on.
-                xenHost?.disableGrantMapping(reason: "-xen-domid-restrict closed the grant-table handle (vdispl needs it; see xenvfb(1))")
-                log.info("Xen handles restricted to the guest's domain; vdispl devices cannot be served (no grant mapping)")
-            }
+            log.warning("-xen-domid-restrict has no effect on a simulated host")
         }
         do {
             // Registers the backends, then writes device-model/<domid>/state = running.

@@ -27,14 +27,6 @@ public final class XenHost: Host {
         }
     }
 
-    /// Closes the grant-table handle for good, saying why (for
-    /// `-xen-domid-restrict`: `xentoolcore_restrict_all` turns the
-    /// libxengnttab handle into /dev/null with dup2, so no grant can be
-    /// mapped afterwards).
-    public func disableGrantMapping(reason: String) {
-        gnttab = .failure(.unavailable(reason))
-    }
-
     public func mapGrants(domid: UInt32, refs: [UInt32], writable: Bool) throws(HostError) -> GuestMapping {
         try gnttab.get().map(domid: domid, refs: refs, writable: writable)
     }
@@ -46,9 +38,7 @@ public final class XenHost: Host {
     /// Opens `count` event-channel handles now, for devices that connect
     /// later, and from then on hands out only those (each comes back when
     /// its device closes it). A device model that drops privileges
-    /// (`-runas`) can no longer open /dev/xen/evtchn, and
-    /// `xentoolcore_restrict_all` restricts only the handles open when it is
-    /// called: so open them before either.
+    /// (`-runas`) can no longer open /dev/xen/evtchn: so open them before.
     public func preopenEventChannels(_ count: Int) throws(HostError) {
         for _ in 0..<count { pool.append(try XenEventChannels()) }
         poolOnly = true

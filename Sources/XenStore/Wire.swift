@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 // The xenstore wire protocol (xen/io/xs_wire.h) and the rules on paths and
 // permissions that xenstored applies. Shared by the server and the tests.
 
@@ -119,11 +122,10 @@ public enum XSPath {
     /// The home of domain `domid`, against which relative paths resolve.
     public static func domainPath(_ domid: UInt32) -> String { "/local/domain/\(domid)" }
 
-    static func validChars(_ path: String) -> Bool {
-        path.utf8.allSatisfy { c in
-            (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5a) || (c >= 0x61 && c <= 0x7a)
-                || c == 0x2d || c == 0x2f || c == 0x5f || c == 0x40
-        }
+    /// is_valid_nodename's character set: [0-9A-Za-z/_@-].
+    private static let allowed: [Bool] = (0..<256).map { c in
+        (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5a) || (c >= 0x61 && c <= 0x7a)
+            || c == 0x2d || c == 0x2f || c == 0x5f || c == 0x40
     }
 
     /// Resolves `path` as a request from `domid` would: relative paths go
@@ -138,35 +140,66 @@ public enum XSPath {
     /// (for unprivileged callers the part below /local/domain/N/ counts
     /// against the relative limit).
     public static func isValid(_ path: String, privileged: Bool = true) -> Bool {
-        let u = path.utf8
-        guard u.first == 0x2f else { return false }
-        if u.count > 1 && u.last == 0x2f { return false }
-        if path.contains("//") { return false }
-        if u.count > XSLimits.absPathMax { return false }
-        if !privileged {
-            var rel = u.count
-            if path.hasPrefix("/local/domain/") {
-                let rest = path.utf8.dropFirst(14)
-                if let slash = rest.firstIndex(of: 0x2f), rest.distance(from: rest.startIndex, to: slash) > 0,
-                   rest[rest.startIndex..<slash].allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) {
-                    rel = rest.distance(from: rest.index(after: slash), to: rest.endIndex)
+        var path = path
+        // One pass over the bytes: a guest sends these by the hundred thousand.
+        return path.withUTF8 { u in
+            guard u.first == 0x2f else { return false }
+            if u.count > 1 && u[u.count - 1] == 0x2f { return false }
+            if u.count > XSLimits.absPathMax { return false }
+            let ok = allowed.withUnsafeBufferPointer { allowed in
+                var previous: UInt8 = 0
+                var i = 0
+                while i < u.count {
+                    let c = u[i]
+                    if !allowed[Int(c)] || (c == 0x2f && previous == 0x2f) { return false }
+                    previous = c
+                    i += 1
                 }
+                return true
             }
-            if rel > XSLimits.relPathMax { return false }
+            if !ok { return false }
+            if !privileged {
+                // The part below /local/domain/<digits>/ counts against the relative limit.
+                var rel = u.count
+                let prefix = domainPrefix
+                if u.count > prefix.count, prefix.indices.allSatisfy({ u[$0] == prefix[$0] }) {
+                    var i = prefix.count
+                    while i < u.count && u[i] >= 0x30 && u[i] <= 0x39 { i += 1 }
+                    if i > prefix.count && i < u.count && u[i] == 0x2f { rel = u.count - i - 1 }
+                }
+                if rel > XSLimits.relPathMax { return false }
+            }
+            return true
         }
-        return validChars(path)
     }
+
+    private static let domainPrefix = Array("/local/domain/".utf8)
 
     /// The parent of an absolute path ("/" for top-level nodes).
     public static func parent(_ path: String) -> String {
-        guard let i = path.utf8.lastIndex(of: 0x2f), i != path.utf8.startIndex else { return "/" }
-        return String(path[path.startIndex..<i])
+        var path = path
+        return path.withUTF8 { u in
+            guard let i = lastSlash(u), i != 0 else { return "/" }
+            return String(decoding: UnsafeBufferPointer(rebasing: u[0..<i]), as: UTF8.self)
+        }
     }
 
     /// The last component of an absolute path other than "/".
     public static func basename(_ path: String) -> String {
-        guard let i = path.utf8.lastIndex(of: 0x2f) else { return path }
-        return String(path[path.index(after: i)...])
+        var path = path
+        return path.withUTF8 { u in
+            guard let i = lastSlash(u) else { return String(decoding: u, as: UTF8.self) }
+            return String(decoding: UnsafeBufferPointer(rebasing: u[(i + 1)...]), as: UTF8.self)
+        }
+    }
+
+    private static func lastSlash(_ u: UnsafeBufferPointer<UInt8>) -> Int? {
+        var i = u.count
+        while i > 0 {
+            i -= 1
+            if u[i] == 0x2f { return i }
+        }
+        return nil
     }
 
     /// `child` is `parent` or below it ("/" contains everything).
@@ -208,10 +241,20 @@ extension Array where Element == UInt8 {
     func xsStrings() -> [ArraySlice<UInt8>] {
         var result: [ArraySlice<UInt8>] = []
         var start = 0
-        for (i, b) in self.enumerated() where b == 0 {
+        while let i = xsIndexOfNUL(from: start) {
             result.append(self[start..<i])
             start = i + 1
         }
         return result
+    }
+
+    /// The index of the first NUL at or after `from` (memchr: payloads are
+    /// up to 4 KiB and come by the hundred thousand).
+    func xsIndexOfNUL(from: Int = 0) -> Int? {
+        guard from < count else { return nil }
+        return withUnsafeBufferPointer { buf -> Int? in
+            guard let base = buf.baseAddress, let hit = memchr(base + from, 0, buf.count - from) else { return nil }
+            return base.distance(to: hit.assumingMemoryBound(to: UInt8.self))
+        }
     }
 }

@@ -38,6 +38,11 @@ import Synchronization
 public final class XenstoreServer: @unchecked Sendable {
     /// Limits a client can run into. Past `maxQueuedBytes` or
     /// `maxQueuedEvents` of unread output a connection is closed.
+    ///
+    /// The quotas hold per domain, over all of its connections, with C
+    /// xenstored 4.17's defaults (`xenstore-control quota`) and answers.
+    /// Where xenstored compares with `>` (transactions, watches) a domain
+    /// gets one more than the number, as it does there.
     public struct Limits: Sendable {
         public var maxQueuedBytes = 1 << 20
         public var maxQueuedEvents = 8192
@@ -46,13 +51,25 @@ public final class XenstoreServer: @unchecked Sendable {
         /// Unread output of all of an unprivileged domain's connections
         /// together; past it the connection being written to is closed.
         public var maxQueuedBytesPerDomain = 2 << 20
-        /// Watches per unprivileged domain (quota_nb_watch_per_domain).
+        /// Watches per unprivileged domain (quota_nb_watch_per_domain): the
+        /// watch past `maxWatchesPerDomain + 1` gets E2BIG.
         public var maxWatchesPerDomain = 128
-        /// Open transactions per unprivileged connection (quota_max_transaction).
+        /// Open transactions per unprivileged domain (quota_max_transaction):
+        /// the start past `maxTransactionsPerDomain + 1` gets ENOSPC.
         public var maxTransactionsPerDomain = 10
+        /// Nodes one transaction of an unprivileged domain may touch, read or
+        /// written (quota_trans_nodes): past it ENOSPC, and the commit fails
+        /// with ENOMEM.
+        public var maxTransactionNodes = 1024
+        /// Bytes an unprivileged domain's nodes and open transactions may
+        /// take, counted as xenstored's tdb records (quota "memory"): past it
+        /// the change gets EIO (a transaction's commit then ENOMEM).
+        public var maxMemoryPerDomain = 2_621_440
         /// Permission entries per node for unprivileged callers (quota_nb_perms_per_node).
         public var maxPermsPerNode = 5
-        /// Nodes an unprivileged domain may own (quota_nb_entry_per_domain).
+        /// Nodes an unprivileged domain may own (quota_nb_entry_per_domain),
+        /// checked when a node is made and again when a transaction commits
+        /// (ENOSPC; a commit fails if the domain would own this many or more).
         public var maxNodesPerDomain = 1000
         /// Open connections per unprivileged domain; more are closed at once
         /// (a guest must not exhaust the process' file descriptors).
@@ -65,8 +82,9 @@ public final class XenstoreServer: @unchecked Sendable {
     public let limits: Limits
 
     private let log = Log.logger("xenstored")
-    private let counter = GenerationCounter()
-    private var store: XSDatabase
+    private let store = XSStore()
+    /// Open transactions per unprivileged domain, over all its connections.
+    private var domainTransactions: [UInt32: Int] = [:]
     private var connections: [Int: Connection] = [:]
     private var nextConnectionID = 1
     /// Where connections are read into (one at a time, on the loop).
@@ -105,7 +123,6 @@ public final class XenstoreServer: @unchecked Sendable {
     public init(loop: EventLoop, limits: Limits = Limits()) {
         self.loop = loop
         self.limits = limits
-        self.store = XSDatabase.fresh(counter: counter)
     }
 
     deinit {
@@ -264,7 +281,7 @@ public final class XenstoreServer: @unchecked Sendable {
         close(conn.fd)
         connections.removeValue(forKey: conn.id)
         conn.watches.removeAll()
-        conn.transactions.removeAll()
+        endAllTransactions(conn)
         conn.out.removeAll()
         if conn.domid != 0 { domainQueued[conn.domid, default: 0] -= conn.outBytes }
         conn.outBytes = 0
@@ -423,7 +440,7 @@ public final class XenstoreServer: @unchecked Sendable {
 
     /// The single argument of a request: exactly one NUL, at the end (onearg).
     private static func oneArg(_ payload: [UInt8]) -> String? {
-        guard let nul = payload.firstIndex(of: 0), nul == payload.count - 1 else { return nil }
+        guard let nul = payload.xsIndexOfNUL(), nul == payload.count - 1 else { return nil }
         return String(decoding: payload[0..<nul], as: UTF8.self)
     }
 
@@ -437,14 +454,15 @@ public final class XenstoreServer: @unchecked Sendable {
         return v
     }
 
+    private static let privilegedOnly: Set<XSMessageType> = [.control, .introduce, .release, .isDomainIntroduced, .resume, .setTarget]
+
     private func process(_ conn: Connection, _ msg: XSMessage) {
         guard let type = XSMessageType(rawValue: msg.type), type != .watchEvent, type != .error else {
             log.debug("connection \(conn.id): unknown operation \(msg.type)")
             replyError(conn, msg, .ENOSYS)
             return
         }
-        let privOnly: Set<XSMessageType> = [.control, .introduce, .release, .isDomainIntroduced, .resume, .setTarget]
-        if privOnly.contains(type) && conn.domid != 0 {
+        if Self.privilegedOnly.contains(type) && conn.domid != 0 {
             replyError(conn, msg, .EACCES)
             return
         }
@@ -463,21 +481,22 @@ public final class XenstoreServer: @unchecked Sendable {
         }
     }
 
-    /// Runs `body` against the transaction's snapshot or the live store;
+    /// Runs `body` against the transaction's view or the live store;
     /// watch events fire now, or at commit for a transaction.
-    private func withDatabase<T>(_ txn: Transaction?, _ body: (inout XSDatabase, inout [XSPendingEvent]) throws(XSError) -> T) throws(XSError) -> T {
+    private func withDatabase<T>(_ txn: Transaction?, _ body: (inout XSDatabase, inout XSEventQueue) throws(XSError) -> T) throws(XSError) -> T {
         if let txn {
             return try body(&txn.db, &txn.events)
         }
-        var events: [XSPendingEvent] = []
+        var db = XSDatabase(store: store)
+        var events = XSEventQueue()
         let result: T
         do {
-            result = try body(&store, &events)
+            result = try body(&db, &events)
         } catch {
-            fire(events)
+            fire(events.events)
             throw error
         }
-        fire(events)
+        fire(events.events)
         return result
     }
 
@@ -488,6 +507,7 @@ public final class XenstoreServer: @unchecked Sendable {
     private func dispatch(_ conn: Connection, _ msg: XSMessage, _ type: XSMessageType, _ txn: Transaction?) throws(XSError) {
         var ops = XSOperations(caller: caller(conn))
         ops.maxEntriesPerDomain = limits.maxNodesPerDomain
+        ops.maxMemoryPerDomain = limits.maxMemoryPerDomain
         ops.existingDomains = existing
         let p = msg.payload
         switch type {
@@ -497,7 +517,7 @@ public final class XenstoreServer: @unchecked Sendable {
             reply(conn, msg, .read, value)
 
         case .write:
-            guard let nul = p.firstIndex(of: 0) else { throw .EINVAL }
+            guard let nul = p.xsIndexOfNUL() else { throw .EINVAL }
             let name = path(String(decoding: p[0..<nul], as: UTF8.self), conn)
             let value = Array(p[(nul + 1)...])
             try withDatabase(txn) { (db, ev) throws(XSError) in try ops.write(&db, name, value, &ev) }
@@ -571,7 +591,7 @@ public final class XenstoreServer: @unchecked Sendable {
             if conn.watches.contains(where: { $0.node == node && $0.token == token }) { throw .EEXIST }
             if conn.domid != 0 {
                 let watches = connections.values.reduce(0) { $0 + ($1.domid == conn.domid ? $1.watches.count : 0) }
-                if watches >= limits.maxWatchesPerDomain { throw .E2BIG }
+                if watches > limits.maxWatchesPerDomain { throw .E2BIG }
             }
             let w = Watch(node: node, token: token, relativePrefix: relative ? XSPath.domainPath(conn.domid) : nil)
             conn.watches.append(w)
@@ -590,22 +610,27 @@ public final class XenstoreServer: @unchecked Sendable {
 
         case .resetWatches:
             conn.watches.removeAll()
-            conn.transactions.removeAll()
+            endAllTransactions(conn)
             replyOK(conn, msg, .resetWatches)
 
         case .transactionStart:
             if txn != nil { throw .EBUSY }
-            if conn.domid != 0 && conn.transactions.count >= limits.maxTransactionsPerDomain { throw .ENOSPC }
+            let guest = conn.domid != 0
+            // do_transaction_start: `transaction_started > quota` (so quota + 1 may be open).
+            if guest && domainTransactions[conn.domid, default: 0] > limits.maxTransactionsPerDomain { throw .ENOSPC }
             var id = conn.nextTransactionID
             while id == 0 || conn.transactions[id] != nil { id &+= 1 }
             conn.nextTransactionID = id &+ 1
-            conn.transactions[id] = Transaction(db: store.snapshot())
+            let state = XSTransactionState(domid: guest ? conn.domid : nil, maxNodes: limits.maxTransactionNodes,
+                                           maxBytes: limits.maxMemoryPerDomain)
+            conn.transactions[id] = Transaction(db: XSDatabase(store: store, transaction: state))
+            if guest { domainTransactions[conn.domid, default: 0] += 1 }
             reply(conn, msg, .transactionStart, Array("\(id)".utf8) + [0])
 
         case .transactionEnd:
             guard let txn else { throw .ENOENT }
             guard let a = Self.oneArg(p), a == "T" || a == "F" else { throw .EINVAL }
-            conn.transactions.removeValue(forKey: msg.txID)
+            endTransaction(conn, msg.txID)
             if a == "T" { try commit(txn) }
             replyOK(conn, msg, .transactionEnd)
 
@@ -690,16 +715,74 @@ public final class XenstoreServer: @unchecked Sendable {
 
     // MARK: Transactions
 
-    /// Applies a transaction if nothing it read or wrote changed since it
-    /// started; EAGAIN otherwise.
+    /// Forgets a transaction and gives back what it held.
+    private func endTransaction(_ conn: Connection, _ id: UInt32) {
+        guard let txn = conn.transactions.removeValue(forKey: id) else { return }
+        txn.db.transaction?.release(store)
+        if conn.domid != 0 { domainTransactions[conn.domid, default: 1] -= 1 }
+    }
+
+    private func endAllTransactions(_ conn: Connection) {
+        for id in Array(conn.transactions.keys) { endTransaction(conn, id) }
+    }
+
+    /// do_transaction_end's checks, in xenstored's order: a transaction a
+    /// quota stopped fails (ENOMEM); one that would take a domain to its
+    /// node quota fails (ENOSPC, transaction_fix_domains); one that touched
+    /// a node someone changed since fails (EAGAIN). Else its changes apply.
     private func commit(_ txn: Transaction) throws(XSError) {
-        for (path, generation) in txn.db.accessed ?? [:] where (store.nodes[path]?.generation ?? 0) != generation {
+        guard let t = txn.db.transaction else { return }
+        if t.failed { throw .ENOMEM }
+        for (domid, delta) in t.ownedDelta where domid != 0 && store.owned[domid, default: 0] + delta >= limits.maxNodesPerDomain {
+            throw .ENOSPC
+        }
+        for path in t.order where store.generation(of: path) != t.entries[path]?.generation {
             throw .EAGAIN
         }
-        for path in txn.db.modified {
-            store.install(path, txn.db.nodes[path])
+        for path in t.order {
+            if let e = t.entries[path], e.modified { store.install(path, e.node) }
         }
-        fire(txn.events.mergedByPath())
+        fire(txn.events.events)
+    }
+
+    /// What is inconsistent in the server's bookkeeping (empty: nothing):
+    /// the tree (every child exists, every node is its parent's child), the
+    /// per-owner node counts and bytes, and the per-domain transaction counts
+    /// and bytes against the open transactions. For tests and the fuzzer;
+    /// call it on the loop's thread.
+    func consistencyProblems() -> [String] {
+        var problems: [String] = []
+        var owned: [UInt32: Int] = [:], bytes: [UInt32: Int] = [:]
+        for (path, node) in store.nodes {
+            if let owner = node.perms.first?.domid {
+                owned[owner, default: 0] += 1
+                bytes[owner, default: 0] += xsNodeBytes(path, node)
+            }
+            for child in node.children where store.nodes[XSPath.join(path, child)] == nil {
+                problems.append("\(path) lists a missing child \(child)")
+            }
+            if path != "/", store.nodes[XSPath.parent(path)]?.children.contains(XSPath.basename(path)) != true {
+                problems.append("\(path) is not listed by its parent")
+            }
+        }
+        for (domid, n) in store.owned where n != owned[domid, default: 0] {
+            problems.append("domain \(domid) is counted as owning \(n) nodes, owns \(owned[domid, default: 0])")
+        }
+        for (domid, n) in store.ownedBytes where n != bytes[domid, default: 0] {
+            problems.append("domain \(domid) is counted as owning \(n) bytes, owns \(bytes[domid, default: 0])")
+        }
+        var open: [UInt32: Int] = [:], held: [UInt32: Int] = [:]
+        for conn in connections.values where conn.domid != 0 {
+            open[conn.domid, default: 0] += conn.transactions.count
+            for t in conn.transactions.values { held[conn.domid, default: 0] += t.db.transaction?.bytes ?? 0 }
+        }
+        for (domid, n) in domainTransactions where n != open[domid, default: 0] {
+            problems.append("domain \(domid) is counted as having \(n) transactions open, has \(open[domid, default: 0])")
+        }
+        for (domid, n) in store.transactionBytes where n != held[domid, default: 0] {
+            problems.append("domain \(domid)'s transactions are counted as \(n) bytes, hold \(held[domid, default: 0])")
+        }
+        return problems
     }
 
     // MARK: Domains
@@ -717,9 +800,10 @@ public final class XenstoreServer: @unchecked Sendable {
         targets.removeValue(forKey: domid)
         existing.remove(domid)
         // domain_tree_remove: the nodes a dead domain owned go, with their subtrees.
-        var events: [XSPendingEvent] = []
-        XSOperations(caller: XSCaller(domid: 0)).removeOwned(by: domid, &store, &events)
-        fire(events)
+        var events = XSEventQueue()
+        var db = XSDatabase(store: store)
+        XSOperations(caller: XSCaller(domid: 0)).removeOwned(by: domid, &db, &events)
+        fire(events.events)
         log.info("domain released", metadata: ["domid": "\(domid)"])
         fire([XSPendingEvent(path: "@releaseDomain", exact: false)])
     }
@@ -776,7 +860,7 @@ private struct Watch {
 
 private final class Transaction {
     var db: XSDatabase
-    var events: [XSPendingEvent] = []
+    var events = XSEventQueue(mergingByPath: true)
     init(db: XSDatabase) { self.db = db }
 }
 

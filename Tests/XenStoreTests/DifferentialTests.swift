@@ -155,6 +155,12 @@ import Testing
         s.append(step(B, .read, ["/t/x"]))
         s.append(step(A, .transactionEnd, ["T"], tx: .slot(6)))
         s.append(step(A, .read, ["/t/x"]))
+        // A node is copied into the transaction when first touched, not at its start.
+        s.append(step(A, .transactionStart, [""], save: 8))
+        s.append(step(B, .write, ["/t/late"], value: Array("7".utf8)))
+        s.append(step(A, .read, ["/t/late"], tx: .slot(8)))
+        s.append(step(A, .write, ["/t/other"], value: [8], tx: .slot(8)))
+        s.append(step(A, .transactionEnd, ["T"], tx: .slot(8)))
         s.append(step(A, .transactionStart, [""], save: 7))
         s.append(step(A, .rm, ["/t/sibling"], tx: .slot(7)))
         s.append(step(A, .mkdir, ["/t/made"], tx: .slot(7)))
@@ -251,11 +257,11 @@ import Testing
     }
 
     /// Debian's xenstored under the shim, serving `dir`/socket.
-    static func startReal(_ dir: String, _ env: [String: String] = [:]) throws -> Child {
+    static func startReal(_ dir: String, _ env: [String: String] = [:], args: [String] = []) throws -> Child {
         guard access(realXenstored, X_OK) == 0, access(shim, R_OK) == 0 else {
             throw TestFailure("\(realXenstored) or \(shim) missing: run scripts/test-tools.sh")
         }
-        let real = try Child(realXenstored, ["-N"], env: ["XENSTORED_RUNDIR": dir, "XENSTORED_PATH": dir + "/socket",
+        let real = try Child(realXenstored, ["-N"] + args, env: ["XENSTORED_RUNDIR": dir, "XENSTORED_PATH": dir + "/socket",
                                                           "LD_PRELOAD": shim].merging(env) { $1 })
         var st = stat()
         let deadline = now() + 20
@@ -388,6 +394,13 @@ import Testing
     }()
 
     @Test func aGuestGetsTheAnswersDebiansXenstoredGivesIt() throws {
+        try Self.compareAsGuest(Self.guestScript)
+    }
+
+    /// Guest domain 5 as connection A (a ring page for the real daemon, a
+    /// socket for the embedded one), dom0 as B; both daemons with `limits`
+    /// (`args` for the real one).
+    static func compareAsGuest(_ script: [Step], limits: XenstoreServer.Limits = .init(), args: [String] = []) throws {
         let dir = try makeTempDir()
         defer { removeTree(dir) }
         let ring = dir + "/ring-5", kick = dir + "/kick"
@@ -397,14 +410,94 @@ import Testing
             close(fd)
         }
         #expect(mkfifo(kick, 0o600) == 0)
-        let real = try Self.startReal(dir, ["XS_SHIM_DOMAINS": "5,6", "XS_SHIM_RING_DIR": dir, "XS_SHIM_KICK": kick])
+        let real = try startReal(dir, ["XS_SHIM_DOMAINS": "5,6", "XS_SHIM_RING_DIR": dir, "XS_SHIM_KICK": kick], args: args)
         defer { kill(real.pid, SIGKILL); _ = real.wait(seconds: 10) }
-        let expected = Self.transcript([try RingClient(ringPath: ring, kickPath: kick), try RawClient(path: dir + "/socket")], Self.guestScript)
+        let expected = transcript([try RingClient(ringPath: ring, kickPath: kick), try RawClient(path: dir + "/socket")], script)
 
-        let fx = try XenstoreFixture()
+        let fx = try XenstoreFixture(limits: limits)
         defer { fx.stop() }
         fx.server.addDomain(6)
-        let got = Self.transcript([RawClient(fd: try fx.server.connect(asDomain: 5)), try RawClient(path: fx.socket)], Self.guestScript)
-        Self.compare(expected, got, Self.guestScript)
+        let got = transcript([RawClient(fd: try fx.server.connect(asDomain: 5)), try RawClient(path: fx.socket)], script)
+        compare(expected, got, script)
+    }
+
+    /// Each quota a guest can run into, set low on both daemons, up to and
+    /// past its limit: the same requests succeed and the same errors come.
+    static let quotaScript: [Step] = {
+        let G = 0, D = 1
+        var s: [Step] = []
+        s.append(step(D, .introduce, ["5", "1234", "3"]))
+        s.append(step(D, .mkdir, ["/local/domain/5"]))
+        s.append(step(D, .setPerms, ["/local/domain/5", "n5"]))
+        // Transactions (-t 2): xenstored lets quota + 1 be open.
+        for slot in 1...4 { s.append(step(G, .transactionStart, [""], save: slot)) }
+        for slot in 1...4 { s.append(step(G, .transactionEnd, ["F"], tx: .slot(slot))) }
+        s.append(step(G, .transactionStart, [""], save: 5))
+        s.append(step(G, .transactionEnd, ["F"], tx: .slot(5)))
+        // Watches (-W 3): quota + 1 too.
+        for i in 0..<5 { s.append(step(G, .watch, ["w\(i)", "t"])) }
+        s.append(step(G, .unwatch, ["w0", "t"]))
+        s.append(step(G, .watch, ["w9", "t"]))
+        s.append(step(G, .resetWatches, [""]))
+        // Nodes one transaction touches (-Q transaction-nodes=8), then its commit.
+        s.append(step(G, .transactionStart, [""], save: 6))
+        for i in 0..<9 { s.append(step(G, .read, ["absent\(i)"], tx: .slot(6))) }
+        s.append(step(G, .read, ["/local/domain/5"], tx: .slot(6)))
+        s.append(step(G, .write, ["absent0"], value: [1], tx: .slot(6)))
+        s.append(step(G, .transactionEnd, ["T"], tx: .slot(6)))
+        // Nodes per domain (-E 15): checked in a transaction against what is
+        // committed, and again at commit.
+        s.append(step(G, .mkdir, ["x"]))
+        s.append(step(G, .mkdir, ["y"]))
+        s.append(step(G, .transactionStart, [""], save: 7))
+        s.append(step(G, .transactionStart, [""], save: 8))
+        for i in 0..<6 {
+            s.append(step(G, .write, ["x/n\(i)"], value: [1], tx: .slot(7)))
+            s.append(step(G, .write, ["y/n\(i)"], value: [1], tx: .slot(8)))
+        }
+        s.append(step(G, .transactionEnd, ["T"], tx: .slot(7)))
+        s.append(step(G, .transactionEnd, ["T"], tx: .slot(8)))
+        s.append(step(G, .directory, ["y"]))
+        for i in 0..<7 { s.append(step(G, .write, ["z\(i)"], value: [1])) }
+        s.append(step(G, .rm, ["x"]))
+        s.append(step(G, .transactionStart, [""], save: 9))
+        for i in 0..<6 { s.append(step(G, .write, ["q/n\(i)"], value: [1], tx: .slot(9))) }
+        s.append(step(G, .rm, ["y"], tx: .slot(9)))
+        s.append(step(G, .transactionEnd, ["T"], tx: .slot(9)))
+        s.append(step(G, .rm, ["q"]))
+        for i in 0..<7 { s.append(step(G, .rm, ["z\(i)"])) }
+        // A write that makes many nodes: all of them count, before any is made.
+        s.append(step(G, .write, [Array(repeating: "p", count: 14).joined(separator: "/")], value: [1]))
+        s.append(step(G, .directory, ["/local/domain/5"]))
+        s.append(step(G, .write, [Array(repeating: "p", count: 13).joined(separator: "/")], value: [1]))
+        s.append(step(G, .write, ["one-more"], value: [1]))
+        s.append(step(G, .rm, ["p"]))
+        // Dom0 is held to none of them.
+        for i in 0..<20 { s.append(step(D, .write, ["/local/domain/5/d0/n\(i)"], value: [1])) }
+        s.append(step(D, .transactionStart, [""], save: 10))
+        for i in 0..<12 { s.append(step(D, .read, ["/absent\(i)"], tx: .slot(10))) }
+        s.append(step(D, .transactionEnd, ["T"], tx: .slot(10)))
+        s.append(step(D, .rm, ["/local/domain/5/d0"]))
+        // Memory (-Q memory=12000): nodes of 1900 bytes until it is full,
+        // outside and inside a transaction.
+        let big = [UInt8](repeating: 0x62, count: 1900)
+        for i in 0..<8 { s.append(step(G, .write, ["m/\(i)"], value: big)) }
+        s.append(step(G, .rm, ["m"]))
+        s.append(step(G, .transactionStart, [""], save: 11))
+        for i in 0..<8 { s.append(step(G, .write, ["m/\(i)"], value: big, tx: .slot(11))) }
+        s.append(step(G, .transactionEnd, ["T"], tx: .slot(11)))
+        s.append(step(G, .write, ["m/after"], value: big))
+        return s
+    }()
+
+    @Test func aGuestMeetsEachQuotaWhereDebiansXenstoredPutsIt() throws {
+        var limits = XenstoreServer.Limits()
+        limits.maxTransactionsPerDomain = 2
+        limits.maxWatchesPerDomain = 3
+        limits.maxTransactionNodes = 8
+        limits.maxNodesPerDomain = 15
+        limits.maxMemoryPerDomain = 12000
+        try Self.compareAsGuest(Self.quotaScript, limits: limits,
+                                args: ["-t", "2", "-W", "3", "-Q", "transaction-nodes=8", "-E", "15", "-Q", "memory=12000"])
     }
 }

@@ -183,6 +183,28 @@ func now() -> Double {
     return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
 }
 
+/// The xenvfb executable built next to this test bundle.
+func xenvfbPath() throws -> String {
+    var buf = [CChar](repeating: 0, count: 4096)
+    let n = readlink("/proc/self/exe", &buf, buf.count - 1)
+    guard n > 0 else { throw TestFailure("readlink /proc/self/exe failed") }
+    let exe = String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    let path = String(exe[..<exe.lastIndex(of: "/")!]) + "/xenvfb"
+    guard access(path, X_OK) == 0 else { throw TestFailure("\(path) missing: swift build --build-tests builds it") }
+    return path
+}
+
+/// Waits (up to 20 s) until `path` is a socket.
+func waitForSocket(_ path: String) -> Bool {
+    let deadline = now() + 20
+    var st = stat()
+    while now() < deadline {
+        if stat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFSOCK { return true }
+        usleep(10_000)
+    }
+    return false
+}
+
 func runTool(_ name: String, _ args: [String], env: [String: String], seconds: Double = 30) throws -> ToolResult {
     try Child(name, args, env: env).wait(seconds: seconds)
 }

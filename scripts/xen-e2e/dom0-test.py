@@ -38,6 +38,10 @@ checks:
               /local/domain/0/device-model/<domid> node.
 Then, when the job has one, the vdispl guest (vdispl_test.py): a KMS screen
 served by xenvfb, checked over QMP, VNC and the PNG display across page flips.
+The "restrict" run (dm_restrict=1, for which libxl passes
+-xen-domid-restrict) checks that xenvfb refuses it: `xl create` fails
+(refused), the device model's log says why (says-why), and no domain or
+device-model process is left (cleaned-up).
 It records time to Connected, the device model's CPU time and peak RSS, and
 writes /job/out/results.json plus per-run logs and screenshots.
 Progress goes to /dev/console as "E2E-MARK ..." lines that the host prints.
@@ -307,6 +311,7 @@ def write_config(cfg_path, name, spec, job):
     vfb = {
         "vnc0": "vnc=0,sdl=0",
         "vnc1": "vnc=1,vnclisten=127.0.0.1,vncdisplay=0",
+        "restrict": "vnc=0,sdl=0",
     }[spec["variant"]]
     lines = [
         'name = "%s"' % name,
@@ -322,6 +327,8 @@ def write_config(cfg_path, name, spec, job):
     ]
     if spec.get("args"):
         lines.append("device_model_args = [ %s ]" % ", ".join("'%s'" % a for a in spec["args"]))
+    if spec["variant"] == "restrict":
+        lines.append("dm_restrict = 1")
     with open(cfg_path, "w") as f:
         f.write("\n".join(lines) + "\n")
 
@@ -400,6 +407,53 @@ def sdl_window_shows(expected, width, height):
                 return True, "the guest's screen is at (%d, %d) of the %dx%d X screen" % (x3 // 3, y, sw, sh)
             x3 = rows[y].find(first, x3 + 1)
     return False, "the guest's screen is nowhere on the %dx%d X screen" % (sw, sh)
+
+
+def restrict_run(spec, job):
+    """dm_restrict=1: xenvfb must refuse -xen-domid-restrict and say why."""
+    name = "e2e-%s-restrict" % spec["dm"]
+    outdir = os.path.join(OUT, "%s-restrict" % spec["dm"])
+    os.makedirs(outdir, exist_ok=True)
+    result = {"dm": spec["dm"], "variant": "restrict", "checks": {}, "notes": []}
+
+    def check(key, ok, note=None):
+        result["checks"][key] = bool(ok)
+        if note:
+            result["notes"].append("%s: %s" % (key, note))
+        mark("%s/restrict %s %s%s" % (spec["dm"], key, "ok" if ok else "FAILED", (" (%s)" % note) if note else ""))
+
+    # libxl refuses dm_restrict without a user to run device models as.
+    run(["useradd", "--system", "--no-create-home", "xen-qemuuser-shared"], timeout=20)
+    cfg = os.path.join(outdir, "xl.cfg")
+    write_config(cfg, name, spec, job)
+    t0 = time.monotonic()
+    rc, out = run(["xl", "-vvv", "create", cfg], timeout=120)
+    result["create_seconds"] = round(time.monotonic() - t0, 2)
+    with open(os.path.join(outdir, "xl-create.log"), "w") as f:
+        f.write(out)
+    collect_logs(name, outdir)
+    check("refused", rc != 0, "xl create exit %d after %.1fs" % (rc, result["create_seconds"]))
+    try:
+        with open(os.path.join(outdir, "device-model.log")) as f:
+            log = f.read()
+    except OSError:
+        log = ""
+    check("says-why", "-xen-domid-restrict (libxl's dm_restrict=1) is not supported" in log,
+          None if log else "no device-model log")
+    if rc == 0:
+        run(["xl", "destroy", name], timeout=60)
+    left = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open("/proc/%s/cmdline" % pid, "rb") as f:
+                if f.read().split(b"\0")[0] == spec["path"].encode():
+                    left.append(pid)
+        except OSError:
+            pass
+    listed = run(["xl", "domid", name], timeout=20)[0] == 0
+    check("cleaned-up", not left and not listed,
+          None if not left and not listed else "device model pids %s, domain listed: %s" % (left, listed))
+    return result
 
 
 def one_run(spec, job, images):
@@ -831,7 +885,10 @@ def main():
                 xvfb, note = start_xvfb()
                 mark("xvfb: %s" % note)
         try:
-            results.append(one_run(spec, job, images))
+            if spec["variant"] == "restrict":
+                results.append(restrict_run(spec, job))
+            else:
+                results.append(one_run(spec, job, images))
         except Exception as e:
             mark("%s/%s crashed: %r" % (spec["dm"], spec["variant"], e))
             results.append({"dm": spec["dm"], "variant": spec["variant"],

@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-CHECKS = ["create", "dm-spawned", "connected", "guest-fb", "vnc", "screenshot", "input", "guest-fb-2", "update", "png-display",
+CHECKS = ["refused", "says-why", "cleaned-up", "create", "dm-spawned", "connected", "guest-fb", "vnc", "screenshot", "input", "guest-fb-2", "update", "png-display",
           "sdl-window", "vnc-capture", "vnc-input",
           # the vdispl guest (vdispl_test.py)
           "no-dm", "kms-setcrtc", "screendump-a", "flips", "screendump-b", "vnc-capture-b",
@@ -18,7 +18,7 @@ def label(run):
     """A column's title: QEMU's variants, the xenvfb example run, or the vdispl guests."""
     if run["dm"] == "qemu":
         return "qemu " + {"vnc1": "vnc", "vnc0": "headless"}.get(run["variant"], run["variant"])
-    return "xenvfb " + {"vdispl-standalone": "vdispl alone"}.get(run["variant"], run["variant"])
+    return "xenvfb " + {"vdispl-standalone": "vdispl alone", "restrict": "dm_restrict"}.get(run["variant"], run["variant"])
 
 
 def main():

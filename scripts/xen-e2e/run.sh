@@ -142,6 +142,9 @@ fi
 if [ "$dm" != qemu ]; then
   # Every example, the SDL one last: dom0's test installs the package's
   # Recommends (libSDL2) just before it.
+  # Before them, a dm_restrict=1 guest whose -xen-domid-restrict xenvfb
+  # must refuse, saying why.
+  runs+=("xenvfb restrict")
   for cfg in $(ls "$root"/configs/xenvfb-*.cfg | grep -v -- -sdl.cfg) $(ls "$root"/configs/xenvfb-*sdl*.cfg 2>/dev/null); do
     runs+=("xenvfb example:$(basename "$cfg")")
   done
@@ -160,6 +163,8 @@ for r in runs:
     dm, variant = r.split()
     if dm == "qemu":
         spec = {"path": "/usr/libexec/xen-qemu-system-i386", "input": True}
+    elif variant == "restrict":
+        spec = {"path": "/usr/bin/xenvfb", "input": xinput}
     else:
         # An example configuration, run as it is (dom0-test.py): its
         # device_model_override must name the installed package's binary.

@@ -15,8 +15,9 @@
 //
 // Several regions may be tracked at once (tests run in parallel in one
 // process): the handler looks the address up in a fixed table of slots.
-// Everything the handler touches is preallocated; it takes no lock and calls
-// only mprotect(2), write(2) and raise(3).
+// Everything the handler touches is preallocated (static TLS included: the
+// library must be linked in, not dlopen'ed); it takes no lock and calls only
+// mprotect(2), write(2) and raise(3).
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -56,9 +57,10 @@ size_t wf_page_size(void);
 /// full).
 int wf_region_add(void *base, size_t len, int kind, uint8_t *dirty, int notify_fd);
 
-/// Makes the region writable and removes it from the table. Writers into the
-/// region must have stopped (as for munmap): a fault taken before the removal
-/// and handled after it would be passed on as a crash.
+/// Makes the region writable and removes it from the table. Writers may go
+/// on: a write that faulted just before the removal and reaches the handler
+/// after it is retried (it then succeeds), not passed on as a crash. The
+/// region must stay mapped while they write (as for any memory).
 void wf_region_remove(int slot);
 
 /// Sets (1) or clears (0) the "notify on next fault" flag. Returns the
