@@ -14,7 +14,7 @@ final class Connection {
     let fd: Int32
     let tag: UInt64
     let info: RFBClientInfo
-    let out = OutputQueue()
+    let out: OutputQueue
     let context: SessionContext
     /// Set once the RFB stream starts (at once, or after the WebSocket handshake).
     private(set) var session: RFBSession?
@@ -39,6 +39,7 @@ final class Connection {
         self.info = info
         self.context = context
         self.deadline = deadline
+        out = OutputQueue(pool: context.buffers)
         if info.websocket {
             webSocket = .handshake(WebSocketHandshake())
         } else {
