@@ -61,6 +61,7 @@ enum BenchCommand {
     ]
 
     static func main(_ args: [String]) -> Int32 {
+        if args.first == "backend" { return BackendBench.main(Array(args.dropFirst())) }
         var frames = 60
         var only: String?
         do throws(UsageError) {
@@ -68,7 +69,7 @@ enum BenchCommand {
                 if option.name == "--frames" { frames = max(5, Int(option.value ?? "") ?? 60) } else { only = option.value }
             }
         } catch {
-            print("\(error)\nusage: xenvfb-bench [--frames N] [--workload NAME]")
+            print("\(error)\nusage: xenvfb-bench [--frames N] [--workload NAME]\n       " + BackendBench.usage.dropFirst(7))
             return 2
         }
         #if DEBUG

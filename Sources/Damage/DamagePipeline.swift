@@ -22,8 +22,9 @@ import Support
 /// part of Linux's fb_deferred_io) the first damage after idle arms a
 /// one-shot timer of `delay`, so a burst of writes is collected once. With
 /// `.leading` (damage that the guest already batched, such as UPDATE events)
-/// damage that arrives while idle is published at once — after the current
-/// loop handler, so every event of one notification is in the batch — and
+/// damage that arrives while idle is published at once — once the loop's
+/// current handlers have returned (`EventLoop.runAfterHandlers`: no timer, no
+/// system call), so every event of one notification is in the batch — and
 /// under load at most once per `delay`: the device adds no fixed latency.
 /// A tick that finds nothing goes idle: the tracker is armed to notify on the
 /// next write and no timer is left running.
@@ -104,13 +105,16 @@ public final class DamagePipeline {
 
     public private(set) var phase = Phase.tracking
     public private(set) var statistics = Statistics()
-    public var isTimerArmed: Bool { timer != nil }
+    /// A tick is scheduled (a timer, or at the end of the loop's iteration).
+    public var isTimerArmed: Bool { timer != nil || tickQueued }
 
     private let loop: EventLoop
     private var coalescer: Coalescer
     private let confirm: (([Rect]) -> [Rect])?
     private let onUpdate: ([Rect]) -> Void
     private var timer: EventLoop.TimerID?
+    /// A tick is queued with `runAfterHandlers` (`.leading`, idle).
+    private var tickQueued = false
     private var pollTimer: EventLoop.TimerID?
     /// When the last tick ran (`EventLoop.now()`), for `.leading`.
     private var lastTick: UInt64?
@@ -181,6 +185,7 @@ public final class DamagePipeline {
         started = false
         if let id = timer { loop.cancelTimer(id) }
         timer = nil
+        tickQueued = false
         if let id = pollTimer { loop.cancelTimer(id) }
         pollTimer = nil
         if let fd = tracker?.notificationFD { loop.unwatch(fd: fd) }
@@ -223,13 +228,22 @@ public final class DamagePipeline {
     }
 
     private func schedule() {
-        guard started, timer == nil else { return }
+        guard started, timer == nil, !tickQueued else { return }
         var wait = delay
         if scheduling == .leading {
             // Idle (no tick for `delay`): at once; under load: `delay` after the last tick.
             let d = UInt64(delay.components.seconds) &* 1_000_000_000 &+ UInt64(delay.components.attoseconds / 1_000_000_000)
             let since = lastTick.map { EventLoop.now() &- $0 } ?? .max
-            wait = since >= d ? .zero : .nanoseconds(Int64(d - since))
+            if since >= d {
+                tickQueued = true
+                loop.runAfterHandlers { [weak self] in
+                    guard let self, self.tickQueued else { return }
+                    self.tickQueued = false
+                    self.tick()
+                }
+                return
+            }
+            wait = .nanoseconds(Int64(d - since))
         }
         timer = loop.addTimer(after: wait) { [weak self] in
             guard let self else { return }
@@ -298,7 +312,11 @@ public final class DamagePipeline {
             onUpdate(rects)
         }
         guard started else { return rects }
-        if activity { schedule() } else { goIdle() }
+        // A tracker is looked at again next tick (writes go on after a
+        // collect); damage that others report schedules its own tick when it
+        // arrives, so without a tracker an empty coalescer means idle: no
+        // follow-up tick that would only find nothing.
+        if tracker != nil ? activity : !coalescer.isEmpty { schedule() } else { goIdle() }
         return rects
     }
 

@@ -288,7 +288,6 @@ extension DeviceModel {
         guard options.useXenstore else { return }
 
         let host: Host
-        var xenHost: XenHost?
         if let dir = options.simHost {
             host = SimHost(directory: dir, domid: 0)
             log.info("acting on the simulated machine in \(dir) (SimHost)")
@@ -297,11 +296,9 @@ extension DeviceModel {
                 let xen = try XenHost(domid: 0)
                 // A vfb, a vkbd and a vdispl device (one handle for all its
                 // connectors), each reconnecting with a fresh handle, and
-                // room for a second vdispl: opened now, before
-                // -xen-domid-restrict and -runas.
+                // room for a second vdispl: opened now, before -runas.
                 try xen.preopenEventChannels(8)
                 host = xen
-                xenHost = xen
             } catch {
                 throw DeviceModelError("cannot open Xen: \(error)")
             }

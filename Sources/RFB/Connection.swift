@@ -17,7 +17,7 @@ final class Connection {
     let fd: Int32
     let tag: UInt64
     let info: RFBClientInfo
-    let out = OutputQueue()
+    let out: OutputQueue
     let context: SessionContext
     /// Set once the RFB stream starts (at once, or after the WebSocket handshake).
     private(set) var session: RFBSession?
@@ -55,6 +55,7 @@ final class Connection {
         self.context = context
         self.deadline = deadline
         self.credentials = credentials
+        out = OutputQueue(pool: context.buffers)
         if info.websocket {
             webSocket = .handshake(WebSocketHandshake())
             if credentials != nil { tls = .starting([]) }

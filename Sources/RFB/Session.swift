@@ -16,6 +16,8 @@ final class SessionContext {
     var frameWidth: Int
     var frameHeight: Int
     let encoders = Encoders()
+    /// Output buffers for every client's queue (see `BufferPool`).
+    let buffers = BufferPool(maxBuffers: 4)
     var checkPassword: (_ challenge: [UInt8], _ response: [UInt8]) -> AuthOutcome
     var emit: (RFBEvent) -> Void
     let log: Logger
@@ -41,6 +43,33 @@ final class SessionContext {
 
     static func currentSize(of source: any RFBFrameSource) -> (Int, Int) {
         source.withPixels { _, w, h, _ in (min(max(w, 0), 65535), min(max(h, 0), 65535)) }
+    }
+
+    /// Appends `r` of the frame to `out` as Raw pixel data in the server's own
+    /// format (XRGB8888 little-endian, the padding byte cleared): one pass
+    /// from the frame into the output, under the frame's lock (held only for
+    /// the copy). Outside the frame reads as black, as in `readBand`.
+    func appendRawXRGB(_ r: RFBRect, to out: ByteBuffer) {
+        let rowBytes = r.width * 4
+        out.appendUninitialized(rowBytes * r.height) { dst in
+            source.withPixels { pixels, fw, fh, stride in
+                let usable = fw > 0 && fh > 0 && stride >= fw * 4
+                for row in 0..<r.height {
+                    let d = dst + row * rowBytes
+                    let sy = r.y + row
+                    var done = 0
+                    if usable && sy < fh && r.x < fw {
+                        done = min(r.width, fw - r.x)
+                        let src = pixels + sy * stride + r.x * 4
+                        for i in 0..<done {
+                            let p = src.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self)
+                            d.storeBytes(of: p & UInt32(0x00ff_ffff).littleEndian, toByteOffset: 4 * i, as: UInt32.self)
+                        }
+                    }
+                    if done < r.width { (d + 4 * done).initializeMemory(as: UInt8.self, repeating: 0, count: 4 * (r.width - done)) }
+                }
+            }
+        }
     }
 
     /// Copies `r` of the frame into the band scratch, translated, under the
@@ -646,7 +675,8 @@ final class RFBSession {
 
     private func encodeBatch() {
         guard var j = job else { return }
-        let chunk = out.makeChunk(capacity: Self.chunkTarget)
+        // Room for the batch and the band that ends it: no regrowth.
+        let chunk = out.makeChunk(capacity: Self.chunkTarget + SessionContext.bandPixels * 4 + 64)
         if !j.headerWritten {
             chunk.updateHeader(rects: j.pseudo.count + j.rects.count)
             chunk.append(j.pseudo.bytes)
@@ -656,30 +686,37 @@ final class RFBSession {
         let level = compressLevel
         while j.next < j.rects.count {
             let r = j.rects[j.next]
-            let v = UnsafePointer(context.readBand(r, j.translator))
-            switch j.encoding {
-            case Encoding.rre, Encoding.coRRE:
-                e.rre(v, x: r.x, y: r.y, width: r.width, height: r.height, layout: j.pixel,
-                      compact: j.encoding == Encoding.coRRE, out: chunk)
-            case Encoding.hextile:
-                e.hextile(v, x: r.x, y: r.y, width: r.width, height: r.height, layout: j.pixel, out: chunk)
-            case Encoding.zlib:
-                let s = zlibStream ?? Deflater(level: level)
-                zlibStream = s
-                e.zlib(v, x: r.x, y: r.y, width: r.width, height: r.height, layout: j.pixel, stream: s, level: level, out: chunk)
-            case Encoding.tight:
-                let s = tightStreams ?? (Deflater(level: level), Deflater(level: level))
-                tightStreams = s
-                e.tight(v, x: r.x, y: r.y, width: r.width, height: r.height, layout: j.tpixel, streams: s, level: level, out: chunk)
-            case Encoding.zrle:
-                let s = zrleStream ?? Deflater(level: level)
-                zrleStream = s
-                e.zrle(v, x: r.x, y: r.y, width: r.width, height: r.height, layout: j.cpixel, stream: s, level: level, out: chunk)
-            case Encoding.trle:
-                e.trle(v, x: r.x, y: r.y, width: r.width, height: r.height, layout: j.cpixel, out: chunk)
-            default:
-                e.raw(v, x: r.x, y: r.y, width: r.width, height: r.height, layout: j.pixel, out: chunk)
+            if j.encoding == Encoding.raw && j.translator.kind == .xrgb && j.pixel == .u32le {
+                // The server's own format: straight from the frame into the output.
+                chunk.rectHeader(x: r.x, y: r.y, width: r.width, height: r.height, encoding: Encoding.raw)
+                context.appendRawXRGB(r, to: chunk)
+            } else {
+                let v = UnsafePointer(context.readBand(r, j.translator))
+                switch j.encoding {
+                case Encoding.rre, Encoding.coRRE:
+                    e.rre(v, x: r.x, y: r.y, width: r.width, height: r.height, layout: j.pixel,
+                          compact: j.encoding == Encoding.coRRE, out: chunk)
+                case Encoding.hextile:
+                    e.hextile(v, x: r.x, y: r.y, width: r.width, height: r.height, layout: j.pixel, out: chunk)
+                case Encoding.zlib:
+                    let s = zlibStream ?? Deflater(level: level)
+                    zlibStream = s
+                    e.zlib(v, x: r.x, y: r.y, width: r.width, height: r.height, layout: j.pixel, stream: s, level: level, out: chunk)
+                case Encoding.tight:
+                    let s = tightStreams ?? (Deflater(level: level), Deflater(level: level))
+                    tightStreams = s
+                    e.tight(v, x: r.x, y: r.y, width: r.width, height: r.height, layout: j.tpixel, streams: s, level: level, out: chunk)
+                case Encoding.zrle:
+                    let s = zrleStream ?? Deflater(level: level)
+                    zrleStream = s
+                    e.zrle(v, x: r.x, y: r.y, width: r.width, height: r.height, layout: j.cpixel, stream: s, level: level, out: chunk)
+                case Encoding.trle:
+                    e.trle(v, x: r.x, y: r.y, width: r.width, height: r.height, layout: j.cpixel, out: chunk)
+                default:
+                    e.raw(v, x: r.x, y: r.y, width: r.width, height: r.height, layout: j.pixel, out: chunk)
+                }
             }
+            // Every rectangle, the direct path's too, counts towards the batch's bounds below.
             j.next += 1
             rectsSent += 1
             if chunk.count >= Self.chunkTarget || out.count + chunk.count >= Self.outputThreshold { break }

@@ -169,6 +169,40 @@ func pump(_ loop: EventLoop, limit: Int = 200, until done: () -> Bool) {
         engine.stop()
     }
 
+    @Test func leadingDamageIsPublishedInTheSameLoopRoundAndLeavesNoTimer() throws {
+        let loop = try EventLoop()
+        var batches: [[Rect]] = []
+        let engine = DamagePipeline(loop: loop, tracker: nil, geometry: geometry, delay: .milliseconds(200),
+                                    scheduling: .leading) { batches.append($0) }
+        try engine.start()
+        var p: [Int32] = [0, 0]
+        #expect(pipe(&p) == 0)
+        defer { p.forEach { close($0) } }
+        // Damage reported from a handler (as the vfb backend's ring reader does).
+        try loop.watch(fd: p[0]) { _ in
+            var byte: UInt8 = 0
+            _ = read(p[0], &byte, 1)
+            engine.add([Rect(x: 1, y: 1, width: 4, height: 4)])
+            engine.add([Rect(x: 3, y: 3, width: 4, height: 4)])
+        }
+        var one: UInt8 = 1
+        _ = write(p[1], &one, 1)
+        let wakeups = loop.wakeups
+        loop.runOnce(timeoutMilliseconds: 1000)
+        #expect(batches == [[Rect(x: 1, y: 1, width: 6, height: 6)]], "both rects of one notification in one batch, at once")
+        #expect(loop.wakeups - wakeups == 1)
+        #expect(!engine.isTimerArmed, "no follow-up tick that would only find nothing")
+        #expect(loop.activeTimers == 0)
+        // Under load (within `delay` of the last tick) damage waits for the delay.
+        _ = write(p[1], &one, 1)
+        loop.runOnce(timeoutMilliseconds: 1000)
+        #expect(batches.count == 1)
+        #expect(engine.isTimerArmed && loop.activeTimers == 1)
+        pump(loop) { batches.count == 2 }
+        #expect(batches.count == 2)
+        engine.stop()
+    }
+
     @Test func rectanglesFromAnotherSourceAreBatched() throws {
         let loop = try EventLoop()
         var batches: [[Rect]] = []

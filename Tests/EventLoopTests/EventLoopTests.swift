@@ -17,6 +17,39 @@ import CShims
         #expect(loop.activeTimers == 0)
     }
 
+    @Test func workAfterHandlersRunsOnceEveryReadyEventIsHandledAndCostsNoWakeUp() throws {
+        let loop = try EventLoop()
+        var a: [Int32] = [0, 0], b: [Int32] = [0, 0]
+        #expect(pipe(&a) == 0 && pipe(&b) == 0)
+        defer { a.forEach { close($0) }; b.forEach { close($0) } }
+        var log: [String] = []
+        for (name, fds) in [("a", a), ("b", b)] {
+            try loop.watch(fd: fds[0]) { _ in
+                var byte: UInt8 = 0
+                _ = read(fds[0], &byte, 1)
+                log.append(name)
+                // Queued by the first handler, queued again by the second: runs after both.
+                loop.runAfterHandlers { log.append("after \(name)") }
+            }
+        }
+        var one: UInt8 = 1
+        _ = write(a[1], &one, 1)
+        _ = write(b[1], &one, 1)
+        let wakeups = loop.wakeups
+        #expect(loop.runOnce(timeoutMilliseconds: 1000) == 2)
+        #expect(log.sorted() == ["a", "after a", "after b", "b"])
+        #expect(log.suffix(2).allSatisfy { $0.hasPrefix("after") }, "\(log)")
+        #expect(loop.wakeups - wakeups == 1)
+        #expect(loop.activeTimers == 0)
+        // Queued outside a handler: the next round runs it without sleeping.
+        var ran = false
+        loop.runAfterHandlers { ran = true }
+        let start = EventLoop.now()
+        loop.runOnce(timeoutMilliseconds: 5000)
+        #expect(ran)
+        #expect(EventLoop.now() - start < 2_000_000_000)
+    }
+
     @Test func repeatingTimerFiresUntilCancelled() throws {
         let loop = try EventLoop()
         var count = 0
