@@ -59,6 +59,14 @@ import Testing
 
     static func log(_ s: String) { print("QuotaAttackTests: \(s)") }
 
+    /// The RSS growth each attack may cause, in MiB. Under AddressSanitizer
+    /// (scripts/sanitize.sh exports XENVFB_SANITIZER=address) freed requests
+    /// wait in ASan's quarantine and size-class regions before reuse: the
+    /// 100,000 reads grew the ASan build by 33.8 MiB and the memory-quota
+    /// attack by 49.7 MiB (2026-12-06), against 2.4 and 4.6 MiB plain (README). The
+    /// attacks grew it by 100-200 MiB before the quotas held.
+    static let growthLimit: Double = getenv("XENVFB_SANITIZER").map { String(cString: $0) } == "address" ? 80 : 32
+
     @Test func sixtyFourConnectionsOfAGuestShareItsTransactionQuota() throws {
         let server = try Server()
         defer { server.stop() }
@@ -83,7 +91,7 @@ import Testing
         }
         let after = server.rssMiB()
         Self.log("64 connections x 10 transactions: \(open.count) open, RSS \(before) -> \(after) MiB")
-        #expect(after - before < 32)
+        #expect(after - before < Self.growthLimit)
         // Ending one, or closing a connection that holds some, makes room.
         #expect(RawClient.text(open[0].client.request(.transactionEnd, ["F"], tx: open[0].tx)) == "OK")
         #expect(guests[63].request(.transactionStart, [""]).0 == .transactionStart)
@@ -127,7 +135,7 @@ import Testing
         Self.log("100,000 reads of absent 2 KB paths in one transaction: \(replies), RSS \(before) -> \(after) MiB")
         // quota_trans_nodes (1024) nodes touched: the home node and 1023 absent ones.
         #expect(replies == ["error ENOENT": 1023, "error ENOSPC": 100_000 - 1023])
-        #expect(after - before < 32)
+        #expect(after - before < Self.growthLimit)
         #expect(RawClient.text(g.request(.transactionEnd, ["T"], tx: tx)) == "error ENOMEM")
     }
 
@@ -147,7 +155,7 @@ import Testing
         let after = server.rssMiB()
         Self.log("100,000 writes of one 2 KB path in one transaction: RSS \(before) -> \(after) MiB")
         #expect(replies == ["OK": 100_000])
-        #expect(after - before < 32)
+        #expect(after - before < Self.growthLimit)
         #expect(RawClient.text(g.request(.transactionEnd, ["T"], tx: tx)) == "OK")
         #expect(server.dom0.nextEvent() == "/local/domain/5/\(name) w")
         #expect(server.dom0.nextEvent(seconds: 0.5) == nil, "one event per path")
@@ -173,7 +181,7 @@ import Testing
         let ok = replies["OK", default: 0]
         #expect(ok > 1000 && ok < 1400)
         #expect(replies["error EIO", default: 0] == 5500 - ok)
-        #expect(after - before < 32)
+        #expect(after - before < Self.growthLimit)
         #expect(RawClient.text(guests[10].request(.transactionEnd, ["T"], tx: txs[10])) == "error ENOMEM")
         // Ending transactions gives their memory back.
         for k in 0..<10 { _ = guests[k].request(.transactionEnd, ["F"], tx: txs[k]) }
