@@ -65,8 +65,18 @@ let package = Package(
             dependencies: ["DeviceModel"],
             // RSS (README, Performance: Memory): lld packs the ~27,000 relative
             // relocations of this PIE into DT_RELR (5 KB instead of 630 KB that
-            // ld.so reads, and that stay resident, at every start).
-            linkerSettings: [.unsafeFlags(["-use-ld=lld", "-Xlinker", "-z", "-Xlinker", "pack-relative-relocs"])]),
+            // ld.so reads, and that stay resident, at every start); it puts the
+            // functions a device model runs (scripts/xenvfb.order, made by
+            // scripts/symbol-order.sh) side by side at the start of .text, so
+            // the kernel's 64 KiB fault-around maps them and little else; and
+            // it exports none of the ~4,000 public symbols of the package's
+            // modules (the static stdlib's link arguments ask for
+            // -export-dynamic): nothing looks them up, and ld.so's lookups
+            // would touch their tables at every start.
+            linkerSettings: [.unsafeFlags(["-use-ld=lld", "-Xlinker", "-z", "-Xlinker", "pack-relative-relocs",
+                                           "-Xlinker", "--no-export-dynamic",
+                                           "-Xlinker", "--symbol-ordering-file=\(Context.packageDirectory)/scripts/xenvfb.order",
+                                           "-Xlinker", "--no-warn-symbol-ordering"])]),
         // Processes the tests start (a simulated guest, the crash-chaining check):
         // kept out of the shipped binary.
         .executableTarget(name: "xenvfb-testtool", dependencies: ["GuestKit", "WriteFault", "Damage", "Host", "XenStore",
@@ -101,6 +111,14 @@ let package = Package(
                     exclude: ["qmp_client.py"]),
     ]
 )
+
+// Every function in a section of its own (the static Swift runtime and
+// standard library are built that way), so the linker can order them by
+// scripts/xenvfb.order (see the xenvfb target).
+for target in package.targets where target.type == .regular || target.type == .executable {
+    target.swiftSettings = (target.swiftSettings ?? []) + [.unsafeFlags(["-Xfrontend", "-function-sections"])]
+    target.cSettings = (target.cSettings ?? []) + [.unsafeFlags(["-ffunction-sections"])]
+}
 
 // libFuzzer targets (Fuzz/, run by scripts/fuzz.sh): only with XENVFB_FUZZ=1,
 // so a normal `swift build` neither builds nor links them.
