@@ -8,6 +8,11 @@
 # example configuration in configs/ as it is, but for the guest's kernel,
 # memory and name. What it checks is described in dom0-test.py; results land
 # in out/xen-e2e/ (results.md, results.json, logs).
+# With both device models it then runs the performance part in the same VM
+# (perf_test.py: XEN_E2E_PERF_GUESTS guests at once, default 6, with each
+# device model; one animation watched by a Raw and a Tight viewer; key-to-
+# screen latency); XEN_E2E_PERF=0 leaves it out. It adds about 3 minutes on
+# an idle host.
 #
 # With xenvfb it then boots a guest with a vdispl screen (vdispl_test.py).
 # Usage: scripts/xen-e2e/run.sh [--dm qemu|xenvfb|both] [--deb PACKAGE]
@@ -50,7 +55,11 @@ case "$dm" in qemu|xenvfb|both) ;; *) echo "xen-e2e: --dm must be qemu, xenvfb o
 # load average at 10-13 (other builds), and the vdispl guest adds about
 # 170 s, so it leaves room above that.
 BOOT_LIMIT=${XEN_E2E_BOOT_LIMIT:-180}
-VM_LIMIT=${XEN_E2E_VM_LIMIT:-1140}
+# The performance part (both device models) needs up to ~250 s per device
+# model under load on top of that.
+perf=0
+[ "$dm" = both ] && [ "${XEN_E2E_PERF:-1}" != 0 ] && perf=1
+VM_LIMIT=${XEN_E2E_VM_LIMIT:-$((1140 + perf * 500))}
 
 T0=$(date +%s)
 step() { echo "== xen-e2e: $* (+$(( $(date +%s) - T0 ))s, $(date +%T))"; }
@@ -134,6 +143,10 @@ vdispl=0
 if [ "$dm" != qemu ]; then
   "$here/vdispl-job.sh" "$tree" "$kver" "$build/job" && vdispl=1
 fi
+# The performance guest and the dom0 half of that part (perf-job.sh).
+if [ "$perf" = 1 ]; then
+  "$here/perf-job.sh" "$tree" "$kver" "$build/job" || { echo "xen-e2e: perf-job.sh failed: no performance part" >&2; perf=0; }
+fi
 
 runs=()
 if [ "$dm" != xenvfb ]; then
@@ -151,7 +164,7 @@ if [ "$dm" != qemu ]; then
 fi
 # dom0's test gets what is left of VM_LIMIT after a slow boot (~150 s); it
 # skips runs it has no time left for rather than be cut off mid-run.
-VDISPL=$vdispl DOM0_BUDGET=$((VM_LIMIT - 150)) python3 - "$build/job/job.json" "$xenvfb_input" "${runs[@]}" <<'EOF'
+VDISPL=$vdispl PERF=$perf DOM0_BUDGET=$((VM_LIMIT - 150)) python3 - "$build/job/job.json" "$xenvfb_input" "${runs[@]}" <<'EOF'
 import json, sys
 out, xinput, runs = sys.argv[1], sys.argv[2] == "yes", sys.argv[3:]
 import glob, os
@@ -180,6 +193,10 @@ if os.environ.get("VDISPL") == "1":
                      "standalone": os.environ.get("XEN_E2E_VDISPL_STANDALONE") == "1"}
     if os.environ.get("XEN_E2E_VDISPL_ONLY") == "1":
         job["runs"] = []
+if os.environ.get("PERF") == "1":
+    job["perf"] = {"ramdisk": "/job/guest-perf/initrd.gz", "guests": int(os.environ.get("XEN_E2E_PERF_GUESTS", "6")),
+                   "memory": 128, "rounds": 40, "idle_seconds": 10, "reserve_seconds": 200,
+                   "dms": [["xenvfb", "/usr/bin/xenvfb"], ["qemu", "/usr/libexec/xen-qemu-system-i386"]]}
 json.dump(job, open(out, "w"), indent=1)
 EOF
 
