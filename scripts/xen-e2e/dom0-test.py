@@ -852,12 +852,15 @@ def vdispl_run(job, images, pattern2, budget_end, standalone):
 def perf_run(job, budget_end):
     """The performance part (perf_test.py, on the job disk): many guests at
     once, one animation watched by each kind of viewer, key-to-screen; for
-    each device model. Returns (results, whether the harness worked)."""
+    each device model. Returns (results, whether its checks passed)."""
     try:
         sys.path.insert(0, JOB)
         import perf_test
         perf = perf_test.run_all(sys.modules[__name__], job, budget_end)
-        return perf, perf_test.harness_ok(perf)
+        perf["checks"] = perf_test.checks(perf)
+        for name, ok in perf["checks"].items():
+            mark("perf check %s: %s" % (name, "ok" if ok else "FAILED"))
+        return perf, all(perf["checks"].values())
     except Exception as e:  # report, and fail the run
         mark("perf crashed: %r" % e)
         return {"error": repr(e)}, False

@@ -62,7 +62,8 @@ def perf_tables(perf):
         a, b = multi(q, key), multi(x, key)
         rows.append([label, fmt(a, f), fmt(b, f), ratio(a, b)])
     text += table(["", "QEMU", "xenvfb", "xenvfb/QEMU"], rows)
-    text += "\nIdle: %s s with every guest's screen still.\n\n" % (x.get("idle_seconds") or q.get("idle_seconds"))
+    text += "\nIdle: %s s with every guest's screen still. The part took %s s with xenvfb, %s s with QEMU.\n\n" % (
+        x.get("idle_seconds") or q.get("idle_seconds"), x.get("seconds", "-"), q.get("seconds", "-"))
     text += "### One guest animating: an 800×160 band, 30 fps, 15 s, through mmap'd /dev/fb0\n\n"
     rows = []
     for profile, label in (("raw", "Raw viewer"), ("tight", "TigerVNC's list (Tight)")):
@@ -84,8 +85,13 @@ def perf_tables(perf):
         rows.append([name, fmt(a, f), fmt(b, f), ratio(a, b) if key.endswith("_ms") else ""])
     text += table(["", "QEMU", "xenvfb", "xenvfb/QEMU"], rows)
     notes = [n for r in (q, x) for n in r.get("notes", [])]
+    if perf.get("error"):
+        notes.append("the part crashed: %s" % perf["error"])
     if notes:
         text += "\n" + "\n".join("- " + n for n in notes) + "\n"
+    if perf.get("checks"):
+        text += "\nChecks (CPU and latency are figures to read, not checks):\n\n" + "".join(
+            "- %s: %s\n" % (name, "ok" if ok else "FAILED") for name, ok in perf["checks"].items())
     return text
 
 
@@ -160,8 +166,9 @@ def main():
             print("%s: %s (%s)" % (key, "ok" if package[key] else "FAILED", package.get(key + "_note", "")))
     if data.get("perf"):
         print(perf_tables(data["perf"]))
+    perf_ok = not data.get("perf") or (not data["perf"].get("error") and all(data["perf"].get("checks", {"ran": False}).values()))
     return 0 if all(r["checks"] and all(r["checks"].values()) for r in results) and all(configs.values()) \
-        and all(package.get(key, True) for key in ("package", "recommends")) else 1
+        and all(package.get(key, True) for key in ("package", "recommends")) and perf_ok else 1
 
 
 if __name__ == "__main__":
