@@ -43,7 +43,10 @@ def perf_tables(perf):
     def multi(r, what):
         mem, idle = r.get("memory", {}), r.get("idle", {})
         return {
+            "created": r.get("create_seconds"),
             "connected": r.get("all_connected_seconds"),
+            "startup_cpu": mean(list((r.get("startup_cpu_seconds") or {}).values())),
+            "hwm_viewed": (r.get("first_guest_memory_after") or {}).get("VmHWM", 0) / 1024 or None,
             "hwm": mean([m.get("VmHWM", 0) / 1024 for m in mem.values()]) if mem else None,
             "rss_total": sum(m.get("VmRSS", 0) for m in mem.values()) / 1024 if mem else None,
             "cpu": mean([i.get("cpu_percent") for i in idle.values()]),
@@ -52,18 +55,22 @@ def perf_tables(perf):
 
     n = x.get("guests") or q.get("guests")
     text = "## Performance: xenvfb and QEMU 7.2 in the same VM\n\n"
-    text += "### %s guests at once (perf_test.py)\n\n" % n
+    text += "### %s guests per device model, all %s created at once, interleaved (perf_test.py)\n\n" % (
+        n, 2 * n if isinstance(n, int) else "-")
     rows = []
-    for label, key, f in (("time until every vfb and vkbd is Connected (s)", "connected", "%.1f"),
-                          ("device-model peak RSS per guest, mean VmHWM (MiB)", "hwm", "%.1f"),
+    for label, key, f in (("time until the last `xl create` returned (s)", "created", "%.1f"),
+                          ("time until every vfb and vkbd is Connected (s)", "connected", "%.1f"),
+                          ("device-model CPU from its start until its guest was drawn, mean (s)", "startup_cpu", "%.2f"),
+                          ("device-model peak RSS per guest, mean VmHWM, no viewer yet (MiB)", "hwm", "%.1f"),
+                          ("peak RSS of the first guest's device model after both viewers (MiB)", "hwm_viewed", "%.1f"),
                           ("device-model RSS, all guests, VmRSS (MiB)", "rss_total", "%.1f"),
                           ("idle CPU per device model (%)", "cpu", "%.2f"),
                           ("idle context switches per device model per second", "cs", "%.2f")):
         a, b = multi(q, key), multi(x, key)
         rows.append([label, fmt(a, f), fmt(b, f), ratio(a, b)])
     text += table(["", "QEMU", "xenvfb", "xenvfb/QEMU"], rows)
-    text += "\nIdle: %s s with every guest's screen still. The part took %s s with xenvfb, %s s with QEMU.\n\n" % (
-        x.get("idle_seconds") or q.get("idle_seconds"), x.get("seconds", "-"), q.get("seconds", "-"))
+    text += "\nIdle: %s s with every guest's screen still. The part took %s s.\n\n" % (
+        x.get("idle_seconds") or q.get("idle_seconds"), perf.get("seconds", "-"))
     text += "### One guest animating: an 800×160 band, 30 fps, 15 s, through mmap'd /dev/fb0\n\n"
     rows = []
     for profile, label in (("raw", "Raw viewer"), ("tight", "TigerVNC's list (Tight)")):
@@ -90,7 +97,7 @@ def perf_tables(perf):
     if notes:
         text += "\n" + "\n".join("- " + n for n in notes) + "\n"
     if perf.get("checks"):
-        text += "\nChecks (CPU and latency are figures to read, not checks):\n\n" + "".join(
+        text += "\nChecks (CPU, memory and latency are figures to read, not checks):\n\n" + "".join(
             "- %s: %s\n" % (name, "ok" if ok else "FAILED") for name, ok in perf["checks"].items())
     return text
 
