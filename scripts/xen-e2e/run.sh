@@ -9,10 +9,15 @@
 # memory and name. What it checks is described in dom0-test.py; results land
 # in out/xen-e2e/ (results.md, results.json, logs).
 # With xenvfb it then boots a guest with a vdispl screen (vdispl_test.py).
-# With both device models it then runs the performance part in the same VM
-# (perf_test.py: XEN_E2E_PERF_GUESTS guests per device model, default 6, all
-# created at once; one animation watched by a Raw and a Tight viewer; key-to-
-# screen latency); XEN_E2E_PERF=0 leaves it out.
+# XEN_E2E_PERF=1 (with both device models) adds the performance part in the
+# same VM (perf_test.py: XEN_E2E_PERF_GUESTS guests, default 6, created at
+# once with each device model in turn; one animation watched by a Raw and a
+# Tight viewer; key-to-screen latency). It is off by default, as it does
+# not yet fit or reliably pass CI: one run passed its checks but added
+# 528 s (xenvfb's 6 guests needed 248 s to be Connected, QEMU's 64 s); in
+# another one of xenvfb's 6 `xl create`s failed and dom0 stalled. (With 12
+# `xl create`s at once, dom0's OOM killer killed two, about 75 MB each, in
+# the 1 GiB dom0.)
 # Usage: scripts/xen-e2e/run.sh [--dm qemu|xenvfb|both] [--deb PACKAGE]
 #                               [--xenvfb-input yes|no]
 #   --dm            device model(s) to test (default: both)
@@ -56,7 +61,7 @@ BOOT_LIMIT=${XEN_E2E_BOOT_LIMIT:-180}
 # The performance part (both device models) needs up to ~500 s under load
 # on top of that.
 perf=0
-[ "$dm" = both ] && [ "${XEN_E2E_PERF:-1}" != 0 ] && perf=1
+[ "$dm" = both ] && [ "${XEN_E2E_PERF:-0}" = 1 ] && perf=1
 VM_LIMIT=${XEN_E2E_VM_LIMIT:-$((1140 + perf * 500))}
 
 T0=$(date +%s)
