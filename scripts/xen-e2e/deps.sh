@@ -2,7 +2,8 @@
 # Host Debian packages the real-Xen end-to-end test needs: QEMU to boot Xen,
 # debootstrap to build dom0's root filesystem, e2fsprogs to make and read ext4
 # images without mounting them, cpio for the guest's initramfs, gcc and
-# libc6-dev to build the vdispl guest's static KMS program (kms-flip.c).
+# libc6-dev to build the vdispl guest's static KMS program (kms-flip.c) and
+# the performance guest's static fbperf (fbperf.c).
 # (xenvfb's package is built by scripts/package.sh, which installs what it needs.)
 set -euo pipefail
 pkgs=(qemu-system-x86 qemu-utils debootstrap e2fsprogs cpio gzip gcc libc6-dev)

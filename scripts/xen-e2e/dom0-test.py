@@ -44,6 +44,9 @@ The "restrict" run (dm_restrict=1, for which libxl passes
 device-model process is left (cleaned-up).
 It records time to Connected, the device model's CPU time and peak RSS, and
 writes /job/out/results.json plus per-run logs and screenshots.
+Then, when the job asks for it, the performance part (perf_test.py): N guests
+at once with each device model, the same animation watched by a Raw and a
+Tight viewer, and key-to-screen latency.
 Progress goes to /dev/console as "E2E-MARK ..." lines that the host prints.
 """
 import hashlib
@@ -846,6 +849,23 @@ def vdispl_run(job, images, pattern2, budget_end, standalone):
         return {"dm": "xenvfb", "variant": variant, "checks": {"harness": False}, "notes": ["harness error: %r" % e]}
 
 
+def perf_run(job, budget_end):
+    """The performance part (perf_test.py, on the job disk): many guests at
+    once, one animation watched by each kind of viewer, key-to-screen; for
+    each device model. Returns (results, whether its checks passed)."""
+    try:
+        sys.path.insert(0, JOB)
+        import perf_test
+        perf = perf_test.run_all(sys.modules[__name__], job, budget_end)
+        perf["checks"] = perf_test.checks(perf)
+        for name, ok in perf["checks"].items():
+            mark("perf check %s: %s" % (name, "ok" if ok else "FAILED"))
+        return perf, all(perf["checks"].values())
+    except Exception as e:  # report, and fail the run
+        mark("perf crashed: %r" % e)
+        return {"error": repr(e)}, False
+
+
 def main():
     with open(os.path.join(JOB, "job.json")) as f:
         job = json.load(f)
@@ -907,11 +927,17 @@ def main():
         with open(os.path.join(OUT, "results.json"), "w") as f:
             json.dump({"runs": results, "configs": configs, "package": package}, f, indent=1)
         os.sync()
+    perf_ok = True
+    if job.get("perf"):
+        perf, perf_ok = perf_run(job, budget_end)
+        with open(os.path.join(OUT, "results.json"), "w") as f:
+            json.dump({"runs": results, "configs": configs, "package": package, "perf": perf}, f, indent=1)
+        os.sync()
     run_list = run(["xl", "list"], timeout=20)[1]
     with open(os.path.join(OUT, "xl-list-at-end.txt"), "w") as f:
         f.write(run_list)
     passed = all(all(r["checks"].values()) and r["checks"] for r in results) and all(configs.values()) \
-        and all(v for k, v in package.items() if k in ("package", "recommends"))
+        and all(v for k, v in package.items() if k in ("package", "recommends")) and perf_ok
     mark("all runs done: %s" % ("PASS" if passed else "FAIL"))
     return 0 if passed else 1
 
