@@ -5,11 +5,15 @@ import CZlib
 ///
 /// Each call compresses one rectangle's data and ends with a sync flush, so
 /// the client can decode the rectangle from the bytes sent so far. The window
-/// and hash sizes are below zlib's defaults (16 KiB window, memLevel 7: about
-/// 130 KiB instead of 256 KiB per stream); any inflater accepts that.
+/// and hash sizes are zlib's largest, as QEMU's VNC server uses (32 KiB
+/// window, memLevel 9: about 384 KiB per stream once used): compressing a
+/// full-colour 800x160 band at level 2 took 2.5 ms instead of 3.2 ms with a
+/// 16 KiB window and memLevel 7 (about 130 KiB), since a larger memLevel
+/// means larger deflate blocks (fewer Huffman trees to build) and fewer hash
+/// collisions. Output grows by about 5% on such data.
 final class Deflater {
-    static let windowBits: Int32 = 14
-    static let memoryLevel: Int32 = 7
+    static let windowBits: Int32 = 15
+    static let memoryLevel: Int32 = 9
 
     private let stream: UnsafeMutablePointer<z_stream>
     private(set) var level: Int32
