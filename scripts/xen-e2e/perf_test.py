@@ -467,7 +467,7 @@ def run_group(h, job, dms, results):
             return ["/local/domain/0/backend/%s/%d/0/state" % (k, d) for k in ("vfb", "vkbd")] + \
                    ["/local/domain/%d/device/%s/0/state" % (d, k) for k in ("vfb", "vkbd")]
 
-        connected_at, ready_at = {}, {}
+        connected_at, ready_at, timeline = {}, {}, {}
 
         def progress():
             # One xenstore-read for every path (a process per path is slow under TCG).
@@ -478,7 +478,12 @@ def run_group(h, job, dms, results):
                 values = text.split() if rc == 0 else []
                 if len(values) == len(ps):
                     for k, name in enumerate(waiting):
-                        if values[4 * k:4 * k + 4] == ["4"] * 4:
+                        states = values[4 * k:4 * k + 4]
+                        # When each guest's four states changed (backend vfb, vkbd; frontend vfb, vkbd).
+                        seen = timeline.setdefault(name, [])
+                        if not seen or seen[-1][1] != " ".join(states):
+                            seen.append((round(time.monotonic() - t0, 1), " ".join(states)))
+                        if states == ["4"] * 4:
                             connected_at[name] = time.monotonic() - t0
             for name in domids:
                 if name not in ready_at and markers(h, name, "perf-ready"):
@@ -497,6 +502,11 @@ def run_group(h, job, dms, results):
             r["ready_seconds"] = round(max(d), 1) if None not in d else None
             # CPU each device model used from its start until its guest was drawn and idle.
             r["startup_cpu_seconds"] = {name: cpu_seconds(h, pids[name]) for name in names[dm] if name in pids}
+            # Per guest: xl create's end, every change of the four states, drawn (seconds from the first create).
+            r["timeline"] = {name: {"created": round(done_at[name], 1) if name in done_at else None,
+                                    "states": timeline.get(name, []),
+                                    "drawn": round(ready_at[name], 1) if name in ready_at else None}
+                             for name in names[dm]}
             h.mark("perf %s: %d of %d created (last after %s s), all Connected after %s s, all drawn after %s s" % (
                 dm, r["created"], n, r["create_seconds"], r["all_connected_seconds"], r["ready_seconds"]))
         # Idle: every guest shows a still screen; all device models over the same seconds.

@@ -27,6 +27,8 @@
 #   --xenvfb-input  also check QMP send-key with xenvfb (default: yes)
 # XENVFB_LOG=debug (say) in the environment sets xenvfb's log level in dom0;
 # XEN_E2E_VDISPL_ONLY=1 runs the vdispl guest alone (with --dm xenvfb);
+# XEN_E2E_PERF_ONLY=1 (with XEN_E2E_PERF=1) runs the performance part alone,
+# XEN_E2E_PERF_ORDER=qemu-first measures QEMU's guests first (phase order);
 # XEN_E2E_VDISPL_STANDALONE=1 adds a guest with only vdispl, served by an
 # xenvfb started by hand (--domain NAME --vdispl-only).
 # Expensive parts are cached under .build-xen/ (git-ignored): the dom0 tree,
@@ -198,9 +200,14 @@ if os.environ.get("VDISPL") == "1":
     if os.environ.get("XEN_E2E_VDISPL_ONLY") == "1":
         job["runs"] = []
 if os.environ.get("PERF") == "1":
+    if os.environ.get("XEN_E2E_PERF_ONLY") == "1":
+        job["runs"] = []
+        job.pop("vdispl", None)
     job["perf"] = {"ramdisk": "/job/guest-perf/initrd.gz", "guests": int(os.environ.get("XEN_E2E_PERF_GUESTS", "6")),
                    "memory": 128, "rounds": 40, "idle_seconds": 10, "reserve_seconds": 420,
                    "dms": [["xenvfb", "/usr/bin/xenvfb"], ["qemu", "/usr/libexec/xen-qemu-system-i386"]]}
+    if os.environ.get("XEN_E2E_PERF_ORDER") == "qemu-first":
+        job["perf"]["dms"].reverse()
 json.dump(job, open(out, "w"), indent=1)
 EOF
 
