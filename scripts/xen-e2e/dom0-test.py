@@ -659,7 +659,7 @@ def one_run(spec, job, images):
         # A VNC client the project did not write (vncdotool, from /job/pylib)
         # must see what the guest drew and deliver key and mouse to its evdev.
         last_image = images["second"] if checks.get("guest-fb-2") else images["first"]
-        vnc_checks(check, result, job, domid, name, outdir, last_image)
+        vnc_checks(check, result, job, domid, name, outdir, last_image, baseline=dm == "qemu")
 
     if pid:
         result["dm_stats"] = proc_stats(pid)
@@ -695,10 +695,13 @@ def vncdo(job, port, args, timeout=90):
                timeout=timeout, env={"PYTHONPATH": pylib})
 
 
-def vnc_checks(check, result, job, domid, name, outdir, expected):
+def vnc_checks(check, result, job, domid, name, outdir, expected, baseline=False):
     """vnc-capture: a vncdotool capture equals what the guest last drew;
     vnc-input: a key ("a") and a left click typed through VNC reach the
-    guest's evdev as KEY_A and BTN_LEFT press and release."""
+    guest's evdev as KEY_A and BTN_LEFT press and release. For the baseline
+    (QEMU) the input is typed a second time if the first did not all
+    arrive: under host load QEMU once lost the click, and the baseline's
+    flake must not fail the test of xenvfb (which gets one try)."""
     port_text = xs_read("/local/domain/%d/console/vnc-port" % domid)
     if not port_text or not port_text.isdigit():
         check("vnc-capture", False, "no console/vnc-port (%r)" % port_text)
@@ -760,6 +763,11 @@ def vnc_checks(check, result, job, domid, name, outdir, expected):
         return all(w in new for w in want)
 
     got = rc == 0 and wait_for("vnc input", 20, 0.5, arrived)
+    if not got and baseline:
+        note += "first try saw %s, typed again; " % (guest_key_events(name)[before:],)
+        before = len(guest_key_events(name))
+        rc, out = vncdo(job, port, ["key", "a", "move", str(x), str(y), "click", "1"])
+        got = rc == 0 and wait_for("vnc input", 20, 0.5, arrived)
     check("vnc-input", got, note + "guest saw new EV_KEY events %s, expected %s" % (
         guest_key_events(name)[before:], want))
 
