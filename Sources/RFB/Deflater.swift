@@ -11,18 +11,28 @@ import CZlib
 /// 16 KiB window and memLevel 7 (about 130 KiB), since a larger memLevel
 /// means larger deflate blocks (fewer Huffman trees to build) and fewer hash
 /// collisions. Output grows by about 5% on such data.
+///
+/// The stream is raw deflate behind a zlib header written by hand: the
+/// client's inflater reads a zlib stream, but an RFB stream never ends, so
+/// the Adler-32 checksum of a zlib trailer is never sent nor checked, and
+/// zlib would compute it over every byte for nothing (3% of the CPU of a
+/// Tight update of full-colour pixels, measured with perf).
 final class Deflater {
     static let windowBits: Int32 = 15
     static let memoryLevel: Int32 = 9
+    /// CMF 0x78 (deflate, 32 KiB window), FLG 0x01 (no dictionary, fastest;
+    /// 0x7801 is a multiple of 31, as RFC 1950 requires).
+    static let zlibHeader: [UInt8] = [0x78, 0x01]
 
     private let stream: UnsafeMutablePointer<z_stream>
     private(set) var level: Int32
+    private var headerSent = false
 
     init(level: Int32) {
         self.level = level
         stream = .allocate(capacity: 1)
         stream.initialize(to: z_stream())
-        let rc = deflateInit2_(stream, level, Z_DEFLATED, Self.windowBits, Self.memoryLevel, Z_DEFAULT_STRATEGY,
+        let rc = deflateInit2_(stream, level, Z_DEFLATED, -Self.windowBits, Self.memoryLevel, Z_DEFAULT_STRATEGY,
                                zlibVersion(), Int32(MemoryLayout<z_stream>.size))
         // Only fails for bad arguments or out of memory; the arguments are fixed.
         precondition(rc == Z_OK, "deflateInit2 failed: \(rc)")
@@ -36,6 +46,10 @@ final class Deflater {
 
     /// Compresses `input` and appends the output (ending in a sync flush) to `out`.
     func compress(_ input: UnsafeRawBufferPointer, level newLevel: Int32, into out: ByteBuffer) {
+        if !headerSent {
+            headerSent = true
+            out.append(Self.zlibHeader)
+        }
         if newLevel != level {
             // deflateParams may emit what it had buffered: catch it in `out`.
             level = newLevel
