@@ -245,6 +245,37 @@ enum PixelLayout: Equatable {
             for i in 0..<count { p.storeBytes(of: UInt16(truncatingIfNeeded: values[i]).bigEndian, toByteOffset: 2 * i, as: UInt16.self) }
         case .u32be:
             for i in 0..<count { p.storeBytes(of: values[i].bigEndian, toByteOffset: 4 * i, as: UInt32.self) }
+        case .tpixel(16, 8, 0):
+            // Tight's 24-bit pixels of the usual 32-bit format (red at bit
+            // 16): constant shifts, one loop the compiler can vectorise.
+            // Tight with such a client spent 6% of its CPU here through the
+            // per-pixel `store` below (xenvfb-bench backend under perf).
+            // Four pixels make three 32-bit stores: each pixel byte-swapped
+            // and shifted is its R, G, B bytes in order (low byte first).
+            @inline(__always) func rgb(_ v: UInt32) -> UInt32 { v.byteSwapped &>> 8 }
+            let quads = count / 4
+            for q in 0..<quads {
+                let a = rgb(values[4 * q]), b = rgb(values[4 * q + 1])
+                let c = rgb(values[4 * q + 2]), e = rgb(values[4 * q + 3])
+                p.storeBytes(of: (a | b &<< 24).littleEndian, toByteOffset: 12 * q, as: UInt32.self)
+                p.storeBytes(of: (b &>> 8 | c &<< 16).littleEndian, toByteOffset: 12 * q + 4, as: UInt32.self)
+                p.storeBytes(of: (c &>> 16 | e &<< 8).littleEndian, toByteOffset: 12 * q + 8, as: UInt32.self)
+            }
+            let d = p.assumingMemoryBound(to: UInt8.self)
+            for i in 4 * quads ..< count {
+                let v = values[i]
+                d[3 * i] = UInt8(truncatingIfNeeded: v &>> 16)
+                d[3 * i + 1] = UInt8(truncatingIfNeeded: v &>> 8)
+                d[3 * i + 2] = UInt8(truncatingIfNeeded: v)
+            }
+        case .tpixel(let r, let g, let b):
+            let d = p.assumingMemoryBound(to: UInt8.self)
+            for i in 0..<count {
+                let v = values[i]
+                d[3 * i] = UInt8(truncatingIfNeeded: v >> r)
+                d[3 * i + 1] = UInt8(truncatingIfNeeded: v >> g)
+                d[3 * i + 2] = UInt8(truncatingIfNeeded: v >> b)
+            }
         default:
             for i in 0..<count { store(values[i], at: p + 3 * i) }
         }

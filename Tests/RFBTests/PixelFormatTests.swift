@@ -90,4 +90,20 @@ private func format(_ bpp: UInt8, _ depth: UInt8, be: Bool = false, tc: Bool = t
         #expect(Array(out.bytes) == [0x33, 0x33, 0x22, 0x22, 0x33, 0x33, 0x22, 0x11, 0x00, 0x00, 0x11, 0x22, 0x33,
                                      0x33, 0x22, 0x11, 0x11, 0x22, 0x33, 0x22, 0x11, 0x00, 0x00, 0x11, 0x22, 0x11, 0x22, 0x33])
     }
+
+    @Test func rowsOfTightPixelsAreWhatEachPixelWritesOnItsOwn() {
+        // The bulk store has its own loops (four pixels at a time for the
+        // usual format, a tail, the general shifts): every length, with the
+        // unused top byte set, must give what one pixel at a time gives.
+        let values: [UInt32] = (0..<11).map { 0xa500_0000 | UInt32($0) &* 0x0013_5791 }
+        for layout: PixelLayout in [.tpixel(red: 16, green: 8, blue: 0), .tpixel(red: 0, green: 8, blue: 16),
+                                    .c24leLow, .u32le] {
+            for count in 0...values.count {
+                let bulk = ByteBuffer(), single = ByteBuffer()
+                values.withUnsafeBufferPointer { layout.append($0.baseAddress!, count: count, to: bulk) }
+                for v in values.prefix(count) { layout.append(v, to: single) }
+                #expect(Array(bulk.bytes) == Array(single.bytes), "\(layout), \(count) pixels")
+            }
+        }
+    }
 }
