@@ -268,6 +268,18 @@ enum PixelLayout: Equatable {
                 d[3 * i + 1] = UInt8(truncatingIfNeeded: v &>> 8)
                 d[3 * i + 2] = UInt8(truncatingIfNeeded: v)
             }
+        case .c24leLow:
+            // ZRLE's and TRLE's 3-byte CPIXELs of the usual format (the low
+            // three bytes, little-endian): as above, three stores per four.
+            let quads = count / 4
+            for q in 0..<quads {
+                let a = values[4 * q] & 0xff_ffff, b = values[4 * q + 1] & 0xff_ffff
+                let c = values[4 * q + 2] & 0xff_ffff, e = values[4 * q + 3] & 0xff_ffff
+                p.storeBytes(of: (a | b &<< 24).littleEndian, toByteOffset: 12 * q, as: UInt32.self)
+                p.storeBytes(of: (b &>> 8 | c &<< 16).littleEndian, toByteOffset: 12 * q + 4, as: UInt32.self)
+                p.storeBytes(of: (c &>> 16 | e &<< 8).littleEndian, toByteOffset: 12 * q + 8, as: UInt32.self)
+            }
+            for i in 4 * quads ..< count { store(values[i], at: p + 3 * i) }
         case .tpixel(let r, let g, let b):
             let d = p.assumingMemoryBound(to: UInt8.self)
             for i in 0..<count {
