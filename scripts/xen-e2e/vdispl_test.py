@@ -195,6 +195,9 @@ def one_run(job, images, t, standalone=False):
     matches("screendump-a", a, lambda: qmp_dump(os.path.join(outdir, "screendump-a.ppm"), head))
 
     if pid:
+        # Idle from 1 s after the screendump: the PNG display (interval=200)
+        # may still write its file for picture A, which is not idle work.
+        time.sleep(1)
         before = t.proc_stats(pid).get("cpu_seconds")
         time.sleep(5)
         after = t.proc_stats(pid).get("cpu_seconds")
