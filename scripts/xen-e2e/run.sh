@@ -15,8 +15,9 @@
 # Tight viewer; key-to-screen latency). It is off by default, as it does
 # not yet fit or reliably pass CI: one run passed its checks but added
 # 528 s (xenvfb's 6 guests needed 248 s to be Connected, QEMU's 64 s); in
-# another one of xenvfb's 6 `xl create`s failed (libxl timed out on its
-# QMP commands to xenvfb, rc=-9) and the part stalled. (With 12
+# another one of xenvfb's 6 `xl create`s failed (libxl's device-model start
+# timeout, rc=-9) and the part stalled; QEMU's fail the same way when its
+# phase runs first under host load (XEN_E2E_PERF_ORDER=qemu-first). (With 12
 # `xl create`s at once, dom0's OOM killer killed two, about 75 MB each, in
 # the 1 GiB dom0.)
 # Usage: scripts/xen-e2e/run.sh [--dm qemu|xenvfb|both] [--deb PACKAGE]
