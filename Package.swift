@@ -123,7 +123,8 @@ for target in package.targets where target.type == .regular || target.type == .e
 // libFuzzer targets (Fuzz/, run by scripts/fuzz.sh): only with XENVFB_FUZZ=1,
 // so a normal `swift build` neither builds nor links them.
 if Context.environment["XENVFB_FUZZ"] == "1" {
-    package.targets.append(.target(name: "FuzzSupport", path: "Fuzz/FuzzSupport"))
+    package.targets.append(.target(name: "FuzzSupport", dependencies: [.product(name: "Logging", package: "swift-log")],
+                                   path: "Fuzz/FuzzSupport"))
     let fuzzTargets: [(String, [Target.Dependency])] = [
         ("FuzzVfbRing", ["Devices", "XenProtocol", "Console", "EventLoop", "Host"]),
         ("FuzzVkbdRing", ["Devices", "XenProtocol", "Console", "Host"]),

@@ -22,9 +22,6 @@ import Support
 import XenProtocol
 
 let memoryPages = 16
-/// The device logs each refused request (20 per device): at libFuzzer's
-/// rate that is most of the run's time, so only critical messages show.
-let quiet: Void = Log.bootstrap(level: .critical)
 let firstRef: UInt32 = 8
 let loop = try! EventLoop()
 
@@ -64,7 +61,6 @@ func page() -> GuestMapping {
 }
 
 func fuzzOne(_ raw: UnsafeRawBufferPointer) {
-    _ = quiet
     var input = FuzzInput(raw)
     let first = input.u8()
     let resolutions = [DisplifResolution(width: 16, height: 8), DisplifResolution(width: 64, height: 48),

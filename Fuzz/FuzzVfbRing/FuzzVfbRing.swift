@@ -54,7 +54,7 @@ func fuzzOne(_ raw: UnsafeRawBufferPointer) {
     pageMemory.initializeMemory(as: UInt8.self, repeating: 0, count: 4096)
     let page = GuestMapping(base: pageMemory, byteCount: 4096, writable: true) { _, _ in }
     let head = input.take(40)
-    head.withUnsafeBytes { page.write($0, at: 0) }
+    _ = head.withUnsafeBytes { page.write($0, at: 0) }
 
     var fbLen = fallback.offset + fallback.height * fallback.stride
     var geometry = fallback
@@ -85,7 +85,7 @@ func fuzzOne(_ raw: UnsafeRawBufferPointer) {
         for i in 0..<count {
             let event = input.take(XenfbLayout.eventSize)
             let slot = (cons &+ UInt32(i)) % UInt32(XenfbLayout.outRingLength)
-            event.withUnsafeBytes { page.write($0, at: XenfbLayout.outRingOffset + Int(slot) * XenfbLayout.eventSize) }
+            _ = event.withUnsafeBytes { page.write($0, at: XenfbLayout.outRingOffset + Int(slot) * XenfbLayout.eventSize) }
         }
         page.store(prod, at: XenfbLayout.outProd)
         vfb.processOutRing()

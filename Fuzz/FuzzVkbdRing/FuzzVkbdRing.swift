@@ -40,7 +40,7 @@ func fuzzOne(_ raw: UnsafeRawBufferPointer) {
             vkbd.guestNotified()
         case 3:
             let slot = Int(input.u8()) % XenkbdLayout.outRingLength
-            input.take(XenkbdLayout.eventSize).withUnsafeBytes {
+            _ = input.take(XenkbdLayout.eventSize).withUnsafeBytes {
                 page.write($0, at: XenkbdLayout.outRingOffset + slot * XenkbdLayout.eventSize)
             }
         case 4: vkbd.send(.key(code: input.u32(), pressed: input.u8() & 1 == 1))
