@@ -413,8 +413,19 @@ class TigerVNC:
 
     def __init__(self, x, port, *options):
         self.x = x
-        self.proc = subprocess.Popen(["xtigervncviewer", *options, f"127.0.0.1::{port}"], env=x.env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        argv = ["xtigervncviewer", *options, f"127.0.0.1::{port}"]
+        self.proc = subprocess.Popen(argv, env=x.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        # On the development machine the viewer sometimes could not open the
+        # display Xvfb had just reported ("Can't open display: :0"; cause not
+        # found, see the session note): that is the X side, before any VNC,
+        # so the viewer gets one more start on the same Xvfb.
+        self.early = ""
+        if self._exited_within(1.0):
+            self.early = self.proc.stdout.read().decode(errors="replace")
+            if "Can't open display" in self.early:
+                time.sleep(0.5)
+                self.proc = subprocess.Popen(argv, env=x.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                self.early = "(the first start could not open the display; started again) "
         deadline = time.monotonic() + TIMEOUT
         self.wid = None
         while time.monotonic() < deadline and self.proc.poll() is None:
@@ -426,10 +437,17 @@ class TigerVNC:
             time.sleep(0.2)
         check(self.wid is not None, f"no TigerVNC window: {self.stderr()}")
 
+    def _exited_within(self, seconds):
+        try:
+            self.proc.wait(timeout=seconds)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+
     def stderr(self):
         if self.proc.poll() is None:
-            return "(running)"
-        return self.proc.stdout.read().decode(errors="replace")[-2000:]
+            return self.early + "(running)"
+        return (self.early + self.proc.stdout.read().decode(errors="replace"))[-2000:]
 
     def picture(self, width, height):
         def grab():
