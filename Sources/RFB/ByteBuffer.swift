@@ -113,6 +113,17 @@ final class ByteBuffer {
         end = start + n
     }
 
+    /// Drops the first `n` bytes (they were written elsewhere).
+    func removeFirst(_ n: Int) {
+        precondition(n >= 0 && n <= count)
+        if n == count {
+            start = ByteBuffer.headroom
+            end = ByteBuffer.headroom
+        } else {
+            start += n
+        }
+    }
+
     /// Puts `header` (at most `headroom` bytes) in front of the contents.
     func prependHeader(_ header: UnsafeRawBufferPointer) {
         precondition(header.count <= start)

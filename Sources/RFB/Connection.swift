@@ -61,6 +61,10 @@ final class Connection {
             if credentials != nil { tls = .starting([]) }
         } else {
             session = RFBSession(context: context, out: out, client: tag, vencrypt: credentials != nil)
+            if credentials == nil {
+                // Plain TCP for the whole session: Raw may skip the queue (see `RFBSession.directSend`).
+                session?.directSend = { [fd] iov, count in crfb_sendv(fd, iov, count) }
+            }
         }
     }
 

@@ -1,4 +1,12 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Logging
+
+/// Writes the bytes of `count` iovecs to the client's socket without
+/// blocking: the number of bytes the socket took, or -1 (errno says why;
+/// EAGAIN when it took nothing). Only a plain TCP transport offers it.
+typealias DirectSend = (_ iov: UnsafePointer<iovec>, _ count: Int32) -> Int
 
 /// What sessions share, on the server thread: the frame, its size as the
 /// server last learned it, the encoders' scratch space, the password check
@@ -39,7 +47,10 @@ final class SessionContext {
         band = .allocate(capacity: 1)
     }
 
-    deinit { band.deallocate() }
+    deinit {
+        band.deallocate()
+        iov.deallocate()
+    }
 
     static func currentSize(of source: any RFBFrameSource) -> (Int, Int) {
         source.withPixels { _, w, h, _ in (min(max(w, 0), 65535), min(max(h, 0), 65535)) }
@@ -50,25 +61,95 @@ final class SessionContext {
     /// from the frame into the output, under the frame's lock (held only for
     /// the copy). Outside the frame reads as black, as in `readBand`.
     func appendRawXRGB(_ r: RFBRect, to out: ByteBuffer) {
+        source.withPixels { pixels, fw, fh, stride in
+            Self.copyRawXRGB(r, from: pixels, fw, fh, stride, to: out)
+        }
+    }
+
+    private static func copyRawXRGB(_ r: RFBRect, from pixels: UnsafeRawPointer, _ fw: Int, _ fh: Int, _ stride: Int,
+                                    to out: ByteBuffer) {
         let rowBytes = r.width * 4
         out.appendUninitialized(rowBytes * r.height) { dst in
-            source.withPixels { pixels, fw, fh, stride in
-                let usable = fw > 0 && fh > 0 && stride >= fw * 4
-                for row in 0..<r.height {
-                    let d = dst + row * rowBytes
-                    let sy = r.y + row
-                    var done = 0
-                    if usable && sy < fh && r.x < fw {
-                        done = min(r.width, fw - r.x)
-                        let src = pixels + sy * stride + r.x * 4
-                        for i in 0..<done {
-                            let p = src.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self)
-                            d.storeBytes(of: p & UInt32(0x00ff_ffff).littleEndian, toByteOffset: 4 * i, as: UInt32.self)
-                        }
+            let usable = fw > 0 && fh > 0 && stride >= fw * 4
+            for row in 0..<r.height {
+                let d = dst + row * rowBytes
+                let sy = r.y + row
+                var done = 0
+                if usable && sy < fh && r.x < fw {
+                    done = min(r.width, fw - r.x)
+                    let src = pixels + sy * stride + r.x * 4
+                    for i in 0..<done {
+                        let p = src.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self)
+                        d.storeBytes(of: p & UInt32(0x00ff_ffff).littleEndian, toByteOffset: 4 * i, as: UInt32.self)
                     }
-                    if done < r.width { (d + 4 * done).initializeMemory(as: UInt8.self, repeating: 0, count: 4 * (r.width - done)) }
+                }
+                if done < r.width { (d + 4 * done).initializeMemory(as: UInt8.self, repeating: 0, count: 4 * (r.width - done)) }
+            }
+        }
+    }
+
+    /// The most rows one direct send takes (one iovec each, plus the bytes before them).
+    static let maxDirectRows = 64
+    private let iov = UnsafeMutablePointer<iovec>.allocate(capacity: SessionContext.maxDirectRows + 1)
+
+    /// Sends the bytes of `pending` and then `r` of the frame as Raw pixel
+    /// data in the server's own format, the rows straight from the frame:
+    /// one sendmsg, under the frame's lock (held for that call, which does
+    /// not block: the kernel's copy of the rows is the only pass over them).
+    /// What the socket does not take stays in (or is copied into) `pending`,
+    /// in order. The padding byte goes out as the frame has it (as QEMU's
+    /// Raw does): clients read only the bits the pixel format gives colour.
+    /// Returns false once the socket took less than everything (the caller
+    /// then stops trying until its queue is empty again). A rectangle not
+    /// wholly inside the frame (it shrank since the update was planned) is
+    /// appended as `appendRawXRGB` does.
+    func sendRawXRGB(_ r: RFBRect, after pending: ByteBuffer, send: DirectSend) -> Bool {
+        let rowBytes = r.width * 4
+        return source.withPixels { pixels, fw, fh, stride -> Bool in
+            guard r.width > 0, r.height > 0, r.height <= Self.maxDirectRows, fw > 0, fh > 0, stride >= fw * 4,
+                  r.x >= 0, r.y >= 0, r.x + r.width <= fw, r.y + r.height <= fh else {
+                Self.copyRawXRGB(r, from: pixels, fw, fh, stride, to: pending)
+                return true
+            }
+            let first = pixels + r.y * stride + r.x * 4
+            iov[0] = iovec(iov_base: UnsafeMutableRawPointer(mutating: pending.bytes.baseAddress), iov_len: pending.count)
+            var n = 1
+            if stride == rowBytes {
+                iov[1] = iovec(iov_base: UnsafeMutableRawPointer(mutating: first), iov_len: rowBytes * r.height)
+                n = 2
+            } else {
+                for row in 0..<r.height {
+                    iov[n] = iovec(iov_base: UnsafeMutableRawPointer(mutating: first + row * stride), iov_len: rowBytes)
+                    n += 1
                 }
             }
+            let pixelBytes = rowBytes * r.height
+            let taken = max(send(iov, Int32(n)), 0)
+            if taken >= pending.count + pixelBytes {
+                pending.removeFirst(pending.count)
+                return true
+            }
+            // The rest of the rectangle, from the first byte the socket did not take.
+            var skip = 0
+            if taken < pending.count {
+                pending.removeFirst(taken)
+            } else {
+                skip = taken - pending.count
+                pending.removeFirst(pending.count)
+            }
+            pending.appendUninitialized(pixelBytes - skip) { dst in
+                var d = dst
+                var row = skip / rowBytes
+                var offset = skip % rowBytes
+                while row < r.height {
+                    let length = rowBytes - offset
+                    d.copyMemory(from: first + row * stride + offset, byteCount: length)
+                    d += length
+                    offset = 0
+                    row += 1
+                }
+            }
+            return false
         }
     }
 
@@ -104,9 +185,10 @@ final class SessionContext {
 
 /// One client's protocol state, from the version handshake to the end:
 /// an incremental parser on the way in, update planning and encoding on the
-/// way out. It never touches a socket: the connection feeds it bytes and
-/// writes what it queues in `out` (which is also how tests and the fuzzer
-/// drive it).
+/// way out. The connection feeds it bytes and writes what it queues in
+/// `out` (which is also how tests and the fuzzer drive it). The one
+/// exception is `directSend`: Raw rectangles in the server's own format
+/// then go from the frame to the socket while `out` is empty.
 ///
 /// Updates follow QEMU: a FramebufferUpdateRequest arms one update; an
 /// update is started only when one is armed and something in the client's
@@ -179,6 +261,12 @@ final class RFBSession {
     private var owesDesktopSizeState = false
     private var owesDesktopSizeReplies = 0
     private var sizeChanged = false
+
+    /// Set by a plain TCP connection (no TLS, no WebSocket): Raw rectangles
+    /// in the server's own format are then written straight from the frame
+    /// while nothing is queued (`SessionContext.sendRawXRGB`), instead of
+    /// being copied into `out` first.
+    var directSend: DirectSend?
 
     private var zlibStream: Deflater?
     private var zrleStream: Deflater?
@@ -684,12 +772,22 @@ final class RFBSession {
         }
         let e = context.encoders
         let level = compressLevel
+        // Sent straight from the frame in this batch (counts towards its bounds).
+        var sentDirectly = 0
+        var direct = out.isEmpty ? directSend : nil
         while j.next < j.rects.count {
             let r = j.rects[j.next]
             if j.encoding == Encoding.raw && j.translator.kind == .xrgb && j.pixel == .u32le {
-                // The server's own format: straight from the frame into the output.
+                // The server's own format: straight from the frame to the socket
+                // while it takes everything, else into the output.
                 chunk.rectHeader(x: r.x, y: r.y, width: r.width, height: r.height, encoding: Encoding.raw)
-                context.appendRawXRGB(r, to: chunk)
+                if let send = direct {
+                    let before = chunk.count + r.width * r.height * 4
+                    if !context.sendRawXRGB(r, after: chunk, send: send) { direct = nil }
+                    sentDirectly += before - chunk.count
+                } else {
+                    context.appendRawXRGB(r, to: chunk)
+                }
             } else {
                 let v = UnsafePointer(context.readBand(r, j.translator))
                 switch j.encoding {
@@ -719,7 +817,7 @@ final class RFBSession {
             // Every rectangle, the direct path's too, counts towards the batch's bounds below.
             j.next += 1
             rectsSent += 1
-            if chunk.count >= Self.chunkTarget || out.count + chunk.count >= Self.outputThreshold { break }
+            if chunk.count + sentDirectly >= Self.chunkTarget || out.count + chunk.count >= Self.outputThreshold { break }
         }
         out.enqueue(chunk)
         if j.next == j.rects.count {

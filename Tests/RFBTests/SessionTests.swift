@@ -129,6 +129,43 @@ import Testing
         #expect(!h.session.isUpdating)
     }
 
+    @Test func rawSentStraightFromTheFrameArrivesAsTheCopiedPathSendsItWhateverTheSocketTakes() throws {
+        // The same frames and requests through the queue only (a) and through the direct
+        // path (b) with a socket that takes everything, nothing, or cuts mid-header,
+        // mid-row and mid-pixel: the same updates, byte for byte but the padding byte
+        // (the direct path sends the frame's; the copy clears it).
+        let takes: [[Int?]] = [[nil], [0], [3, nil, 70_001, 0, 13, nil, 1, 200_000], [1_000, 0, 0, 5]]
+        for schedule in takes {
+            let fa = FakeFrame(width: 300, height: 200, seed: 7), fb = FakeFrame(width: 300, height: 200, seed: 7)
+            let a = SessionHarness(frame: fa), b = SessionHarness(frame: fb)
+            let calls = b.sendDirectly(takes: schedule)
+            for h in [a, b] {
+                try h.handshake()
+                try h.send(setEncodings([0]) + updateRequest(incremental: false))
+                // A rectangle narrower than the frame (one iovec per row), then one the frame
+                // shrank under (planned on the old size: the part outside reads as black).
+                h.session.markDirty(RFBRect(x: 33, y: 40, width: 100, height: 70))
+                try h.send(updateRequest(incremental: true))
+                try h.session.receive(updateRequest(incremental: false))
+                h.frame.set(width: 120, height: 90, fill: 0xff12_3456)
+                h.drain()
+            }
+            #expect(calls() > 0, "\(schedule)")
+            for n in 0..<3 {
+                let ma = try #require(a.nextMessage(), "\(schedule) update \(n)")
+                let mb = try #require(b.nextMessage(), "\(schedule) update \(n)")
+                #expect(ma.rects.map { "\($0.x),\($0.y),\($0.w),\($0.h),\($0.encoding)" }
+                        == mb.rects.map { "\($0.x),\($0.y),\($0.w),\($0.h),\($0.encoding)" }, "\(schedule) update \(n)")
+                for (ra, rb) in zip(ma.rects, mb.rects) {
+                    #expect(ra.data.count == rb.data.count)
+                    let same = zip(ra.data.indices, zip(ra.data, rb.data)).allSatisfy { i, p in i % 4 == 3 || p.0 == p.1 }
+                    #expect(same, "\(schedule) update \(n) rect \(ra.x),\(ra.y)")
+                }
+            }
+            #expect(a.pending.isEmpty && b.pending.isEmpty, "\(schedule)")
+        }
+    }
+
     @Test func pseudoEncodingsAreAcknowledgedInTheNextRequestedUpdate() throws {
         let h = SessionHarness(frame: FakeFrame(width: 50, height: 40))
         try h.handshake()

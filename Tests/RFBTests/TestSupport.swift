@@ -64,6 +64,33 @@ final class SessionHarness {
         drain()
     }
 
+    /// Gives the session a direct path to the "socket" (`RFBSession.directSend`)
+    /// that takes, call after call, what `takes` says: nil everything offered,
+    /// 0 nothing (EAGAIN), n at most n bytes. What it takes lands in `pending`
+    /// in the order written. Returns a counter of the calls made.
+    func sendDirectly(takes: [Int?]) -> () -> Int {
+        var calls = 0
+        session.directSend = { [unowned self] iov, count in
+            let offered = (0..<Int(count)).map { iov[$0] }
+            let total = offered.reduce(0) { $0 + $1.iov_len }
+            let plan = takes[calls % takes.count]
+            calls += 1
+            let n = min(plan ?? total, total)
+            if n == 0 {
+                errno = EAGAIN
+                return -1
+            }
+            var left = n
+            for v in offered where left > 0 {
+                let k = min(left, v.iov_len)
+                self.received += UnsafeRawBufferPointer(start: v.iov_base, count: k)
+                left -= k
+            }
+            return n
+        }
+        return { calls }
+    }
+
     /// Moves everything queued into `pending` (as if the client read it).
     func drain() {
         repeat {
