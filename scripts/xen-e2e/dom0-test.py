@@ -192,7 +192,7 @@ def compare_rgb(shot, expected_rgb, width, height):
 
 
 def proc_stats(pid):
-    """CPU seconds (user + system) and VmHWM/VmRSS in KiB of a live process."""
+    """CPU seconds (user + system, and each alone) and VmHWM/VmRSS in KiB of a live process."""
     stats = {}
     try:
         with open("/proc/%d/stat" % pid) as f:
@@ -200,6 +200,8 @@ def proc_stats(pid):
         # After the comm field: state is fields[0], utime fields[11], stime fields[12].
         stats["state"] = fields[0]
         stats["cpu_seconds"] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+        stats["user_seconds"] = int(fields[11]) / CLK_TCK
+        stats["system_seconds"] = int(fields[12]) / CLK_TCK
         with open("/proc/%d/status" % pid) as f:
             for line in f:
                 key, _, value = line.partition(":")

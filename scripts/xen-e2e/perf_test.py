@@ -333,6 +333,7 @@ def animation(h, dm, name, domid, pid, port, profile, notes):
         client.wait_quiet(1.0, 30)
         before = len(markers(h, name, "animated"))
         cpu0, cs0 = cpu_seconds(h, pid), context_switches(pid)
+        sys0 = h.proc_stats(pid).get("system_seconds", 0.0)
         u0, b0, _ = client.snapshot()
         t0 = time.monotonic()
         send_key(h, domid, "f1")
@@ -340,7 +341,9 @@ def animation(h, dm, name, domid, pid, port, profile, notes):
         client.wait_quiet(2.0, 30)
         u1, b1, last = client.snapshot()
         cpu1, cs1 = cpu_seconds(h, pid), context_switches(pid)
-        result = {"cpu_seconds": round(cpu1 - cpu0, 3), "updates": u1 - u0, "bytes": b1 - b0,
+        sys1 = h.proc_stats(pid).get("system_seconds", 0.0)
+        result = {"cpu_seconds": round(cpu1 - cpu0, 3), "system_seconds": round(sys1 - sys0, 3),
+                  "updates": u1 - u0, "bytes": b1 - b0,
                   "context_switches": cs1 - cs0, "seconds": round(last - t0, 2), "finished": bool(done),
                   "error": client.error}
         h.mark("perf %s %s viewer: DM CPU %.2f s, %d updates, %.1f MB" % (
