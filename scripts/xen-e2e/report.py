@@ -76,6 +76,7 @@ def perf_tables(perf):
         qa = (q.get("animation") or {}).get(profile) or {}
         xa = (x.get("animation") or {}).get(profile) or {}
         for name, get, f in (("DM CPU time (s)", lambda a: a.get("cpu_seconds"), "%.2f"),
+                             ("of which in the kernel (s)", lambda a: a.get("system_seconds"), "%.2f"),
                              ("updates received", lambda a: a.get("updates"), "%d"),
                              ("MB received", lambda a: a.get("bytes", 0) / 1e6 if "bytes" in a else None, "%.1f"),
                              ("DM CPU per update (ms)", lambda a: a["cpu_seconds"] * 1000 / a["updates"] if a.get("updates") else None, "%.1f"),
