@@ -9,6 +9,11 @@
 //           the next byte), let the client read everything, resize the frame,
 //           mark a rectangle dirty, finish TLS (as the connection would once
 //           its handshake is done), or produce updates without the client reading.
+//           Bit 3 gives the session a direct path to its "socket" (as a plain
+//           TCP connection does: Raw straight from the frame) that takes, call
+//           after call, what the next three bytes say (0 nothing, 255
+//           everything, else that many times 97 bytes); it reads every byte
+//           it is offered, so ASan sees any iovec outside the frame.
 //   200–239 the WebSocket decoder (frames) then, from byte 1 on, the same
 //           bytes as an HTTP Upgrade request.
 //   240–255 the client-message parser: whole input, then byte by byte; both
@@ -17,6 +22,9 @@
 // under the session's bound; updates never describe rectangles outside the
 // client's framebuffer (checked by a small decoder of the update headers for
 // raw rectangles).
+#if canImport(Glibc)
+import Glibc
+#endif
 import FuzzSupport
 @testable import RFB
 import Support
@@ -31,6 +39,9 @@ final class FuzzFrame: RFBFrameSource, @unchecked Sendable {
         pixels.withUnsafeBytes { body($0.baseAddress!, width, height, width * 4) }
     }
 }
+
+/// Every byte the direct path offers is read into this (so it is really read).
+nonisolated(unsafe) var directSink: UInt8 = 0
 
 let outputBound = RFBSession.outputThreshold + RFBSession.chunkTarget + 2 * SessionContext.bandPixels * 4 + 65536
 
@@ -47,7 +58,7 @@ nonisolated(unsafe) let sharedContexts: [SessionContext] = [false, true].map { p
                    emit: { _ in })
 }
 
-func fuzzSession(_ input: inout FuzzInput, handshake: Bool, password: Bool, vencrypt: Bool) {
+func fuzzSession(_ input: inout FuzzInput, handshake: Bool, password: Bool, vencrypt: Bool, direct: Bool) {
     let frame = sharedFrame
     frame.width = 48
     frame.height = 40
@@ -55,6 +66,31 @@ func fuzzSession(_ input: inout FuzzInput, handshake: Bool, password: Bool, venc
     context.frameWidth = 48
     context.frameHeight = 40
     let session = RFBSession(context: context, vencrypt: vencrypt)
+    if direct {
+        let takes = [input.u8(), input.u8(), input.u8()]
+        var calls = 0
+        session.directSend = { iov, count in
+            var offered = 0
+            // Called under the frame's lock, from within withPixels: the frame's
+            // storage is the pixel array; what it shows is its first height rows.
+            let shown = frame.pixels.withUnsafeBytes { p in
+                (UInt(bitPattern: p.baseAddress), UInt(bitPattern: p.baseAddress) + UInt(frame.height * frame.width * 4),
+                 UInt(bitPattern: p.baseAddress) + UInt(p.count))
+            }
+            for i in 0..<Int(count) {
+                let v = UnsafeRawBufferPointer(start: iov[i].iov_base, count: iov[i].iov_len)
+                let lo = UInt(bitPattern: v.baseAddress), hi = lo + UInt(v.count)
+                require(hi <= shown.0 || lo >= shown.2 || (lo >= shown.0 && hi <= shown.1),
+                        "iovec \(i) of \(count) (\(v.count) bytes) reaches past the frame's \(frame.width)x\(frame.height) pixels")
+                for b in v { directSink &+= b }
+                offered += v.count
+            }
+            let plan = takes[calls % takes.count]
+            calls += 1
+            if plan == 0 { return -1 }
+            return plan == 255 ? offered : min(offered, Int(plan) * 97)
+        }
+    }
     func read() {
         for _ in 0..<1000 {
             session.pump()
@@ -139,7 +175,8 @@ func fuzzOne(_ raw: UnsafeRawBufferPointer) {
     var input = FuzzInput(raw)
     let mode = input.u8()
     switch mode {
-    case 0..<200: fuzzSession(&input, handshake: mode & 1 != 0, password: mode & 2 != 0, vencrypt: mode & 4 != 0)
+    case 0..<200: fuzzSession(&input, handshake: mode & 1 != 0, password: mode & 2 != 0, vencrypt: mode & 4 != 0,
+                              direct: mode & 8 != 0)
     case 200..<240: fuzzWebSocket(input.rest())
     default: fuzzParser(input.rest())
     }
