@@ -28,6 +28,7 @@ import http.server
 import io
 import math
 import os
+import random
 import re
 import shutil
 import socket
@@ -373,16 +374,37 @@ async def novnc_wss_without_ca(m):
 # --- TigerVNC under Xvfb -------------------------------------------------------------
 
 class Xvfb:
+    """An X server of the test's own, on a random free display number from 100
+    up (as SDLUnderXvfbTests does), never :0 or the low numbers a desktop or a
+    killed earlier Xvfb may hold; ready once its socket exists. Its output is
+    kept in `directory`/xvfb.log for a failure's message."""
+
     def __init__(self, directory):
-        r, w = os.pipe()
-        self.proc = subprocess.Popen(["Xvfb", "-displayfd", str(w), "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
-                                     pass_fds=(w,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        os.close(w)
-        with os.fdopen(r) as f:
-            number = f.readline().strip()
-        check(number.isdigit(), "Xvfb did not report a display")
-        self.display = ":" + number
+        self.log_path = os.path.join(directory, "xvfb.log")
+        for _ in range(20):
+            n = random.randint(100, 2000)
+            if os.path.exists(f"/tmp/.X11-unix/X{n}") or os.path.exists(f"/tmp/.X{n}-lock"):
+                continue
+            with open(self.log_path, "ab") as log:
+                self.proc = subprocess.Popen(["Xvfb", f":{n}", "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
+                                             stdout=log, stderr=subprocess.STDOUT)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and self.proc.poll() is None and not os.path.exists(f"/tmp/.X11-unix/X{n}"):
+                time.sleep(0.02)
+            if self.proc.poll() is None and os.path.exists(f"/tmp/.X11-unix/X{n}"):
+                self.display = f":{n}"
+                break
+            self.stop()
+        else:
+            check(False, f"could not start Xvfb on a free display: {self.log()}")
         self.env = dict(os.environ, DISPLAY=self.display, HOME=directory)
+
+    def log(self):
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return f.read()[-2000:]
+        except OSError:
+            return ""
 
     def run(self, *argv, check_ok=True):
         r = subprocess.run(argv, env=self.env, capture_output=True, timeout=TIMEOUT)
@@ -404,8 +426,13 @@ class Xvfb:
         return im.size[0], im.size[1], im.tobytes()
 
     def stop(self):
-        self.proc.kill()
-        self.proc.wait()
+        # SIGTERM: Xvfb removes its lock file and socket on the way out.
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
 class TigerVNC:
@@ -416,9 +443,10 @@ class TigerVNC:
         argv = ["xtigervncviewer", *options, f"127.0.0.1::{port}"]
         self.proc = subprocess.Popen(argv, env=x.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         # On the development machine the viewer sometimes could not open the
-        # display Xvfb had just reported ("Can't open display: :0"; cause not
-        # found, see the session note): that is the X side, before any VNC,
-        # so the viewer gets one more start on the same Xvfb.
+        # display an Xvfb -displayfd had just reported ("Can't open display:
+        # :0"; cause not found; Xvfb now runs on a random high display, see
+        # Xvfb): that is the X side, before any VNC, so the viewer gets one
+        # more start on the same Xvfb.
         self.early = ""
         if self._exited_within(1.0):
             self.early = self.proc.stdout.read().decode(errors="replace")
@@ -435,7 +463,7 @@ class TigerVNC:
                 self.wid = out[0]
                 break
             time.sleep(0.2)
-        check(self.wid is not None, f"no TigerVNC window: {self.stderr()}")
+        check(self.wid is not None, f"no TigerVNC window: {self.stderr()}; Xvfb {x.display}: {x.log()}")
 
     def _exited_within(self, seconds):
         try:
