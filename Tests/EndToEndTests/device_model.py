@@ -741,6 +741,33 @@ async def vdispl(m):
         r = subprocess.run([vncdo, "-s", f"127.0.0.1::{port1}", "key", "a"], capture_output=True, timeout=TIMEOUT)
         check(r.returncode == 0, f"vncdo key on console 1: {r.stderr.decode()}")
         m.wait_for(lambda: m.inputs()[before:] == ["key 30 1", "key 30 0"], "the key typed on console 1 to reach the guest")
+
+        # Both screens still, a VNC server per console, the PNG display and QMP
+        # connected: nothing wakes but the loop's compare of the shown vdispl
+        # buffer (drm/xen-front reports no damage for drawing without a
+        # flip), which backs off from 50 to 800 ms while it finds nothing.
+        # 1 s first for the PNG display's last write, then 3 s watched; every
+        # thread's context switches.
+        def switches():
+            counts = {}
+            for t in os.listdir(f"/proc/{m.dm.pid}/task"):
+                try:
+                    with open(f"/proc/{m.dm.pid}/task/{t}/comm") as f:
+                        name = f"{f.read().strip()}/{t}"
+                    with open(f"/proc/{m.dm.pid}/task/{t}/status") as f:
+                        counts[name] = sum(int(line.split()[1]) for line in f
+                                           if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")))
+                except OSError:
+                    pass
+            return counts
+        time.sleep(1)
+        before = switches()
+        time.sleep(3)
+        after = switches()
+        woke = {t: n - before.get(t, 0) for t, n in after.items() if n != before.get(t, 0)}
+        loop = f"xenvfb/{m.dm.pid}"
+        check(woke.get(loop, 0) <= 5 and all(t == loop for t in woke),
+              f"woke in 3 s with vfb and vdispl screens still (the loop may poll every 800 ms): {woke}")
     finally:
         await q.disconnect()
 
