@@ -21,6 +21,9 @@ import Synchronization
 /// **The frame** is read through `RFBFrameSource.withPixels`, one band of at
 /// most 32,768 pixels at a time, translated into the client's pixel format
 /// inside the lock and encoded outside it: no client gets a whole-frame copy.
+/// Raw in the server's own format to a plain TCP client with nothing queued
+/// goes from the frame's rows to the socket (one non-blocking sendmsg per
+/// rectangle, inside the lock; `RFBSession.directSend`).
 ///
 /// **Bounds.** Each client's unsent damage is a bitmap of 16×16 tiles; its
 /// output queue stops growing at 256 KiB plus one batch (updates pause, input
