@@ -106,6 +106,8 @@ final class Connection {
         closeReason = reason
         if case .running(let t)? = tls { t.finish() } // close_notify if the socket takes it, before it closes
         tls = nil
+        // The number may be reused by the next accept: nothing may write to it from here on.
+        session?.directSend = nil
         Glibc.close(fd)
     }
 
