@@ -766,7 +766,10 @@ async def vdispl(m):
         after = switches()
         woke = {t: n - before.get(t, 0) for t, n in after.items() if n != before.get(t, 0)}
         loop = f"xenvfb/{m.dm.pid}"
-        check(woke.get(loop, 0) <= 5 and all(t == loop for t in woke),
+        # (Two wake-ups elsewhere are let through: a PNG write or a client's
+        # last frame running late on a busy host; a timer would make dozens.)
+        others = sum(n for t, n in woke.items() if t != loop)
+        check(woke.get(loop, 0) <= 5 and others <= 2,
               f"woke in 3 s with vfb and vdispl screens still (the loop may poll every 800 ms): {woke}")
     finally:
         await q.disconnect()
